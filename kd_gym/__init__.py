@@ -1,0 +1,28 @@
+"""kd-gym: learning which teacher to listen to in multi-teacher knowledge distillation, as a Gymnasium benchmark.
+
+Importing the package registers ``kd_gym/TeacherSelection-v0`` (full student) and
+``kd_gym/TeacherSelectionLite-v0`` (lite student).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+__version__ = "0.1.0"
+
+ENV_IDS = ("kd_gym/TeacherSelection-v0", "kd_gym/TeacherSelectionLite-v0")
+
+
+def _register() -> None:
+    for env_id, student in zip(ENV_IDS, ("full", "lite")):
+        if env_id not in gym.registry:  # idempotent: importing twice (or reloading) is fine
+            gym.register(id=env_id, entry_point="kd_gym.env:TeacherSelectionEnv", kwargs={"student": student})
+
+
+_register()
+
+from kd_gym.env import TeacherSelectionEnv, default_config  # noqa: E402
+from kd_gym.losses import multi_teacher_kd_loss  # noqa: E402
+from kd_gym.rewards import Reward, register_reward  # noqa: E402
+
+__all__ = ["ENV_IDS", "Reward", "TeacherSelectionEnv", "default_config", "multi_teacher_kd_loss", "register_reward"]

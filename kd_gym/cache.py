@@ -1,0 +1,106 @@
+"""Where kd-gym keeps what it computes once: teacher logits, sentence embeddings, the default teacher pool.
+
+Tensors are stored with safetensors, written atomically (temporary file + rename), and checked on load: a file
+that is truncated, corrupted, or made for other inputs is reported and recomputed, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+
+def kd_gym_home() -> Path:
+    """The cache root: ``$KD_GYM_HOME`` if set, else ``~/.cache/kd_gym``."""
+    return Path(os.environ.get("KD_GYM_HOME", Path.home() / ".cache" / "kd_gym")).expanduser()
+
+
+def fingerprint(*parts: object) -> str:
+    """A stable sha256 hex digest of JSON-serialisable parts."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def hash_files(folder: str | Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "config.json")) -> str:
+    """sha256 of the weight and config files of a model folder (names and bytes), in sorted order."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in patterns for p in Path(folder).glob(pattern)})
+    if not files:
+        raise FileNotFoundError(f"no model weights ({', '.join(patterns)}) found in {folder}")
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_model_folder(name_or_path: str | Path, revision: str | None = None) -> Path:
+    """A local folder for a model: the folder itself, or the hub snapshot of ``name_or_path`` at ``revision``.
+
+    Hub ids go through ``huggingface_hub.snapshot_download``, which uses the local HF cache when offline.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.suffix or str(name_or_path).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model folder {name_or_path!r} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            str(name_or_path),
+            revision=revision,
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"],
+        )
+    except Exception as error:  # network, auth or missing repo: say which and how to fix
+        raise OSError(
+            f"could not fetch model {name_or_path!r} from the HuggingFace hub ({error}); "
+            "pass a local folder made with save_pretrained, or check the id and your connection"
+        ) from error
+    return Path(folder)
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write tensors and string metadata atomically to a safetensors file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_tensors(path: str | Path, expected: dict[str, str]) -> dict[str, torch.Tensor] | None:
+    """Load a cache file if it is intact and was made for ``expected`` metadata, else None (and say why).
+
+    Checked: the file parses, every expected metadata value matches, and every tensor is finite.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        log.warning("cache file %s is unreadable (%s); recomputing", path, error)
+        return None
+    for key, value in expected.items():
+        if metadata.get(key) != value:
+            log.warning("cache file %s was made for %s=%r, not %r; recomputing", path, key, metadata.get(key), value)
+            return None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            log.warning("cache file %s holds non-finite values in %r; recomputing", path, name)
+            return None
+    return tensors

@@ -1,0 +1,72 @@
+"""Per-instance features of the observation: what a teacher selector knows about each training instance.
+
+Following RL-KD (Yuan et al., 2021), the state of an instance holds each teacher's prediction and loss and the
+student's prediction; we add entropies, agreement and length. All features are computed on the device from the
+cached teacher logits and the student's logits, in one pass, and clipped to ``[-FEATURE_BOUND, FEATURE_BOUND]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FEATURE_BOUND = 50.0
+LENGTH_SCALE = 64.0
+
+
+def feature_names(teacher_names: list[str], representation_size: int = 0) -> list[str]:
+    """Names of the F feature columns, in order, for teachers ``teacher_names``."""
+    names = []
+    for stat in ("teacher_ce", "teacher_entropy", "teacher_correct", "teacher_student_kl"):
+        names += [f"{stat}[{name}]" for name in teacher_names]
+    names += ["teacher_agreement", "student_ce", "student_entropy", "length"]
+    names += [f"student_repr[{i}]" for i in range(representation_size)]
+    return names
+
+
+def instance_features(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    lengths: torch.Tensor,
+    temperature: float,
+    representation: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(B, F) features, columns as :func:`feature_names`.
+
+    - ``teacher_ce[k]``: CE of teacher k against the gold label (nats, T = 1).
+    - ``teacher_entropy[k]``: entropy of teacher k's distribution softened at T, divided by log C (0..1).
+    - ``teacher_correct[k]``: 1 if teacher k's top label is the gold label, else 0.
+    - ``teacher_student_kl[k]``: KL(teacher_k at T || student at T), nats: how much k would still teach.
+    - ``teacher_agreement``: share of teacher pairs that predict the same label (1 when K = 1).
+    - ``student_ce``, ``student_entropy``: as for the teachers, for the student.
+    - ``length``: tokens (full) or words (lite) / 64.
+    - ``student_repr[i]`` (optional): the student's pooled representation.
+
+    :param teacher_logits: (B, K, C); :param student_logits: (B, C); :param labels: (B,); :param lengths: (B,).
+    """
+    batch, k, c = teacher_logits.shape
+    teacher_logits = teacher_logits.float()
+    student_logits = student_logits.detach().float()
+    log_c = torch.log(torch.tensor(float(max(c, 2)), device=teacher_logits.device))
+    gold = labels.view(batch, 1, 1).expand(batch, k, 1)
+    teacher_ce = -F.log_softmax(teacher_logits, -1).gather(-1, gold).squeeze(-1)
+    teacher_log_t = F.log_softmax(teacher_logits / temperature, -1)
+    teacher_entropy = -(teacher_log_t.exp() * teacher_log_t).sum(-1) / log_c
+    predictions = teacher_logits.argmax(-1)
+    teacher_correct = (predictions == labels.view(batch, 1)).float()
+    student_log_t = F.log_softmax(student_logits / temperature, -1)
+    kl = (teacher_log_t.exp() * (teacher_log_t - student_log_t.unsqueeze(1))).sum(-1)
+    if k > 1:
+        same = (predictions.unsqueeze(2) == predictions.unsqueeze(1)).float()
+        agreement = (same.sum((1, 2)) - k) / (k * (k - 1))
+    else:
+        agreement = torch.ones(batch, device=teacher_logits.device)
+    student_ce = F.cross_entropy(student_logits, labels, reduction="none")
+    student_log = F.log_softmax(student_logits, -1)
+    student_entropy = -(student_log.exp() * student_log).sum(-1) / log_c
+    columns = [teacher_ce, teacher_entropy, teacher_correct, kl,
+               torch.stack([agreement, student_ce, student_entropy, lengths.float() / LENGTH_SCALE], dim=1)]
+    if representation is not None:
+        columns.append(representation.detach().float())
+    return torch.cat(columns, dim=1).clamp(-FEATURE_BOUND, FEATURE_BOUND)

