@@ -18,6 +18,8 @@ from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
 
+CHECKSUM_KEY = "sha256"  # metadata key of the tensors' sha256, checked on load
+
 
 def kd_gym_home() -> Path:
     """The cache root: ``$KD_GYM_HOME`` if set, else ``~/.cache/kd_gym``."""
@@ -69,19 +71,32 @@ def resolve_model_folder(name_or_path: str | Path, revision: str | None = None) 
     return Path(folder)
 
 
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the names, dtypes, shapes and bytes of ``tensors``: safetensors itself has no checksum, so
+    flipped bytes in the data would otherwise load as plausible numbers."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write tensors and string metadata atomically to a safetensors file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tensors = {k: v.contiguous().cpu() for k, v in tensors.items()}
+    save_file(tensors, str(tmp), metadata={**metadata, CHECKSUM_KEY: _tensor_digest(tensors)})
     os.replace(tmp, path)
 
 
 def load_tensors(path: str | Path, expected: dict[str, str]) -> dict[str, torch.Tensor] | None:
     """Load a cache file if it is intact and was made for ``expected`` metadata, else None (and say why).
 
-    Checked: the file parses, every expected metadata value matches, and every tensor is finite.
+    Checked: the file parses, every expected metadata value matches, the tensors' checksum matches, and every
+    tensor is finite.
     """
     path = Path(path)
     if not path.exists():
@@ -99,6 +114,9 @@ def load_tensors(path: str | Path, expected: dict[str, str]) -> dict[str, torch.
         if metadata.get(key) != value:
             log.warning("cache file %s was made for %s=%r, not %r; recomputing", path, key, metadata.get(key), value)
             return None
+    if metadata.get(CHECKSUM_KEY) != _tensor_digest(tensors):
+        log.warning("cache file %s is corrupted (checksum mismatch); recomputing", path)
+        return None
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             log.warning("cache file %s holds non-finite values in %r; recomputing", path, name)

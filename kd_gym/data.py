@@ -24,12 +24,14 @@ class SplitTensors:
     :param labels: (N,) int64 gold labels.
     :param lengths: (N,) int64 number of tokens (or of words, for the lite student).
     :param teacher_logits: (N, K, C) float32, or None where not needed (the test split).
+    :param oracle_weights: (N, K) the scenario's oracle weighting, where it has one (see kd_gym.scenarios).
     """
 
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor
     lengths: torch.Tensor
     teacher_logits: torch.Tensor | None = None
+    oracle_weights: torch.Tensor | None = None
     _host_lengths: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -38,7 +40,7 @@ class SplitTensors:
     def to(self, device: torch.device) -> SplitTensors:
         move = (lambda t: None if t is None else t.to(device))  # noqa: E731
         return SplitTensors({k: v.to(device) for k, v in self.inputs.items()}, move(self.labels),
-                            move(self.lengths), move(self.teacher_logits))
+                            move(self.lengths), move(self.teacher_logits), move(self.oracle_weights))
 
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """The rows ``indices`` (host array) as a batch dict on the split's device.
@@ -57,6 +59,8 @@ class SplitTensors:
         batch = {"inputs": inputs, "labels": self.labels[indices], "lengths": self.lengths[indices]}
         if self.teacher_logits is not None:
             batch["teacher_logits"] = self.teacher_logits[indices]
+        if self.oracle_weights is not None:
+            batch["oracle_weights"] = self.oracle_weights[indices]
         return batch
 
 

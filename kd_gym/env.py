@@ -18,6 +18,7 @@ from kd_gym.data import KDData, build_full_data, build_lite_data
 from kd_gym.features import FEATURE_BOUND, feature_names, instance_features
 from kd_gym.losses import KDLoss
 from kd_gym.rewards import make_reward
+from kd_gym.scenarios import apply_scenario
 from kd_gym.student import FullStudent, LiteStudent, StudentTrainer
 
 LOGIT_BOUND = 50.0
@@ -35,6 +36,7 @@ def default_config() -> dict[str, Any]:
         "teachers": None,            # None: the default pool of the task; or hub ids / folders / a TeacherPool
         "max_length": 64,            # max tokens per input (teachers, encoder, full student)
         "cache_dir": None,           # cache root for logits and embeddings (default $KD_GYM_HOME)
+        "scenario": "default",       # "default", "noisy-teacher" or "specialists" (see kd_gym.scenarios)
         "data": None,                # a prebuilt KDData (skips task/teachers/encoder); for tests and custom setups
         # -- student
         "student": "lite",           # "lite" (MLP over frozen sentence embeddings) or "full" (transformer)
@@ -113,6 +115,7 @@ class TeacherSelectionEnv(gym.Env):
                 raise ValueError(f"{key} must be >= 1, got {cfg[key]!r}")
 
         data, full_model = (cfg["data"], None) if cfg["data"] is not None else _build_data(cfg)
+        data = apply_scenario(cfg["scenario"], data)
         if cfg["data"] is not None and cfg["student"] == "full":
             full_model = FullStudent(cfg["student_checkpoint"], data.num_labels, cfg["student_layers"])
         if cfg["student"] == "lite":
@@ -192,6 +195,13 @@ class TeacherSelectionEnv(gym.Env):
         """The student's metrics on the fixed dev subset (``metric`` = the task's primary metric, ``loss``)."""
         self._last_dev = self.trainer.evaluate("dev", self.dev_indices)
         return self._last_dev
+
+    def oracle_weights(self) -> np.ndarray:
+        """(B, K) the scenario's oracle weights for the current batch (privileged: for reference rows only)."""
+        if self._batch is None or "oracle_weights" not in self._batch:
+            raise ValueError(f"scenario {self.config['scenario']!r} has no oracle weighting "
+                             "(noisy-teacher and specialists have one)")
+        return self._batch["oracle_weights"].cpu().numpy()
 
     def evaluate(self, split: str = "dev") -> dict[str, float]:
         """The student's metrics on a whole split ("dev" or "test"); for reports, never for rewards."""

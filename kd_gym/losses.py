@@ -70,7 +70,9 @@ def multi_teacher_kd_loss(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     student_logits = student_logits.float()
-    weights = weights.to(student_logits.dtype)
+    # Only the student learns from this loss: a differentiable policy's weights or a live teacher get no gradient.
+    teacher_logits = teacher_logits.detach()
+    weights = weights.detach().to(student_logits.dtype)
     ce = F.cross_entropy(student_logits, labels, reduction="none")
     mixture = teacher_mixture(teacher_logits, weights, temperature)
     log_student_t = F.log_softmax(student_logits / temperature, dim=-1)

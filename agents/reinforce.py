@@ -1,0 +1,244 @@
+"""REINFORCE teacher selection: the method of RL-KD (Yuan et al., "Reinforced Multi-Teacher Selection for Knowledge
+Distillation", AAAI 2021), in one file.
+
+The paper, mapped onto kd-gym:
+- state of (instance, teacher k): the instance's features, teacher k's softened prediction and its CE against the
+  gold label, and the student's prediction. Here
+  ``s_k = [shared features | teacher k's features | softmax(teacher_logits[k] / T) | softmax(student_logits)]``:
+  the shared columns are every feature that is not per-teacher (``teacher_agreement``, ``student_ce``,
+  ``student_entropy``, ``length`` and, when the env adds it, the student's representation); teacher k's columns are
+  ``teacher_ce``, ``teacher_entropy``, ``teacher_correct``, ``teacher_student_kl`` (names in
+  ``env.unwrapped.feature_names``). Inputs are standardised with a running mean / std (updated while learning only).
+- policy: ``pi(keep_k | s_k) = sigmoid(w . s_k + b_k)``, one logistic unit shared by all teachers, as in the paper,
+  plus a learned bias ``b_k`` per teacher so that it can tell the teachers apart (for a linear unit a learned
+  per-teacher embedding concatenated to ``s_k`` is exactly a per-teacher bias, so nothing richer is needed).
+- action: keep / drop per (instance, teacher), drawn from Bernoulli(pi): ``select`` mode directly; in ``weights``
+  mode the 0/1 samples are the weights too (``action_mode="sample"``, the paper). ``action_mode="prob"`` instead
+  draws continuous weights ``sigmoid(z)``, ``z ~ Normal(w . s_k + b_k, logit_std)`` (a logit-normal around the keep
+  probability), which lets an instance listen to a teacher a little.
+- learning: REINFORCE with a moving-average baseline; a warm-up in which every teacher is kept while the baseline
+  is fitted (the paper warms the student up with all teachers before selecting).
+
+Where it departs from the paper:
+- online updates every ``update_interval`` student steps (default: the env's ``reward_interval``) instead of one
+  update per episode (an epoch over the data): the return of a window is the sum of its rewards and every action
+  in the window shares it (the dev-based rewards arrive once per window anyway).
+- the reward is the env's (``dev_delta`` by default: dev-metric change in percentage points); the paper's loss-based
+  rewards are the env's ``neg_ce`` / ``neg_ce_kd``.
+- advantages are divided by a running std of the returns (``normalize_advantage``), so one learning rate works for
+  rewards of different scales; and an entropy bonus keeps the selector from collapsing early.
+- ``deterministic=True``: keep probability > 0.5 in ``select`` mode; the keep probabilities themselves (the mean
+  weight) in ``weights`` mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+from torch import nn
+
+from agents.base import Agent, AgentConfig
+
+PER_TEACHER_STATS = ("teacher_ce", "teacher_entropy", "teacher_correct", "teacher_student_kl")
+ACTION_MODES = ("sample", "prob")
+
+
+@dataclasses.dataclass
+class ReinforceConfig(AgentConfig):
+    learning_rate: float = 0.01
+    """Adam learning rate of the selector"""
+    update_interval: int = 0
+    """student steps per policy update (0: the env's reward_interval)"""
+    baseline_decay: float = 0.9
+    """decay of the moving-average baseline of the window return"""
+    entropy_coef: float = 0.01
+    """weight of the Bernoulli entropy bonus"""
+    warmup_steps: int = 20
+    """first steps keep every teacher while the baseline is fitted (no policy update)"""
+    normalize_advantage: bool = True
+    """divide advantages by a running std of the returns"""
+    action_mode: str = "sample"
+    """weights mode: 'sample' (0/1 Bernoulli weights, the paper) or 'prob' (logit-normal continuous weights)"""
+    logit_std: float = 1.0
+    """action_mode='prob': std of the Normal noise on the keep logit"""
+    input_clip: float = 5.0
+    """clip standardised inputs to [-input_clip, input_clip]"""
+
+
+class TeacherSelector(nn.Module):
+    """``sigmoid(w . s_k + b_k)``: one logistic unit shared by the K teachers plus a bias per teacher.
+
+    :param input_size: size d of ``s_k``.  :param num_teachers: K.
+    """
+
+    def __init__(self, input_size: int, num_teachers: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(input_size, 1, bias=False)
+        self.teacher_bias = nn.Parameter(torch.zeros(num_teachers))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """Keep logits (B, K) for states (B, K, d)."""
+        return self.linear(states).squeeze(-1) + self.teacher_bias
+
+
+class ReinforceAgent(Agent):
+    """RL-KD's per-instance, per-teacher logistic selector trained with REINFORCE and a baseline.
+
+    :param env: a TeacherSelection env (``weights`` or ``select``).
+    :param kwargs: fields of :class:`ReinforceConfig`.
+    """
+
+    name = "reinforce"
+    Config = ReinforceConfig
+
+    def __init__(self, env, **kwargs: Any) -> None:
+        super().__init__(env, **kwargs)
+        cfg = self.config
+        if cfg.action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {cfg.action_mode!r}")
+        names, teachers = self.unwrapped.feature_names, self.unwrapped.teacher_names
+        # (P, K) column indices of the per-teacher stats, and the shared columns (all the others).
+        self.teacher_columns = np.array([[names.index(f"{stat}[{t}]") for t in teachers] for stat in PER_TEACHER_STATS])
+        self.shared_columns = np.array(sorted(set(range(len(names))) - set(self.teacher_columns.ravel().tolist())))
+        self.temperature = float(self.unwrapped.config["temperature"])
+        num_labels = self.unwrapped.num_labels
+        input_size = len(self.shared_columns) + len(PER_TEACHER_STATS) + 2 * num_labels
+        self.update_interval = cfg.update_interval or int(self.unwrapped.config["reward_interval"])
+
+        # Seeding: the selector's init and its action noise come from config.seed only.
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.policy = TeacherSelector(input_size, len(teachers))
+        with torch.no_grad():
+            self.policy.linear.weight.normal_(0.0, 0.01, generator=self.generator)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate)
+        self.input_stats = RunningMeanStd(shape=(input_size,))
+        self.baseline, self.return_var, self.updates = 0.0, 1.0, 0
+        self.metrics: dict[str, float] = {}
+
+    # -- state and policy
+    def states(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The raw per-teacher states ``s_k``, (B, K, d) float64."""
+        features = np.asarray(obs["features"], dtype=np.float64)
+        batch, num_teachers = features.shape[0], self.teacher_columns.shape[1]
+        shared = np.repeat(features[:, None, self.shared_columns], num_teachers, axis=1)  # (B, K, S)
+        own = features[:, self.teacher_columns].transpose(0, 2, 1)  # (B, K, P)
+        teacher_probs = torch.softmax(torch.as_tensor(obs["teacher_logits"], dtype=torch.float64) / self.temperature, -1)
+        student_probs = torch.softmax(torch.as_tensor(obs["student_logits"], dtype=torch.float64), -1)
+        student_probs = student_probs.unsqueeze(1).expand(batch, num_teachers, -1)
+        return np.concatenate([shared, own, teacher_probs.numpy(), student_probs.numpy()], axis=-1)
+
+    def _normalise(self, states: np.ndarray) -> torch.Tensor:
+        z = (states - self.input_stats.mean) / np.sqrt(self.input_stats.var + 1e-8)
+        return torch.as_tensor(np.clip(z, -self.config.input_clip, self.config.input_clip), dtype=torch.float32)
+
+    def keep_probabilities(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """pi(keep_k | s_k) for every instance and teacher, (B, K)."""
+        with torch.no_grad():
+            return torch.sigmoid(self.policy(self._normalise(self.states(obs)))).numpy()
+
+    def _log_prob(self, inputs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Summed log-probability of ``actions`` (N, B, K) under the current policy, per step (N,)."""
+        logits = self.policy(inputs)
+        if self.select_mode or self.config.action_mode == "sample":
+            log_prob = -F.binary_cross_entropy_with_logits(logits, actions, reduction="none")
+        else:  # actions hold the sampled logits z
+            log_prob = torch.distributions.Normal(logits, self.config.logit_std).log_prob(actions)
+        return log_prob.sum(dim=(1, 2))
+
+    def _sample(self, inputs: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """(env action (B, K), what the log-probability is taken of) for normalised inputs (B, K, d)."""
+        with torch.no_grad():
+            logits = self.policy(inputs)
+            if self.select_mode or self.config.action_mode == "sample":
+                keep = torch.bernoulli(torch.sigmoid(logits), generator=self.generator)
+                action = keep.numpy().astype(np.int8 if self.select_mode else np.float32)
+                return action, keep
+            noise = torch.randn(logits.shape, generator=self.generator)
+            z = logits + self.config.logit_std * noise
+            return torch.sigmoid(z).numpy().astype(np.float32), z
+
+    def predict(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
+        if deterministic:
+            probs = self.keep_probabilities(obs)
+            return (probs > 0.5).astype(np.int8) if self.select_mode else probs.astype(np.float32)
+        return self._sample(self._normalise(self.states(obs)))[0]
+
+    # -- learning
+    def _update(self, inputs: list[torch.Tensor], actions: list[torch.Tensor], window_return: float) -> None:
+        """One REINFORCE step on a window of steps that share the return ``window_return``."""
+        cfg = self.config
+        advantage = window_return - self.baseline
+        scale = np.sqrt(self.return_var) if cfg.normalize_advantage else 1.0
+        advantage_n = advantage / max(scale, 1e-8)
+        states, taken = torch.stack(inputs), torch.stack(actions)  # (N, B, K, d), (N, B, K)
+        batch = states.shape[1]
+        # Per step the log-probability is summed over the B x K actions; averaged over steps and instances.
+        log_prob = self._log_prob(states, taken).mean() / batch
+        probs = torch.sigmoid(self.policy(states))
+        entropy = -(probs * torch.log(probs + 1e-8) + (1 - probs) * torch.log(1 - probs + 1e-8)).mean()
+        loss = -advantage_n * log_prob - cfg.entropy_coef * entropy
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.updates += 1
+        self._fit_baseline(window_return)
+        self.metrics.update(policy_loss=float(loss), advantage=float(advantage), entropy=float(entropy),
+                            keep_probability=float(probs.mean()), updates=float(self.updates))
+        for k, teacher in enumerate(self.unwrapped.teacher_names):
+            self.metrics[f"keep_probability[{teacher}]"] = float(probs[..., k].mean())
+
+    def _fit_baseline(self, window_return: float) -> None:
+        decay = self.config.baseline_decay
+        self.return_var = decay * self.return_var + (1 - decay) * (window_return - self.baseline) ** 2
+        self.baseline = decay * self.baseline + (1 - decay) * window_return
+        self.metrics.update(baseline=self.baseline, window_return=window_return)
+
+    def learn(self, total_steps: int, callback=None) -> ReinforceAgent:
+        cfg = self.config
+        obs, _ = self.env.reset(seed=cfg.seed)
+        window_inputs, window_actions, window_return = [], [], 0.0
+        for step in range(total_steps):
+            states = self.states(obs)
+            self.input_stats.update(states.reshape(-1, states.shape[-1]))
+            inputs = self._normalise(states)
+            if step < cfg.warmup_steps:
+                action = np.ones(self.batch_shape, dtype=np.int8 if self.select_mode else np.float32)
+            else:
+                action, taken = self._sample(inputs)
+                window_inputs.append(inputs)
+                window_actions.append(taken)
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            window_return += float(reward)
+            if (step + 1) % self.update_interval == 0 or terminated or truncated:
+                if not self.updates and "baseline" not in self.metrics:  # the first return sets the baseline's level
+                    self.baseline = window_return
+                    self.metrics.update(baseline=self.baseline, window_return=window_return)
+                elif window_inputs:
+                    self._update(window_inputs, window_actions, window_return)
+                else:
+                    self._fit_baseline(window_return)
+                window_inputs, window_actions, window_return = [], [], 0.0
+            if callback is not None and callback(locals()) is False:
+                break
+            if terminated or truncated:
+                obs, _ = self.env.reset()
+        return self
+
+    # -- persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "input_mean": self.input_stats.mean, "input_var": self.input_stats.var,
+                "input_count": self.input_stats.count, "baseline": self.baseline, "return_var": self.return_var,
+                "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.input_stats.mean, self.input_stats.var = np.asarray(state["input_mean"]), np.asarray(state["input_var"])
+        self.input_stats.count = float(state["input_count"])
+        self.baseline, self.return_var, self.updates = state["baseline"], state["return_var"], state["updates"]

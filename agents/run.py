@@ -1,0 +1,162 @@
+"""Train one student under one agent and evaluate it: the job behind ``kd-gym train``, ``demo`` and ``bench``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from tqdm.auto import tqdm
+
+ENVS = {"lite": "kd_gym/TeacherSelectionLite-v0", "full": "kd_gym/TeacherSelection-v0"}
+
+
+class TrainingMonitor(gym.Wrapper):
+    """Records what happens while an agent trains a student, without changing it.
+
+    Every ``eval_interval`` student updates it measures the dev metric on the env's fixed dev subset and the mean
+    weight per teacher since the last record; at the end of the first episode it keeps a copy of the student, so
+    that the trained student survives the env's automatic reset.
+
+    :param env: a TeacherSelection env.
+    :param eval_interval: student updates between records.
+    :param on_record: called with each record (a dict), e.g. to log it to W&B.
+    """
+
+    def __init__(self, env: gym.Env, eval_interval: int = 50, on_record=None, progress: tqdm | None = None) -> None:
+        super().__init__(env)
+        self.eval_interval = eval_interval
+        self.on_record = on_record
+        self.progress = progress
+        self.history: list[dict[str, Any]] = []
+        self.final_student: dict | None = None
+        self.steps = 0
+        self._weights_sum = np.zeros(env.unwrapped.num_teachers)
+        self._reward_sum = 0.0
+        self._window = 0
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if not self.history:
+            self._record(info)
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        self._window += 1
+        self._reward_sum += reward
+        self._weights_sum += info["weights"].mean(0)
+        if self.progress is not None:
+            self.progress.update(1)
+        if self.steps % self.eval_interval == 0 or ((terminated or truncated) and self.final_student is None):
+            self._record(info)
+        if (terminated or truncated) and self.final_student is None:
+            self.final_student = copy.deepcopy(self.env.unwrapped.trainer.model.state_dict())
+        return obs, reward, terminated, truncated, info
+
+    def _record(self, info: dict) -> None:
+        dev = self.env.unwrapped.trainer.evaluate("dev", self.env.unwrapped.dev_indices)
+        window = max(self._window, 1)
+        record = {"student_step": self.env.unwrapped.trainer.steps, "dev_metric": dev["metric"], "dev_loss": dev["loss"],
+                  "reward": self._reward_sum / window,
+                  **{f"weight/{name}": float(w) / window
+                     for name, w in zip(self.env.unwrapped.teacher_names, self._weights_sum)}}
+        for key in ("loss", "ce", "kd"):
+            if key in info:
+                record[f"train/{key}"] = info[key]
+        self.history.append(record)
+        self._weights_sum[:] = 0
+        self._reward_sum, self._window = 0.0, 0
+        if self.on_record is not None:
+            self.on_record(record)
+
+
+@dataclass
+class RunResult:
+    """What one (agent, seed) run produced."""
+
+    agent: str
+    seed: int
+    dev_metric: float
+    test_metric: float
+    steps: int
+    wall_s: float
+    task: str
+    env: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"agent": self.agent, "seed": self.seed, "dev_metric": round(self.dev_metric, 6),
+                "test_metric": round(self.test_metric, 6), "steps": self.steps, "wall_s": round(self.wall_s, 2),
+                "task": self.task, "env": self.env, **self.extra}
+
+
+def train_student(
+    agent_name: str,
+    *,
+    env: str = "lite",
+    steps: int = 1000,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    agent_kwargs: dict[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    eval_interval: int | None = None,
+    on_record=None,
+    progress: bool = True,
+    built_env: gym.Env | None = None,
+) -> RunResult:
+    """Train one student for ``steps`` updates under agent ``agent_name``; evaluate it on dev and test.
+
+    The agent learns online while it trains the student (one episode of ``steps`` updates). The student at the end
+    of that episode is the one evaluated and saved.
+
+    :param env: "lite" or "full".
+    :param env_kwargs: options of the env (see ``kd_gym.default_config()``); ``episode_steps`` is set to ``steps``.
+    :param agent_kwargs: hyperparameters of the agent.
+    :param out_dir: where to write ``result.json``, ``history.csv``, ``agent/`` and ``student.safetensors``.
+    :param built_env: reuse an env already built with the same options (its episode length is reset to ``steps``).
+    """
+    import agents
+    import kd_gym  # noqa: F401  (registers the env ids)
+
+    if env not in ENVS:
+        raise ValueError(f"env must be one of {sorted(ENVS)}, got {env!r}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    started = time.perf_counter()
+    if built_env is None:
+        base = gym.make(ENVS[env], **{**(env_kwargs or {}), "episode_steps": steps})
+    else:
+        base = built_env
+        base.unwrapped.config["episode_steps"] = steps
+    interval = eval_interval or max(1, steps // 20)
+    bar = tqdm(total=steps, desc=f"{agent_name} seed {seed}", unit="step", leave=False, disable=not progress)
+    monitored = TrainingMonitor(base, interval, on_record=on_record, progress=bar)
+    agent = agents.make(agent_name, monitored, **{"seed": seed, **(agent_kwargs or {})})
+    agent.learn(steps)
+    bar.close()
+    trainer = monitored.unwrapped.trainer
+    if monitored.final_student is not None:
+        trainer.model.load_state_dict(monitored.final_student)
+    dev, test = trainer.evaluate("dev"), trainer.evaluate("test")
+    wall = time.perf_counter() - started
+    result = RunResult(agent_name, seed, dev["metric"], test["metric"], steps, wall,
+                       trainer.data.task.name, env, history=monitored.history)
+    result.extra["agent_metrics"] = {k: float(v) for k, v in getattr(agent, "metrics", {}).items()}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").write_text(json.dumps(result.summary(), indent=2))
+        import pandas as pd
+
+        pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+        agent.save(out / "agent")
+        trainer.save(out / "student.safetensors")
+    return result
