@@ -56,7 +56,7 @@ class Agent:
             obs, reward, terminated, truncated, info = self.env.step(action)
             if callback is not None and callback(locals()) is False:
                 break
-            if terminated or truncated:
+            if (terminated or truncated) and step < total_steps - 1:  # keep the trained student after the last step
                 obs, _ = self.env.reset()
         return self
 

@@ -93,7 +93,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
                     "and student checkpoints, to the run folder.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--agent", default="uniform", help="agent name (kd-gym agents list: reinforce, ppo, a2c, sac, "
+    parser.add_argument("--agent", default="uniform", help="agent name (reinforce, ppo, a2c, sac, "
                         "td3, uniform, single:<k>, best_teacher, confidence, random, no_kd) or module:Class")
     parser.add_argument("--seed", type=int, default=0, help="seed of the student init, batch order and agent")
     parser.add_argument("--out", default=None, help="run folder (default: runs/train/<task>__<agent>__<seed>__<time>)")

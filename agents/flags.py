@@ -73,10 +73,12 @@ def flag(name: str) -> str:
 
 
 def add_typed_flag(group, name: str, kind: type, help_text: str, default: Any = None) -> None:
+    """``--a-b`` (and the alias ``--a_b``, as W&B sweeps write parameter names) typed as ``kind``."""
+    options = [flag(name)] + ([f"--{name}"] if "_" in name else [])
     if kind is bool:
-        group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        group.add_argument(*options, dest=name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
     else:
-        group.add_argument(flag(name), dest=name, type=kind, default=default, help=help_text, metavar=kind.__name__.upper())
+        group.add_argument(*options, dest=name, type=kind, default=default, help=help_text, metavar=kind.__name__.upper())
 
 
 def agent_fields(agent_classes: list[type]) -> dict[str, tuple[type, str, list[str]]]:

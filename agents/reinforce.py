@@ -187,10 +187,10 @@ class ReinforceAgent(Agent):
         self.optimizer.step()
         self.updates += 1
         self._fit_baseline(window_return)
-        self.metrics.update(policy_loss=float(loss), advantage=float(advantage), entropy=float(entropy),
-                            keep_probability=float(probs.mean()), updates=float(self.updates))
+        self.metrics.update(policy_loss=loss.item(), advantage=float(advantage), entropy=entropy.item(),
+                            keep_probability=probs.mean().item(), updates=float(self.updates))
         for k, teacher in enumerate(self.unwrapped.teacher_names):
-            self.metrics[f"keep_probability[{teacher}]"] = float(probs[..., k].mean())
+            self.metrics[f"keep_probability[{teacher}]"] = probs[..., k].mean().item()
 
     def _fit_baseline(self, window_return: float) -> None:
         decay = self.config.baseline_decay

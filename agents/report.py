@@ -27,3 +27,36 @@ def summary_table(frame: pd.DataFrame, metric_label: str = "accuracy") -> str:
         lines.append(f"| {agent} | {dev_mean:.2f} ± {dev_std:.2f} | {test_mean:.2f} ± {test_std:.2f} | {len(group)} "
                      f"| {group['wall_s'].mean():.1f} |")
     return "\n".join(lines)
+
+
+def paired_comparison(frame: pd.DataFrame, agent: str, reference: str = "uniform") -> tuple[float, float, int]:
+    """(mean difference in test metric agent - reference, two-sided paired t-test p-value, pairs) over shared seeds."""
+    a = frame[frame["agent"] == agent].set_index("seed")["test_metric"]
+    b = frame[frame["agent"] == reference].set_index("seed")["test_metric"]
+    shared = a.index.intersection(b.index)
+    if len(shared) < 2:
+        return float("nan"), float("nan"), len(shared)
+    diff = (a[shared] - b[shared]).to_numpy()
+    if np.allclose(diff, diff[0]):
+        return float(diff.mean()), (1.0 if diff[0] == 0 else 0.0), len(shared)
+    return float(diff.mean()), float(stats.ttest_rel(a[shared], b[shared]).pvalue), len(shared)
+
+
+def bench_report(frame: pd.DataFrame, command: str, title: str, reference: str = "uniform") -> str:
+    """Markdown: per agent test metric mean ± std and 95% CI, dev metric, paired comparison with ``reference``."""
+    lines = [f"# kd-gym bench: {title}", "",
+             "| agent | test (%) mean ± std | test 95% CI | dev (%) mean ± std | seeds | "
+             f"Δ test vs {reference} (points) | p (paired t) | wall s / cell |",
+             "|---|---|---|---|---|---|---|---|"]
+    for agent, group in frame.groupby("agent", sort=False):
+        test_mean, test_std, half = mean_ci(group["test_metric"] * 100)
+        dev_mean, dev_std, _ = mean_ci(group["dev_metric"] * 100)
+        if agent == reference or reference not in set(frame["agent"]):
+            delta, p = "-", "-"
+        else:
+            d, pv, _ = paired_comparison(frame, agent, reference)
+            delta, p = f"{100 * d:+.2f}", f"{pv:.3f}"
+        lines.append(f"| {agent} | {test_mean:.2f} ± {test_std:.2f} | [{test_mean - half:.2f}, {test_mean + half:.2f}] "
+                     f"| {dev_mean:.2f} ± {dev_std:.2f} | {len(group)} | {delta} | {p} | {group['wall_s'].mean():.1f} |")
+    lines += ["", f"Command: `{command}`", ""]
+    return "\n".join(lines)

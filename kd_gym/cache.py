@@ -61,7 +61,7 @@ def resolve_model_folder(name_or_path: str | Path, revision: str | None = None) 
         folder = snapshot_download(
             str(name_or_path),
             revision=revision,
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"],
+            allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "tokenizer*"],
         )
     except Exception as error:  # network, auth or missing repo: say which and how to fix
         raise OSError(

@@ -48,7 +48,8 @@ def default_config() -> dict[str, Any]:
         "alpha": 0.5,                # weight of the gold-label CE in the KD loss
         "temperature": 2.0,          # KD temperature T
         "device": "auto",            # "auto" = CUDA when available
-        "precision": "auto",         # "auto" = bf16 autocast on CUDA, fp32 on CPU
+        "precision": "auto",         # "auto": bf16 autocast on CUDA; on CPU fp32 for the student, bf16 for teacher and
+                                     # encoder inference where the CPU has native bf16 (part of the cache key)
         # -- decision problem
         "batch_size": 32,            # B, instances per step
         "episode_steps": 200,        # student updates per episode
@@ -71,7 +72,8 @@ def _build_data(config: dict[str, Any]) -> tuple[KDData, Any]:
     task = config["task"]
     if not isinstance(task, Task):
         task = load_task(task, seed=config["split_seed"], **config["task_kwargs"])
-    common = {"cache_dir": config["cache_dir"], "max_length": config["max_length"], "device": config["device"]}
+    common = {"cache_dir": config["cache_dir"], "max_length": config["max_length"], "device": config["device"],
+              "precision": config["precision"]}
     teachers = config["teachers"]
     if teachers is None:
         pool = default_pool(task.name, **common)
@@ -117,7 +119,9 @@ class TeacherSelectionEnv(gym.Env):
         data, full_model = (cfg["data"], None) if cfg["data"] is not None else _build_data(cfg)
         data = apply_scenario(cfg["scenario"], data)
         if cfg["data"] is not None and cfg["student"] == "full":
-            full_model = FullStudent(cfg["student_checkpoint"], data.num_labels, cfg["student_layers"])
+            from kd_gym.pool_build import minilm_path
+
+            full_model = FullStudent(cfg["student_checkpoint"] or minilm_path(), data.num_labels, cfg["student_layers"])
         if cfg["student"] == "lite":
             input_size = data.splits["train"].inputs["embeddings"].shape[1]
             model = LiteStudent(input_size, data.num_labels, cfg["lite_hidden"])
@@ -184,7 +188,8 @@ class TeacherSelectionEnv(gym.Env):
             info["dev_metric"] = self._last_dev["metric"]
             info["dev_loss"] = self._last_dev["loss"]
         if loss is not None:
-            info.update(loss=loss.loss.item(), ce=loss.ce.item(), kd=loss.kd.item())
+            values = torch.stack([loss.loss.detach(), loss.ce.detach(), loss.kd.detach()]).tolist()  # one device sync
+            info.update(loss=values[0], ce=values[1], kd=values[2])
         if weights is not None:
             total = weights.sum(1, keepdims=True)
             info["weights"] = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
@@ -225,8 +230,8 @@ class TeacherSelectionEnv(gym.Env):
             raise ValueError(f"action has shape {array.shape}; expected (batch_size, num_teachers) = {expected} "
                              f"for teachers {self.teacher_names}")
         if not np.isfinite(array).all():
-            raise ValueError(f"action holds {int((~np.isfinite(array)).sum())} NaN or infinite values; "
-                             "expected finite weights in [0, 1]")
+            raise ValueError(f"action holds {int((~np.isfinite(array)).sum())} NaN or infinite values; expected "
+                             f"finite weights in [0, 1] of shape (batch_size, num_teachers) = {expected}")
         if self.config["action_type"] == "select":
             if not np.isin(array, (0.0, 1.0)).all():
                 raise ValueError("action_type='select' expects 0/1 (drop/keep) per teacher; got other values")

@@ -39,7 +39,8 @@ def instance_features(
     - ``teacher_correct[k]``: 1 if teacher k's top label is the gold label, else 0.
     - ``teacher_student_kl[k]``: KL(teacher_k at T || student at T), nats: how much k would still teach.
     - ``teacher_agreement``: share of teacher pairs that predict the same label (1 when K = 1).
-    - ``student_ce``, ``student_entropy``: as for the teachers, for the student.
+    - ``student_ce``: CE of the student against the gold label (nats); ``student_entropy``: entropy of the
+      student's distribution at T = 1, divided by log C.
     - ``length``: tokens (full) or words (lite) / 64.
     - ``student_repr[i]`` (optional): the student's pooled representation.
 

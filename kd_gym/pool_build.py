@@ -119,7 +119,9 @@ def finetune_classifier(
 def _recipe_indices(task: Task, recipe: TeacherRecipe, seed: int) -> np.ndarray:
     train = task.splits["train"]
     allowed = np.arange(len(train))
-    if recipe.topics is not None:
+    if recipe.topics is not None and "topic" not in train.column_names:
+        print(f"note: task {task.name!r} has no topic column; teacher {recipe.name!r} trains on a random slice instead")
+    elif recipe.topics is not None:
         topics = np.asarray(train["topic"])
         allowed = allowed[np.isin(topics, recipe.topics)]
     rng = np.random.default_rng(seed)

@@ -91,3 +91,15 @@ def tiny_env_kwargs(tiny_csv, tiny_teachers, tiny_encoder, kd_home) -> dict:
         "max_length": 16,
         "device": "cpu",
     }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Run torch on one intra-op thread: the tiny test models gain nothing from more, and on a busy 2-core machine
+    OpenMP threads waiting for each other make a tiny-BERT training step ~100x slower (seconds, not milliseconds)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

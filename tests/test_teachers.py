@@ -233,7 +233,7 @@ def test_teacher_with_other_number_of_labels_is_an_error(varied_teachers, task, 
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        varied_teachers[0], num_labels=2, id2label={0: "negative", 1: "positive"}, label2id=None,
+        varied_teachers[0], num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
         ignore_mismatched_sizes=True)
     model.save_pretrained(tmp_path / "binary")
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):

@@ -1,0 +1,353 @@
+"""PPO, A2C, SAC and TD3 from Stable-Baselines3 through one adapter: each instance of a batch is one sub-environment.
+
+:class:`InstanceVecEnv` is a ``VecEnv`` view of one TeacherSelection env with B = ``batch_size`` sub-envs. Sub-env
+i observes a flat vector for instance i, ``[features[i] (F) | teacher_logits[i] (K*C) | student_logits[i] (C)]``,
+and answers for its K teachers. ``step_wait`` assembles the (B, K) action, steps the real env once (one student
+update), and gives every sub-env the same reward and done. So the SB3 policy sees one instance at a time, as in the
+paper, its small network is shared across the B instances, and it works for any B.
+
+Units: SB3 counts one timestep per sub-env step, so one env step (student update) is B SB3 timesteps.
+``learn(total_steps)`` runs exactly ``total_steps`` env steps (a callback stops SB3 there). In the hyperparameter
+files (``agents/hyperparams/<algo>.yml``, RL Zoo layout) ``n_steps``, ``train_freq`` and ``learning_starts`` count
+env steps; ``batch_size`` and ``buffer_size`` count instances (SB3 transitions).
+
+Actions: in ``weights`` mode the sub-env's action space is ``Box(-1, 1, (K,))`` (SB3's recommended symmetric range;
+a Gaussian policy starts at weight 0.5 instead of half its samples clipped to 0), mapped to weights by
+``(a + 1) / 2``; in ``select`` mode it is ``MultiBinary(K)`` (PPO and A2C only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import yaml
+from gymnasium import spaces
+from stable_baselines3 import A2C, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import is_wrapped
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.vec_env import VecEnv
+
+from agents.base import Agent, AgentConfig
+
+HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
+OBS_BOUND = 50.0  # the env's FEATURE_BOUND and LOGIT_BOUND
+
+
+class InstanceVecEnv(VecEnv):
+    """One TeacherSelection env seen as B sub-envs, one per instance of its batch (see the module docstring).
+
+    :param env: a TeacherSelection env (wrappers allowed); it is stepped once per ``step``.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        self.env = env
+        base = env.unwrapped
+        b, k, c, f = base.batch_size, base.num_teachers, base.num_labels, len(base.feature_names)
+        self.num_teachers = k
+        self.select = isinstance(env.action_space, spaces.MultiBinary)
+        observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (f + k * c + c,), np.float32)
+        action_space = spaces.MultiBinary(k) if self.select else spaces.Box(-1.0, 1.0, (k,), np.float32)
+        self.last_step: dict[str, Any] = {}
+        self._actions: np.ndarray | None = None
+        super().__init__(b, observation_space, action_space)
+
+    def instance_obs(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """(B, F + K*C + C) float32: one row per instance."""
+        b = obs["features"].shape[0]
+        return np.concatenate([obs["features"], obs["teacher_logits"].reshape(b, -1), obs["student_logits"]],
+                              axis=1).astype(np.float32)
+
+    def env_action(self, actions: np.ndarray) -> np.ndarray:
+        """The env's (B, K) action from the sub-envs' actions (B, K)."""
+        actions = np.asarray(actions).reshape(self.num_envs, self.num_teachers)
+        if self.select:
+            return actions.astype(np.int8)
+        return ((np.clip(actions, -1.0, 1.0) + 1.0) / 2.0).astype(np.float32)
+
+    def reset(self) -> np.ndarray:
+        options = self._options[0] or None
+        obs, info = self.env.reset(seed=self._seeds[0], options=options)
+        self._reset_seeds()
+        self._reset_options()
+        self.reset_infos = [info for _ in range(self.num_envs)]
+        return self.instance_obs(obs)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self):
+        action = self.env_action(self._actions)
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.last_step = {"action": action, "reward": reward, "terminated": terminated, "truncated": truncated,
+                          "info": info}
+        done = terminated or truncated
+        flat = self.instance_obs(obs)
+        infos = [dict(info) for _ in range(self.num_envs)]
+        if done:
+            for i, instance_info in enumerate(infos):
+                instance_info["terminal_observation"] = flat[i]
+                instance_info["TimeLimit.truncated"] = truncated and not terminated
+            flat = self.reset()
+        rewards = np.full(self.num_envs, reward, dtype=np.float32)
+        return flat, rewards, np.full(self.num_envs, done), infos
+
+    def close(self) -> None:
+        pass  # the env belongs to the caller
+
+    def _count(self, indices) -> int:
+        return len(list(self._get_indices(indices)))
+
+    def _get_indices(self, indices):
+        if indices is None:
+            return range(self.num_envs)
+        return [indices] if isinstance(indices, int) else indices
+
+    def get_attr(self, attr_name: str, indices=None) -> list[Any]:
+        return [self.env.get_wrapper_attr(attr_name)] * self._count(indices)
+
+    def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        self.env.set_wrapper_attr(attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list[Any]:
+        result = self.env.get_wrapper_attr(method_name)(*method_args, **method_kwargs)  # once: one real env
+        return [result] * self._count(indices)
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices=None) -> list[bool]:
+        return [is_wrapped(self.env, wrapper_class)] * self._count(indices)
+
+
+class _LearnCallback(BaseCallback):
+    """Counts env steps, stops SB3 after ``total_steps``, copies SB3's logged losses into ``agent.metrics`` and calls
+    the user's ``callback(locals)`` once per env step."""
+
+    def __init__(self, agent: SB3Agent, total_steps: int, callback=None) -> None:
+        super().__init__()
+        self.agent, self.total_steps, self.user_callback, self.steps = agent, total_steps, callback, 0
+        model = agent.model
+        # Env steps per SB3 collection phase: SB3 stops by itself at a phase boundary; inside a phase we stop it
+        # (the partial phase is then not trained on).
+        self.phase = model.n_steps if hasattr(model, "n_steps") and not hasattr(model, "train_freq") else (
+            model.train_freq.frequency if model.train_freq.unit.value == "step" else 1)
+
+    def _copy_metrics(self) -> None:
+        for key, value in self.model.logger.name_to_value.items():
+            if key.startswith("train/") and isinstance(value, (int, float, np.number)):
+                self.agent.metrics[key.removeprefix("train/")] = float(value)
+
+    def _on_step(self) -> bool:
+        self.steps += 1
+        self._copy_metrics()
+        if self.user_callback is not None:
+            local = {"self": self.agent, "step": self.steps - 1, **self.agent.vec_env.last_step}
+            if self.user_callback(local) is False:
+                return False
+        return self.steps < self.total_steps or self.steps % self.phase == 0
+
+    def _on_rollout_end(self) -> None:
+        self._copy_metrics()
+
+    def _on_training_end(self) -> None:
+        self._copy_metrics()
+
+
+@dataclasses.dataclass
+class SB3Config(AgentConfig):
+    """Fields left None come from ``agents/hyperparams/<algo>.yml``."""
+
+    learning_rate: float | None = None
+    """learning rate of the SB3 optimizer(s)"""
+    gamma: float | None = None
+    """discount factor per env step"""
+    minibatch_size: int | None = None
+    """SB3 batch_size: instances per gradient step"""
+    net_arch: str | None = None
+    """hidden layer sizes of the policy / value networks, comma separated, e.g. '64,64'"""
+    policy_device: str = "cpu"
+    """torch device of the SB3 networks (a tiny MLP: the CPU is fastest)"""
+    hyperparams_file: str = ""
+    """a yml file in RL Zoo layout to use instead of agents/hyperparams/<algo>.yml"""
+    verbose: int = 0
+    """SB3 verbosity"""
+
+
+@dataclasses.dataclass
+class OnPolicyConfig(SB3Config):
+    n_steps: int | None = None
+    """env steps per rollout (each gives B samples)"""
+    ent_coef: float | None = None
+    """entropy bonus coefficient"""
+    gae_lambda: float | None = None
+    """GAE lambda"""
+    vf_coef: float | None = None
+    """value loss coefficient"""
+    log_std_init: float | None = None
+    """weights mode: initial log std of the Gaussian policy (actions in [-1, 1])"""
+
+
+@dataclasses.dataclass
+class PPOConfig(OnPolicyConfig):
+    n_epochs: int | None = None
+    """epochs over each rollout"""
+    clip_range: float | None = None
+    """PPO clipping parameter"""
+
+
+@dataclasses.dataclass
+class OffPolicyConfig(SB3Config):
+    buffer_size: int | None = None
+    """replay buffer capacity in instances (transitions)"""
+    learning_starts: int | None = None
+    """env steps of random actions before learning starts"""
+    train_freq: int | None = None
+    """env steps between training phases"""
+    gradient_steps: int | None = None
+    """gradient steps per training phase"""
+    tau: float | None = None
+    """soft update coefficient of the target networks"""
+
+
+@dataclasses.dataclass
+class SACConfig(OffPolicyConfig):
+    ent_coef: float | None = None
+    """fixed entropy coefficient (None: the yml's, 'auto' = learned)"""
+
+
+@dataclasses.dataclass
+class TD3Config(OffPolicyConfig):
+    policy_delay: int | None = None
+    """critic updates per actor update"""
+    target_policy_noise: float | None = None
+    """std of the smoothing noise on target actions"""
+    action_noise_std: float | None = None
+    """std of the Gaussian exploration noise (actions in [-1, 1])"""
+
+
+# Config field -> SB3 keyword, where they differ.
+_RENAMED = {"minibatch_size": "batch_size"}
+_NOT_SB3 = {"seed", "net_arch", "policy_device", "hyperparams_file", "verbose", "action_noise_std", "log_std_init"}
+
+
+def load_hyperparams(algo: str, env_id: str | None, path: str | Path | None = None) -> dict[str, Any]:
+    """The hyperparameters of ``algo`` for ``env_id`` from a yml in RL Zoo layout (the ``default`` entry when the
+    file has no entry for ``env_id``)."""
+    path = Path(path) if path else HYPERPARAMS_DIR / f"{algo}.yml"
+    if not path.exists():
+        raise FileNotFoundError(f"no hyperparameter file for {algo!r} at {path}")
+    table = yaml.safe_load(path.read_text()) or {}
+    entry = table.get(env_id) if env_id in table else table.get("default")
+    if entry is None:
+        raise ValueError(f"{path} has no entry for env id {env_id!r} and no 'default' entry; keys: {sorted(table)}")
+    return dict(entry)
+
+
+class SB3Agent(Agent):
+    """An SB3 algorithm on the per-instance view :class:`InstanceVecEnv` of the env.
+
+    :param env: a TeacherSelection env.
+    :param kwargs: fields of the agent's ``Config``; None fields come from the hyperparameter file.
+    """
+
+    algorithm: ClassVar[type[BaseAlgorithm]]
+    supports_select: ClassVar[bool] = True
+    Config = SB3Config
+
+    def __init__(self, env: gym.Env, **kwargs: Any) -> None:
+        super().__init__(env, **kwargs)
+        if self.select_mode and not self.supports_select:
+            raise ValueError(f"agent {self.name!r} needs continuous actions but the env has action_type='select'; "
+                             "use action_type='weights' or a selector that supports it ('ppo', 'a2c', 'reinforce')")
+        self.vec_env = InstanceVecEnv(env)
+        self.metrics: dict[str, float] = {}
+        self.hyperparams = self._hyperparams()
+        self.model = self.algorithm(env=self.vec_env, seed=self.config.seed, device=self.config.policy_device,
+                                    verbose=self.config.verbose, **self.hyperparams)
+
+    def _hyperparams(self) -> dict[str, Any]:
+        """SB3 keywords: the yml entry for the env id, overridden by the Config fields that are set."""
+        spec = getattr(self.env, "spec", None) or getattr(self.unwrapped, "spec", None)
+        params = load_hyperparams(self.name, spec.id if spec else None, self.config.hyperparams_file or None)
+        params.pop("n_timesteps", None)  # RL Zoo keys that are not SB3 keywords
+        params.setdefault("policy", "MlpPolicy")
+        for field in dataclasses.fields(self.config):
+            value = getattr(self.config, field.name)
+            if field.name not in _NOT_SB3 and value is not None:
+                params[_RENAMED.get(field.name, field.name)] = value
+        policy_kwargs = dict(params.pop("policy_kwargs", None) or {})
+        if self.config.net_arch:
+            policy_kwargs["net_arch"] = [int(size) for size in self.config.net_arch.split(",")]
+        if getattr(self.config, "log_std_init", None) is not None and not self.select_mode:
+            policy_kwargs["log_std_init"] = self.config.log_std_init
+        params["policy_kwargs"] = policy_kwargs
+        b = self.vec_env.num_envs
+        if "learning_starts" in params:  # env steps -> SB3 timesteps
+            params["learning_starts"] = int(params["learning_starts"]) * b
+        action_noise_std = params.pop("action_noise_std", None)
+        if getattr(self.config, "action_noise_std", None) is not None:
+            action_noise_std = self.config.action_noise_std
+        if action_noise_std:
+            k = self.vec_env.num_teachers
+            params["action_noise"] = NormalActionNoise(np.zeros(k), float(action_noise_std) * np.ones(k))
+        return params
+
+    def predict(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
+        actions, _ = self.model.predict(self.vec_env.instance_obs(obs), deterministic=deterministic)
+        return self.vec_env.env_action(actions)
+
+    def learn(self, total_steps: int, callback=None) -> SB3Agent:
+        if total_steps <= 0:
+            return self
+        self.vec_env.seed(self.config.seed)  # the first reset of learn() uses the agent's seed, like the base loop
+        self.model.learn(total_timesteps=total_steps * self.vec_env.num_envs,
+                         callback=_LearnCallback(self, total_steps, callback))
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """The SB3 model as the bytes of its zip file (policy, optimizers, hyperparameters)."""
+        buffer = io.BytesIO()
+        self.model.save(buffer)
+        return {"sb3_zip": buffer.getvalue()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model = self.algorithm.load(io.BytesIO(state["sb3_zip"]), env=self.vec_env,
+                                         device=self.config.policy_device)
+
+
+class PPOAgent(SB3Agent):
+    """PPO (Schulman et al., 2017) on the per-instance view; hyperparameters in ``agents/hyperparams/ppo.yml``."""
+
+    name = "ppo"
+    algorithm = PPO
+    Config = PPOConfig
+
+
+class A2CAgent(SB3Agent):
+    """A2C (Mnih et al., 2016) on the per-instance view; hyperparameters in ``agents/hyperparams/a2c.yml``."""
+
+    name = "a2c"
+    algorithm = A2C
+    Config = OnPolicyConfig
+
+
+class SACAgent(SB3Agent):
+    """SAC (Haarnoja et al., 2018) on the per-instance view (``weights`` mode only)."""
+
+    name = "sac"
+    algorithm = SAC
+    Config = SACConfig
+    supports_select = False
+
+
+class TD3Agent(SB3Agent):
+    """TD3 (Fujimoto et al., 2018) on the per-instance view (``weights`` mode only)."""
+
+    name = "td3"
+    algorithm = TD3
+    Config = TD3Config
+    supports_select = False

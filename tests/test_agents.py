@@ -1,0 +1,202 @@
+"""Agents on a synthetic pool in which teacher 2 of 3 is confidently wrong: the learners must learn to drop it.
+
+The data: 16-d embeddings around one centre per class; the train labels are noisy (30% redrawn at random), the dev
+labels clean; teachers 0 and 1 put +4 on the true class, teacher 2 puts +6 on the next class. So the good teachers
+are worth more than the gold labels and the bad one is worth less than nothing. The reward is ``dev_loss_delta``
+measured after every update (``reward_interval=1``): the decrease of the student's dev CE, a real measure of the
+update each action shaped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import datasets
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import agents
+import kd_gym  # noqa: F401 - registers the envs
+from agents.reinforce import ReinforceAgent
+from agents.sb3 import HYPERPARAMS_DIR, InstanceVecEnv, load_hyperparams
+from kd_gym.data import KDData, SplitTensors
+from kd_gym.tasks import Task
+
+BATCH, TEACHERS, LABELS, WRONG = 16, 3, 3, 2
+
+
+def noisy_teacher_data(seed: int = 0, n_train: int = 2048, n_dev: int = 512, dim: int = 16) -> KDData:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0.0, 1.0, (LABELS, dim))
+
+    def split(n: int, label_noise: float, with_teachers: bool = True) -> SplitTensors:
+        truth = rng.integers(0, LABELS, n)
+        embeddings = centers[truth] + rng.normal(0.0, 1.0, (n, dim))
+        labels = np.where(rng.random(n) < label_noise, rng.integers(0, LABELS, n), truth)
+        logits = rng.normal(0.0, 1.0, (n, TEACHERS, LABELS))
+        for k in range(TEACHERS):
+            target = (truth + 1) % LABELS if k == WRONG else truth
+            logits[np.arange(n), k, target] += 6.0 if k == WRONG else 4.0
+        return SplitTensors({"embeddings": torch.tensor(embeddings, dtype=torch.float32)}, torch.tensor(labels),
+                            torch.tensor(rng.integers(5, 20, n)),
+                            torch.tensor(logits, dtype=torch.float32) if with_teachers else None)
+
+    tables = {s: datasets.Dataset.from_dict({"text": ["unused"], "label": [0]}) for s in ("train", "dev", "test")}
+    task = Task("synthetic", tables, ["l0", "l1", "l2"], "accuracy")
+    splits = {"train": split(n_train, 0.3), "dev": split(n_dev, 0.0), "test": split(n_dev, 0.0, False)}
+    return KDData(task, [f"teacher{k}" for k in range(TEACHERS)], splits)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread avoids oversubscription (10x faster on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data() -> KDData:
+    return noisy_teacher_data()
+
+
+def make_env(data: KDData, **options) -> gym.Env:
+    config = {"data": data, "batch_size": BATCH, "reward": "dev_loss_delta", "reward_interval": 1, "alpha": 0.2,
+              "episode_steps": 100, "dev_subset": 256, "device": "cpu", **options}
+    return gym.make("kd_gym/TeacherSelectionLite-v0", **config)
+
+
+def mean_weights(agent: agents.Agent, env: gym.Env, steps: int = 5) -> np.ndarray:
+    """(K,) mean deterministic weight per teacher over ``steps`` fresh batches."""
+    obs, _ = env.reset(seed=1234)
+    weights = []
+    for _ in range(steps):
+        weights.append(agent.predict(obs, deterministic=True).mean(0))
+        obs, *_ = env.step(np.ones((BATCH, TEACHERS), np.float32))
+    return np.mean(weights, axis=0)
+
+
+# -- learning to drop the wrong teacher
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reinforce_learns_to_drop_the_wrong_teacher(data, seed):
+    env = make_env(data)
+    agent = agents.make("reinforce", env, seed=seed, learning_rate=0.05).learn(3000)
+    weights = mean_weights(agent, env)
+    assert weights[WRONG] < 0.5 * weights[:WRONG].mean(), weights
+    assert weights[:WRONG].min() > 0.5, weights
+    assert {"policy_loss", "baseline", "entropy", "keep_probability[teacher2]"} <= set(agent.metrics)
+
+
+def test_ppo_learns_to_drop_the_wrong_teacher(data):
+    env = make_env(data)
+    agent = agents.make("ppo", env, seed=0, learning_rate=1e-3, gamma=0.0, n_steps=32).learn(3000)
+    weights = mean_weights(agent, env)
+    assert weights[WRONG] < 0.5 * weights[:WRONG].mean(), weights
+    assert {"policy_gradient_loss", "value_loss", "entropy_loss"} <= set(agent.metrics)
+
+
+def test_confidence_downweights_the_wrong_teacher_from_the_start(data):
+    env = make_env(data)
+    weights = mean_weights(agents.make("confidence", env), env)
+    assert weights[WRONG] < 0.5 * weights[:WRONG].mean(), weights
+
+
+# -- every agent acts inside the action space
+def _agent_names() -> list[str]:
+    return [name.replace("<k>", "1") for name in agents.available_agents()]
+
+
+@pytest.mark.parametrize("action_type", ["weights", "select"])
+@pytest.mark.parametrize("name", _agent_names())
+def test_actions_are_inside_the_action_space(data, name, action_type):
+    if action_type == "select" and name in ("sac", "td3"):
+        pytest.skip("continuous-action agents: see test_continuous_agents_refuse_select_mode")
+    # the oracle needs a scenario that knows how the pool was made
+    env = make_env(data, action_type=action_type, **({"scenario": "noisy-teacher"} if name == "oracle" else {}))
+    agent = agents.make(name, env, seed=0)
+    obs, _ = env.reset(seed=0)
+    for deterministic in (False, True):
+        action = agent.predict(obs, deterministic=deterministic)
+        assert action.shape == env.action_space.shape
+        assert env.action_space.contains(action), (name, action_type, deterministic, action)
+        obs, *_ = env.step(action)
+
+
+@pytest.mark.parametrize("name", ["sac", "td3"])
+def test_continuous_agents_refuse_select_mode(data, name):
+    with pytest.raises(ValueError, match="action_type='select'"):
+        agents.make(name, make_env(data, action_type="select"))
+
+
+# -- learn() runs, counts env steps exactly and records losses
+@pytest.mark.parametrize(("name", "kwargs", "steps"), [
+    ("a2c", {}, 30),
+    ("sac", {"learning_starts": 5}, 12),
+    ("td3", {"learning_starts": 5}, 12),
+    ("ppo", {"n_steps": 8, "minibatch_size": 64}, 20),  # 20 is not a multiple of n_steps: stopped by the callback
+    ("reinforce", {"warmup_steps": 2, "update_interval": 5}, 20),
+])
+def test_learn_runs_exactly_total_steps(data, name, kwargs, steps):
+    env = make_env(data)
+    seen = []
+    agent = agents.make(name, env, seed=0, **kwargs).learn(steps, callback=lambda local: seen.append(local["reward"]))
+    assert env.unwrapped.trainer.steps == steps == len(seen)
+    assert agent.metrics and all(np.isfinite(v) for v in agent.metrics.values()), agent.metrics
+
+
+def test_callback_returning_false_stops_learning(data):
+    env = make_env(data)
+    agents.make("ppo", env, seed=0, n_steps=8, minibatch_size=64).learn(50, callback=lambda local: local["step"] < 4)
+    assert env.unwrapped.trainer.steps == 5
+
+
+# -- save and load
+@pytest.mark.parametrize("name", ["reinforce", "ppo", "sac"])
+def test_save_load_gives_identical_deterministic_actions(data, name, tmp_path):
+    env = make_env(data)
+    kwargs = {"learning_starts": 2} if name == "sac" else {}
+    agent = agents.make(name, env, seed=3, **kwargs).learn(12)
+    agent.save(tmp_path / name)
+    loaded = agents.load(tmp_path / name, make_env(data))
+    assert type(loaded) is type(agent)
+    obs, _ = env.reset(seed=7)
+    np.testing.assert_array_equal(agent.predict(obs, deterministic=True), loaded.predict(obs, deterministic=True))
+
+
+# -- the per-instance view and the hyperparameter files
+def test_instance_vec_env_broadcasts_reward_and_resets_on_done(data):
+    env = make_env(data, episode_steps=2)
+    vec_env = InstanceVecEnv(env)
+    obs = vec_env.reset()
+    features = len(env.unwrapped.feature_names)
+    assert obs.shape == (BATCH, features + TEACHERS * LABELS + LABELS)
+    assert vec_env.observation_space.contains(obs[0])
+    actions = np.zeros((BATCH, TEACHERS), np.float32)  # -1..1 -> weight 0.5
+    obs, rewards, dones, infos = vec_env.step(actions)
+    np.testing.assert_allclose(vec_env.last_step["action"], 0.5)
+    assert not dones.any() and np.all(rewards == rewards[0])
+    obs, rewards, dones, infos = vec_env.step(actions)
+    assert dones.all() and all("terminal_observation" in info for info in infos)
+    assert env.unwrapped.trainer.steps == 0  # the real env was reset: a fresh student
+
+
+def test_hyperparameter_files():
+    for algo in ("ppo", "a2c", "sac", "td3"):
+        lite = load_hyperparams(algo, "kd_gym/TeacherSelectionLite-v0")
+        assert lite["policy_kwargs"]["net_arch"] == [64, 64]
+        assert load_hyperparams(algo, "kd_gym/TeacherSelection-v0")
+        assert load_hyperparams(algo, "unknown-id") == load_hyperparams(algo, None)
+    # the REINFORCE file documents the Config defaults: they must agree
+    reference = yaml.safe_load((HYPERPARAMS_DIR / "reinforce.yml").read_text())["default"]
+    defaults = {f.name: f.default for f in dataclasses.fields(ReinforceAgent.Config)}
+    assert {k: defaults[k] for k in reference} == reference
+
+
+def test_config_field_overrides_the_yml(data):
+    agent = agents.make("ppo", make_env(data), n_steps=16, learning_rate=1e-3, net_arch="32")
+    assert agent.model.n_steps == 16 and agent.model.learning_rate == 1e-3
+    assert agent.hyperparams["policy_kwargs"]["net_arch"] == [32]

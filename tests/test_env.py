@@ -1,0 +1,376 @@
+"""Tests for kd_gym.env: the registered TeacherSelection environments, through gymnasium.make, on the tiny task."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import kd_gym
+import kd_gym.rewards
+from kd_gym.rewards import Reward, register_reward
+
+B, K, C = 8, 3, 3  # tiny_env_kwargs: batch_size 8, three teachers, three labels
+F_BASE = 4 * K + 4  # teacher_ce, teacher_entropy, teacher_correct, teacher_student_kl per teacher; 4 shared
+LR = {"kd_gym/TeacherSelection-v0": 3e-3, "kd_gym/TeacherSelectionLite-v0": 1e-2}  # fast enough to move dev
+ENV_IDS = pytest.mark.parametrize("env_id", kd_gym.ENV_IDS)
+ACTION_TYPES = pytest.mark.parametrize("action_type", ["weights", "select"])
+BUILTIN_REWARDS = ["dev_delta", "dev_loss_delta", "neg_ce", "neg_ce_kd"]
+
+
+@pytest.fixture(scope="module")
+def env_cache(tmp_path_factory):
+    """One cache folder for the module: teacher logits and embeddings are computed once, not once per test."""
+    return tmp_path_factory.mktemp("env_cache")
+
+
+@pytest.fixture()
+def env_kwargs(tiny_env_kwargs, env_cache) -> dict:
+    return {**tiny_env_kwargs, "cache_dir": str(env_cache)}
+
+
+def make(env_id: str, env_kwargs: dict, **overrides) -> gym.Env:
+    return gym.make(env_id, **{**env_kwargs, **overrides})
+
+
+def weights_actions(n: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.random((B, K)).astype(np.float32) for _ in range(n)]
+
+
+def student_parameters(env: gym.Env) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in env.unwrapped.trainer.model.named_parameters()}
+
+
+def assert_obs_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() == {"features", "teacher_logits", "student_logits"}
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+# ------------------------------------------------------------------------------------------------ checkers, spaces
+
+
+# Stable-Baselines3's advice about its default policies (flatten non-1D observations, symmetric Box actions) does
+# not apply: kd-gym's agents share one network across the B instances of a batch.
+@pytest.mark.filterwarnings("ignore:.*unconventional shape:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*(image|channels-last|resolution for an image):UserWarning")
+@pytest.mark.filterwarnings("ignore:.*symmetric and normalized Box action space:UserWarning")
+@ENV_IDS
+@ACTION_TYPES
+def test_gymnasium_and_sb3_env_checkers_pass(env_id, action_type, env_kwargs) -> None:
+    from gymnasium.utils.env_checker import check_env as gymnasium_check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = make(env_id, env_kwargs, action_type=action_type)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gymnasium_check_env(env.unwrapped, skip_render_check=True)
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
+    sb3_check_env(env.unwrapped)
+
+
+@ENV_IDS
+@ACTION_TYPES
+def test_spaces_have_the_documented_shapes(env_id, action_type, env_kwargs) -> None:
+    env = make(env_id, env_kwargs, action_type=action_type)
+    spaces = env.observation_space.spaces
+    assert spaces["features"].shape == (B, F_BASE) and spaces["features"].dtype == np.float32
+    assert spaces["teacher_logits"].shape == (B, K, C) and spaces["student_logits"].shape == (B, C)
+    if action_type == "weights":
+        assert isinstance(env.action_space, gym.spaces.Box) and env.action_space.shape == (B, K)
+        assert env.action_space.low.min() == 0.0 and env.action_space.high.max() == 1.0
+    else:
+        assert isinstance(env.action_space, gym.spaces.MultiBinary) and env.action_space.shape == (B, K)
+    names = env.unwrapped.feature_names
+    assert len(names) == F_BASE == len(set(names))
+    assert names[:K] == [f"teacher_ce[teacher{k}]" for k in range(K)]
+    assert names[-4:] == ["teacher_agreement", "student_ce", "student_entropy", "length"]
+    assert env.unwrapped.teacher_names == ["teacher0", "teacher1", "teacher2"]
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    assert {key: value.shape for key, value in obs.items()} == {
+        "features": (B, F_BASE), "teacher_logits": (B, K, C), "student_logits": (B, C)}
+    assert info["step"] == 0 and 0.0 <= info["dev_metric"] <= 1.0  # the dev reward measured its baseline
+
+
+@ENV_IDS
+def test_include_representation_appends_the_student_representation(env_id, env_kwargs) -> None:
+    env = make(env_id, env_kwargs, include_representation=True, lite_hidden=16)
+    size = 16 if "Lite" in env_id else 32  # lite: its hidden layer; full: the encoder's hidden size
+    names = env.unwrapped.feature_names
+    assert len(names) == F_BASE + size and names[F_BASE:] == [f"student_repr[{i}]" for i in range(size)]
+    obs, _ = env.reset(seed=0)
+    assert obs["features"].shape == (B, F_BASE + size) == env.observation_space["features"].shape
+    assert np.abs(obs["features"][:, F_BASE:]).sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------ seeding
+
+
+@ENV_IDS
+def test_same_seed_same_episode_other_seed_other_start(env_id, env_kwargs) -> None:
+    env = make(env_id, env_kwargs, reward="neg_ce_kd", lr=LR[env_id])
+    actions = weights_actions(5)
+
+    def episode(seed: int):
+        first, _ = env.reset(seed=seed)
+        steps = [env.step(action) for action in actions]
+        return first, [s[0] for s in steps], [s[1] for s in steps], [s[4]["loss"] for s in steps]
+
+    first_a, obs_a, rewards_a, losses_a = episode(7)
+    first_b, obs_b, rewards_b, losses_b = episode(7)
+    assert_obs_equal(first_a, first_b)
+    for a, b in zip(obs_a, obs_b):
+        assert_obs_equal(a, b)
+    assert rewards_a == rewards_b and losses_a == losses_b
+    assert all(r < 0 for r in rewards_a)  # neg_ce_kd: a real number at every step, not 0
+    # A second environment made the same way starts the same.
+    assert_obs_equal(make(env_id, env_kwargs).reset(seed=7)[0], first_a)
+    # Another seed: another student and another batch.
+    first_c, _ = env.reset(seed=8)
+    assert not np.array_equal(first_c["student_logits"], first_a["student_logits"])
+    assert not np.array_equal(first_c["features"], first_a["features"])
+
+
+# ------------------------------------------------------------------------------------------------ actions
+
+
+@ENV_IDS
+@ACTION_TYPES
+def test_invalid_actions_are_errors_that_name_the_expected_shape(env_id, action_type, env_kwargs) -> None:
+    env = make(env_id, env_kwargs, action_type=action_type)
+    env.reset(seed=0)
+    nan = np.ones((B, K), dtype=np.float32)
+    nan[2, 1] = np.nan
+    for bad in (nan, np.full((B, K), np.inf, dtype=np.float32)):
+        with pytest.raises(ValueError, match=r"NaN.*\(8, 3\)"):
+            env.step(bad)
+    for shape in ((B, K - 1), (B - 1, K), (B * K,), (1, B, K)):
+        with pytest.raises(ValueError, match=r"\(8, 3\)"):
+            env.step(np.ones(shape, dtype=np.float32))
+    assert env.unwrapped.trainer.steps == 0  # nothing was trained on a rejected action
+
+
+def test_step_before_reset_is_an_error(env_kwargs) -> None:
+    env = make("kd_gym/TeacherSelectionLite-v0", env_kwargs).unwrapped
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.ones((B, K), dtype=np.float32))
+
+
+@ENV_IDS
+def test_out_of_range_weights_are_clipped(env_id, env_kwargs) -> None:
+    env = make(env_id, env_kwargs)
+
+    def first_step(action):
+        env.reset(seed=3)
+        return env.step(np.asarray(action, dtype=np.float32))[4]
+
+    ones, twos = first_step(np.ones((B, K))), first_step(2 * np.ones((B, K)))
+    np.testing.assert_array_equal(twos["weights"], ones["weights"])
+    np.testing.assert_allclose(ones["weights"], np.full((B, K), 1 / 3), rtol=1e-6)
+    assert twos["loss"] == ones["loss"] and twos["kd"] == ones["kd"]
+    mixed = np.tile([[2.0, 0.5, -1.0]], (B, 1))
+    mixed[0] = -1.0  # all clipped to 0: this row learns from the gold label alone
+    info = first_step(mixed)
+    np.testing.assert_allclose(info["weights"][1:], np.tile([[2 / 3, 1 / 3, 0.0]], (B - 1, 1)), rtol=1e-6)
+    np.testing.assert_array_equal(info["weights"][0], 0.0)
+
+
+@ENV_IDS
+def test_select_mode_takes_zeros_and_ones_only(env_id, env_kwargs) -> None:
+    env = make(env_id, env_kwargs, action_type="select")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="select"):
+        env.step(np.full((B, K), 0.5, dtype=np.float32))
+    assert env.unwrapped.trainer.steps == 0
+    action = np.tile(np.array([[1, 0, 1]], dtype=np.int8), (B, 1))
+    action[0] = 0  # drop every teacher: gold label alone
+    _, _, _, _, info = env.step(action)
+    np.testing.assert_allclose(info["weights"][1:], np.tile([[0.5, 0.0, 0.5]], (B - 1, 1)))
+    np.testing.assert_array_equal(info["weights"][0], 0.0)
+    env.step(env.action_space.sample())  # the space's own samples are valid actions
+    assert env.unwrapped.trainer.steps == 2
+
+
+# ------------------------------------------------------------------------------------------------ episodes
+
+
+@ENV_IDS
+def test_episode_terminates_after_episode_steps(env_id, env_kwargs) -> None:
+    env = make(env_id, env_kwargs, episode_steps=5)
+    env.reset(seed=0)
+    flags = []
+    for t, action in enumerate(weights_actions(5), start=1):
+        _, reward, terminated, truncated, info = env.step(action)
+        flags.append((terminated, truncated))
+        assert info["step"] == t == info["student_steps"]
+        assert info["weights"].shape == (B, K) and np.isfinite([info["loss"], info["ce"], info["kd"]]).all()
+    assert flags == [(False, False)] * 4 + [(True, False)]
+    # The next episode starts over.
+    _, info = env.reset(seed=0)
+    assert info["step"] == 0 and env.step(weights_actions(1)[0])[2] is False
+
+
+@ENV_IDS
+def test_keep_student_keeps_the_trained_weights(env_id, env_kwargs) -> None:
+    env = make(env_id, env_kwargs, lr=LR[env_id])
+    env.reset(seed=1)
+    initial = student_parameters(env)
+    for action in weights_actions(4):
+        env.step(action)
+    trained = student_parameters(env)
+    assert any(not torch.equal(trained[name], initial[name]) for name in initial)
+
+    env.reset(options={"keep_student": True})
+    for name, value in student_parameters(env).items():
+        assert torch.equal(value, trained[name]), name
+    env.reset(seed=1)  # a plain reset: the fresh student of that seed again
+    for name, value in student_parameters(env).items():
+        assert torch.equal(value, initial[name]), name
+    env.reset()  # no seed: a fresh student, not the trained one
+    fresh = student_parameters(env)
+    heads = [name for name in fresh if name.endswith("classifier.weight")]
+    assert heads and all(not torch.equal(fresh[name], trained[name]) for name in heads)
+    assert all(not torch.equal(fresh[name], initial[name]) for name in heads)  # a new draw, not seed 1's
+
+
+def test_dev_subset_is_fixed(env_kwargs) -> None:
+    env = make("kd_gym/TeacherSelectionLite-v0", env_kwargs)
+    indices = env.unwrapped.dev_indices.copy()
+    assert len(indices) == 20 and len(set(indices)) == 20 and np.all(np.diff(indices) > 0) and indices.max() < 30
+    env.reset(seed=0)
+    env.reset(seed=1)
+    np.testing.assert_array_equal(env.unwrapped.dev_indices, indices)
+    np.testing.assert_array_equal(make("kd_gym/TeacherSelectionLite-v0", env_kwargs).unwrapped.dev_indices, indices)
+
+
+# ------------------------------------------------------------------------------------------------ rewards
+
+
+def test_builtin_rewards_are_registered() -> None:
+    assert set(BUILTIN_REWARDS) <= set(kd_gym.rewards.REWARDS)
+
+
+@ENV_IDS
+@pytest.mark.parametrize("reward", BUILTIN_REWARDS)
+def test_builtin_rewards(env_id, reward, env_kwargs) -> None:
+    env = make(env_id, env_kwargs, reward=reward, lr=LR[env_id])
+    unwrapped = env.unwrapped
+    _, info = env.reset(seed=0)
+    start = unwrapped.trainer.evaluate("dev", unwrapped.dev_indices)
+    rewards, infos = [], []
+    terminated = False
+    for action in weights_actions(12):
+        assert not terminated
+        _, r, terminated, _, info = env.step(action)
+        rewards.append(r)
+        infos.append(info)
+    assert terminated
+    end = unwrapped.trainer.evaluate("dev", unwrapped.dev_indices)
+    rewards = np.array(rewards)
+    measured = np.arange(1, 13) % 3 == 0  # reward_interval = 3
+    if reward == "neg_ce":
+        np.testing.assert_allclose(rewards, [-i["ce"] for i in infos], rtol=1e-6)
+    elif reward == "neg_ce_kd":
+        np.testing.assert_allclose(rewards, [-(i["ce"] + i["kd"]) for i in infos], rtol=1e-5)
+        assert all(i["kd"] > 0 for i in infos)
+    else:
+        assert np.all(rewards[~measured] == 0.0)
+        assert info["dev_metric"] == end["metric"] and info["dev_loss"] == end["loss"]
+        if reward == "dev_delta":
+            assert rewards.sum() == pytest.approx(100 * (end["metric"] - start["metric"]), abs=1e-9)
+            assert np.all(np.isin(np.round(rewards * 20 / 100, 6), np.arange(-20, 21)))  # steps of 1/20 of the subset
+        else:
+            assert rewards.sum() == pytest.approx(start["loss"] - end["loss"], rel=1e-6)
+            assert np.all(rewards[measured] != 0.0)
+    if env_id.endswith("Lite-v0") or reward != "dev_delta":
+        assert np.any(rewards != 0.0)  # the student moves enough for every reward to see it
+
+
+def test_dev_delta_follows_the_dev_metric(env_kwargs) -> None:
+    env = make("kd_gym/TeacherSelectionLite-v0", env_kwargs, lr=LR["kd_gym/TeacherSelectionLite-v0"])
+    _, info = env.reset(seed=0)
+    previous = info["dev_metric"]
+    for t, action in enumerate(weights_actions(12), start=1):
+        _, reward, _, _, info = env.step(action)
+        if t % 3 == 0:
+            assert reward == pytest.approx(100 * (info["dev_metric"] - previous), abs=1e-9)
+            previous = info["dev_metric"]
+
+
+def test_reward_scale_multiplies_the_reward(env_kwargs) -> None:
+    rewards = {}
+    for scale in (1.0, -2.5):
+        env = make("kd_gym/TeacherSelectionLite-v0", env_kwargs, reward="neg_ce", reward_scale=scale)
+        env.reset(seed=0)
+        rewards[scale] = [env.step(a)[1] for a in weights_actions(3)]
+    np.testing.assert_allclose(rewards[-2.5], -2.5 * np.array(rewards[1.0]), rtol=1e-6)
+
+
+def test_custom_reward_registered_by_the_user(env_kwargs, monkeypatch) -> None:
+    monkeypatch.setattr(kd_gym.rewards, "REWARDS", dict(kd_gym.rewards.REWARDS))  # undone after the test
+
+    @register_reward("test_minus_kd_times_steps")
+    class MinusKDTimesSteps(Reward):
+        def reset(self, env) -> None:
+            self.resets = getattr(self, "resets", 0) + 1
+
+        def __call__(self, env, loss) -> float:
+            return -env.trainer.steps * loss.kd.item()
+
+    env = make("kd_gym/TeacherSelectionLite-v0", env_kwargs, reward="test_minus_kd_times_steps")
+    env.reset(seed=0)
+    assert isinstance(env.unwrapped.reward_fn, MinusKDTimesSteps) and env.unwrapped.reward_fn.resets == 1
+    for t, action in enumerate(weights_actions(3), start=1):
+        _, reward, _, _, info = env.step(action)
+        assert reward == pytest.approx(-t * info["kd"], rel=1e-6) and reward < 0
+    # A Reward instance works too, without registering.
+    instance = MinusKDTimesSteps()
+    env = make("kd_gym/TeacherSelectionLite-v0", env_kwargs, reward=instance)
+    env.reset(seed=0)
+    assert env.unwrapped.reward_fn is instance
+
+
+def test_unknown_reward_lists_the_registered_ones(env_kwargs) -> None:
+    with pytest.raises(ValueError, match="unknown reward 'no_such_reward'") as error:
+        make("kd_gym/TeacherSelectionLite-v0", env_kwargs, reward="no_such_reward")
+    assert all(name in str(error.value) for name in BUILTIN_REWARDS)
+
+
+# ------------------------------------------------------------------------------------------------ options, registration
+
+
+@ENV_IDS
+def test_unknown_option_is_a_type_error_listing_the_options(env_id, env_kwargs) -> None:
+    with pytest.raises(TypeError, match="bogus_option") as error:
+        make(env_id, env_kwargs, bogus_option=1)
+    assert all(name in str(error.value) for name in kd_gym.default_config())
+
+
+@pytest.mark.parametrize("option, value, pattern", [
+    ("action_type", "soft", "action_type"),
+    ("student", "huge", "student"),
+    ("batch_size", 0, "batch_size"),
+    ("episode_steps", 0, "episode_steps"),
+    ("reward_interval", 0, "reward_interval"),
+])
+def test_invalid_option_values_are_errors(option, value, pattern, env_kwargs) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        make("kd_gym/TeacherSelectionLite-v0", env_kwargs, **{option: value})
+
+
+def test_registration_is_idempotent() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # gymnasium warns when an id is registered again
+        importlib.reload(kd_gym)
+        kd_gym._register()
+        import kd_gym as again  # noqa: F401
+    for env_id, student in zip(kd_gym.ENV_IDS, ("full", "lite")):
+        spec = gym.spec(env_id)
+        assert spec.entry_point == "kd_gym.env:TeacherSelectionEnv" and spec.kwargs == {"student": student}
+    assert sum(env_id.startswith("kd_gym/") for env_id in gym.registry) == len(kd_gym.ENV_IDS)
