@@ -28,7 +28,7 @@ def _tiny_bert(folder: Path, num_labels: int, seed: int, id2label: dict[int, str
         "the", "a", "is", "was", "my", "and"]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
+    tokenizer = BertTokenizerFast.from_pretrained(folder)  # reads vocab.txt (transformers 4 and 5)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,

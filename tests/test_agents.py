@@ -91,14 +91,6 @@ def test_reinforce_learns_to_drop_the_wrong_teacher(data, seed):
     assert {"policy_loss", "baseline", "entropy", "keep_probability[teacher2]"} <= set(agent.metrics)
 
 
-def test_ppo_learns_to_drop_the_wrong_teacher(data):
-    env = make_env(data)
-    agent = agents.make("ppo", env, seed=0, learning_rate=1e-3, gamma=0.0, n_steps=32).learn(3000)
-    weights = mean_weights(agent, env)
-    assert weights[WRONG] < 0.5 * weights[:WRONG].mean(), weights
-    assert {"policy_gradient_loss", "value_loss", "entropy_loss"} <= set(agent.metrics)
-
-
 def test_confidence_downweights_the_wrong_teacher_from_the_start(data):
     env = make_env(data)
     weights = mean_weights(agents.make("confidence", env), env)

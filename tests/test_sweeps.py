@@ -1,0 +1,98 @@
+"""Every sweep file, offline: the W&B sweep schema, real flags, the logged metric, and a command that runs.
+
+The schema is checked by the ``sweeps`` package (the engine behind W&B sweeps); the command is built with wandb's
+own helpers for ``${args_no_boolean_flags}`` from one parameter set sampled by ``sweeps.next_run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kd_gym.cli import build_parser
+
+SWEEPS = sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml"))
+
+
+def test_the_required_sweeps_exist():
+    assert {p.stem for p in SWEEPS} >= {"reinforce", "ppo", "kd"}
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["train"]
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {option: action for action in parser._actions for option in action.option_strings}
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_sweep_file_is_valid_and_its_parameters_are_real_flags(path):
+    from sweeps import schema_violations_from_proposed_config
+
+    config = yaml.safe_load(path.read_text())
+    assert schema_violations_from_proposed_config(config) == []
+    assert {"program", "method", "metric", "parameters", "command"} <= set(config)
+    assert "${args_no_boolean_flags}" in config["command"]
+    options = _options(_train_parser())
+    agent = config["command"][config["command"].index("--agent") + 1]
+    from agents import resolve
+
+    agent_fields = {f for f in resolve(agent)[0].Config.__dataclass_fields__}
+    env_options = set(__import__("agents.flags", fromlist=["ENV_FLAGS"]).ENV_FLAGS)
+    for name, spec in config["parameters"].items():
+        assert f"--{name}" in options, f"{path.name}: parameter {name!r} is not a flag of kd-gym train"
+        assert name in agent_fields or name in env_options, f"{path.name}: {name!r} does not apply to {agent!r}"
+        values = spec.get("values", [])
+        if any(isinstance(v, bool) for v in values):
+            # ${args_no_boolean_flags} omits false booleans, so false must be the flag's default
+            assert options[f"--{name}"].default in (None, False), f"{name}: a swept boolean must default to false"
+
+
+def _wandb_command(config: dict, run_config: dict) -> list[str]:
+    """The command wandb agent would run for ``run_config`` (see wandb/wandb_agent.py)."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    variables = create_sweep_command_args({"args": run_config})
+    variables.update(interpreter=[sys.executable], program=[config["program"]], env=["/usr/bin/env"])
+    command = []
+    for chunk in create_sweep_command(config["command"]):
+        chunk = str(chunk)
+        command += variables.get(chunk[2:-1], []) if chunk.startswith("${") and chunk.endswith("}") else [chunk]
+    return command
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_the_command_wandb_would_run_logs_the_metric(path, tiny_env_kwargs, tmp_path):
+    from sweeps import SweepConfig, next_run
+
+    config = yaml.safe_load(path.read_text())
+    run = next_run(SweepConfig(config), runs=[])
+    command = _wandb_command(config, run.config)
+    assert command[:4] == ["/usr/bin/env", sys.executable, "-m", "kd_gym.cli"]
+    for name, value in run.config.items():
+        if value["value"] is True:
+            assert f"--{name}" in command
+        elif value["value"] is not False:
+            assert f"--{name}={value['value']}" in command
+    # The sampled command as W&B would run it, pointed at a tiny task and pool and a short budget.
+    kw = tiny_env_kwargs
+    tiny = ["--task", kw["task"], "--teachers", ",".join(kw["teachers"]), "--student-checkpoint",
+            kw["student_checkpoint"], "--batch-size", "8", "--dev-subset", "20", "--max-length", "16",
+            "--device", "cpu", "--steps", "6", "--out", str(tmp_path / "run")]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}
+    completed = subprocess.run(command + tiny, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summaries = list((tmp_path / "run").glob("wandb/offline-run-*/files/wandb-summary.json"))
+    assert len(summaries) == 1, "the run did not log to W&B offline"
+    summary = json.loads(summaries[0].read_text())
+    assert config["metric"]["name"] in summary
+    assert 0.0 <= summary[config["metric"]["name"]] <= 1.0
