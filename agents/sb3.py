@@ -14,6 +14,13 @@ env steps; ``batch_size`` and ``buffer_size`` count instances (SB3 transitions).
 Actions: in ``weights`` mode the sub-env's action space is ``Box(-1, 1, (K,))`` (SB3's recommended symmetric range;
 a Gaussian policy starts at weight 0.5 instead of half its samples clipped to 0), mapped to weights by
 ``(a + 1) / 2``; in ``select`` mode it is ``MultiBinary(K)`` (PPO and A2C only).
+
+Normalisation: the raw observation mixes CEs, 0/1 flags and logits up to +-50, and the rewards (dev-loss or
+dev-metric deltas) are tiny; with the yml key ``normalize`` (RL Zoo's: ``true`` or a dict of ``VecNormalize``
+keywords) the SB3 model sees ``VecNormalize(InstanceVecEnv)``: observations standardised with a running mean / std
+(updated while learning, frozen in :meth:`SB3Agent.predict`, which applies the same standardisation) and, with
+``norm_reward``, rewards divided by a running std of the discounted return. The statistics are part of
+``state_dict``. The Config fields ``normalize_obs`` / ``normalize_reward`` override the yml.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.noise import NormalActionNoise
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.base import Agent, AgentConfig
 
@@ -175,6 +182,10 @@ class SB3Config(AgentConfig):
     """a yml file in RL Zoo layout to use instead of agents/hyperparams/<algo>.yml"""
     verbose: int = 0
     """SB3 verbosity"""
+    normalize_obs: bool | None = None
+    """standardise observations with a running mean / std (VecNormalize; None: the yml's 'normalize')"""
+    normalize_reward: bool | None = None
+    """divide rewards by a running std of the discounted return (VecNormalize; None: the yml's 'normalize')"""
 
 
 @dataclasses.dataclass
@@ -231,7 +242,9 @@ class TD3Config(OffPolicyConfig):
 
 # Config field -> SB3 keyword, where they differ.
 _RENAMED = {"minibatch_size": "batch_size"}
-_NOT_SB3 = {"seed", "net_arch", "policy_device", "hyperparams_file", "verbose", "action_noise_std", "log_std_init"}
+_NOT_SB3 = {"seed", "net_arch", "policy_device", "hyperparams_file", "verbose", "action_noise_std", "log_std_init",
+            "normalize_obs", "normalize_reward"}
+_RMS = ("obs_rms", "ret_rms")
 
 
 def load_hyperparams(algo: str, env_id: str | None, path: str | Path | None = None) -> dict[str, Any]:
@@ -266,14 +279,41 @@ class SB3Agent(Agent):
         self.vec_env = InstanceVecEnv(env)
         self.metrics: dict[str, float] = {}
         self.hyperparams = self._hyperparams()
-        self.model = self.algorithm(env=self.vec_env, seed=self.config.seed, device=self.config.policy_device,
+        normalize = self.hyperparams.pop("normalize")
+        #: VecNormalize around ``vec_env`` (what the model learns on), or None
+        self.normalizer = VecNormalize(self.vec_env, **normalize) if normalize else None
+        self.model = self.algorithm(env=self.model_env, seed=self.config.seed, device=self.config.policy_device,
                                     verbose=self.config.verbose, **self.hyperparams)
+
+    @property
+    def model_env(self) -> VecEnv:
+        """The VecEnv the SB3 model steps: ``VecNormalize(vec_env)`` or ``vec_env``."""
+        return self.normalizer if self.normalizer is not None else self.vec_env
+
+    def _normalize_kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
+        """VecNormalize keywords from the yml's ``normalize`` (bool or dict) and the Config overrides; {} for none."""
+        normalize = params.pop("normalize", False)
+        if isinstance(normalize, str):  # RL Zoo also writes it as a string: "{'norm_obs': True, ...}"
+            normalize = yaml.safe_load(normalize.replace("True", "true").replace("False", "false"))
+        kwargs = dict(normalize) if isinstance(normalize, dict) else ({} if normalize else None)
+        overrides = {"norm_obs": self.config.normalize_obs, "norm_reward": self.config.normalize_reward}
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        if kwargs is None:
+            if not any(overrides.values()):
+                return {}
+            kwargs = {"norm_obs": False, "norm_reward": False}
+        kwargs.update(overrides)
+        kwargs.setdefault("gamma", params.get("gamma", 0.99))  # the return whose std scales the rewards
+        if not (kwargs.get("norm_obs", True) or kwargs.get("norm_reward", True)):
+            return {}
+        return kwargs
 
     def _hyperparams(self) -> dict[str, Any]:
         """SB3 keywords: the yml entry for the env id, overridden by the Config fields that are set."""
         spec = getattr(self.env, "spec", None) or getattr(self.unwrapped, "spec", None)
         params = load_hyperparams(self.name, spec.id if spec else None, self.config.hyperparams_file or None)
         params.pop("n_timesteps", None)  # RL Zoo keys that are not SB3 keywords
+        normalize = self._normalize_kwargs(params)
         params.setdefault("policy", "MlpPolicy")
         for field in dataclasses.fields(self.config):
             value = getattr(self.config, field.name)
@@ -294,10 +334,14 @@ class SB3Agent(Agent):
         if action_noise_std:
             k = self.vec_env.num_teachers
             params["action_noise"] = NormalActionNoise(np.zeros(k), float(action_noise_std) * np.ones(k))
+        params["normalize"] = normalize
         return params
 
     def predict(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
-        actions, _ = self.model.predict(self.vec_env.instance_obs(obs), deterministic=deterministic)
+        instance_obs = self.vec_env.instance_obs(obs)
+        if self.normalizer is not None:  # the learned statistics, frozen: normalize_obs never updates them
+            instance_obs = self.normalizer.normalize_obs(instance_obs)
+        actions, _ = self.model.predict(instance_obs, deterministic=deterministic)
         return self.vec_env.env_action(actions)
 
     def learn(self, total_steps: int, callback=None) -> SB3Agent:
@@ -309,13 +353,23 @@ class SB3Agent(Agent):
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """The SB3 model as the bytes of its zip file (policy, optimizers, hyperparameters)."""
+        """The SB3 model as the bytes of its zip file (policy, optimizers, hyperparameters) and the VecNormalize
+        statistics (``normalizer``: mean, var and count of the observation and return running stats)."""
         buffer = io.BytesIO()
         self.model.save(buffer)
-        return {"sb3_zip": buffer.getvalue()}
+        state: dict[str, Any] = {"sb3_zip": buffer.getvalue()}
+        if self.normalizer is not None:
+            state["normalizer"] = {f"{name}.{stat}": np.array(getattr(getattr(self.normalizer, name), stat))
+                                   for name in _RMS for stat in ("mean", "var", "count")}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model = self.algorithm.load(io.BytesIO(state["sb3_zip"]), env=self.vec_env,
+        if self.normalizer is not None and "normalizer" in state:
+            for key, value in state["normalizer"].items():
+                name, stat = key.split(".")
+                value = np.array(value, dtype=np.float64)
+                setattr(getattr(self.normalizer, name), stat, float(value) if stat == "count" else value)
+        self.model = self.algorithm.load(io.BytesIO(state["sb3_zip"]), env=self.model_env,
                                          device=self.config.policy_device)
 
 

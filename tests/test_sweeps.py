@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,37 @@ def test_sweep_file_is_valid_and_its_parameters_are_real_flags(path):
             assert options[f"--{name}"].default in (None, False), f"{name}: a swept boolean must default to false"
 
 
+def read_offline_summary(path: Path) -> dict:
+    """The summary of an offline W&B run, read from its ``run-*.wandb`` file.
+
+    The file is wandb's record log (LevelDB log format after a 7-byte ``:W&B`` header: 32 KiB blocks of records with
+    a 7-byte header crc32 / length / type), each record a ``wandb_internal_pb2.Record``.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
+    summary, position, block, pending = {}, 7, 32768, b""
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:  # block trailer padding
+            position += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        chunk = data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk  # 1 full, 2 first, 3 middle, 4 last
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            if record.WhichOneof("record_type") == "summary":
+                for item in record.summary.update:
+                    summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return summary
+
+
 def _wandb_command(config: dict, run_config: dict) -> list[str]:
     """The command wandb agent would run for ``run_config`` (see wandb/wandb_agent.py)."""
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
@@ -91,8 +123,8 @@ def test_the_command_wandb_would_run_logs_the_metric(path, tiny_env_kwargs, tmp_
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}
     completed = subprocess.run(command + tiny, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    summaries = list((tmp_path / "run").glob("wandb/offline-run-*/files/wandb-summary.json"))
-    assert len(summaries) == 1, "the run did not log to W&B offline"
-    summary = json.loads(summaries[0].read_text())
+    runs = list(tmp_path.rglob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1, "the run did not log to W&B offline"
+    summary = read_offline_summary(runs[0])
     assert config["metric"]["name"] in summary
     assert 0.0 <= summary[config["metric"]["name"]] <= 1.0
