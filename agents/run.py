@@ -138,8 +138,17 @@ def train_student(
         base.unwrapped.config["episode_steps"] = steps
     interval = eval_interval or max(1, steps // 20)
     bar = tqdm(total=steps, desc=f"{agent_name} seed {seed}", unit="step", leave=False, disable=not progress)
-    monitored = TrainingMonitor(base, interval, on_record=on_record, progress=bar)
+    made: list = []  # the agent, once built: each record also carries its latest losses (SB3's logger values too)
+
+    def record_with_agent_metrics(record: dict[str, Any]) -> None:
+        if made:
+            record.update({f"agent/{k}": float(v) for k, v in getattr(made[0], "metrics", {}).items()})
+        if on_record is not None:
+            on_record(record)
+
+    monitored = TrainingMonitor(base, interval, on_record=record_with_agent_metrics, progress=bar)
     agent = agents.make(agent_name, monitored, **{"seed": seed, **(agent_kwargs or {})})
+    made.append(agent)
     agent.learn(steps)
     bar.close()
     trainer = monitored.unwrapped.trainer
