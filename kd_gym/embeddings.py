@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kd_gym.cache import fingerprint, hash_files, kd_gym_home, load_tensors, resolve_model_folder, save_tensors
-from kd_gym.inference import autocast_dtype, batched_forward, resolve_device
+from kd_gym.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
 from kd_gym.tasks import Task
 
 
@@ -53,16 +53,11 @@ class SentenceEncoder:
         cached = load_tensors(path, {"fingerprint": key, "rows": str(n)})
         if cached is not None and cached["embeddings"].shape[0] == n:
             return cached["embeddings"]
-        import transformers
         from transformers import AutoModel, AutoTokenizer
 
-        verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()
-        try:
+        with quiet_transformers():
             model = AutoModel.from_pretrained(self.folder).to(self.device)
             tokenizer = AutoTokenizer.from_pretrained(self.folder)
-        finally:
-            transformers.logging.set_verbosity(verbosity)
 
         def embed(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             hidden = model(**batch).last_hidden_state

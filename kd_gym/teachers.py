@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from kd_gym.cache import fingerprint, hash_files, kd_gym_home, load_tensors, resolve_model_folder, save_tensors
-from kd_gym.inference import autocast_dtype, batched_forward, resolve_device
+from kd_gym.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
 from kd_gym.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -91,16 +91,11 @@ def label_permutation(teacher_labels: Sequence[str], task: Task, name: str, labe
 
 def load_classifier(folder: str | Path, **kwargs):
     """Load a sequence classifier and its tokenizer from a local folder, without transformers' load report."""
-    import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
+    with quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-    finally:
-        transformers.logging.set_verbosity(verbosity)
     return model, tokenizer
 
 

@@ -159,6 +159,22 @@ def test_save_load_gives_identical_deterministic_actions(data, name, tmp_path):
     np.testing.assert_array_equal(agent.predict(obs, deterministic=True), loaded.predict(obs, deterministic=True))
 
 
+def test_ppo_observation_normalisation_is_saved_frozen_in_predict_and_restored(data, tmp_path):
+    env = make_env(data)
+    agent = agents.make("ppo", env, seed=3, normalize_obs=True, normalize_reward=True, n_steps=8,
+                        minibatch_size=64).learn(16)
+    assert agent.normalizer is not None and agent.model.get_vec_normalize_env() is agent.normalizer
+    stats = agent.normalizer.obs_rms.mean.copy(), agent.normalizer.obs_rms.count
+    obs, _ = env.reset(seed=7)
+    action = agent.predict(obs, deterministic=True)
+    assert np.array_equal(agent.normalizer.obs_rms.mean, stats[0]) and agent.normalizer.obs_rms.count == stats[1]
+    agent.save(tmp_path / "ppo")
+    loaded = agents.load(tmp_path / "ppo", make_env(data))
+    np.testing.assert_array_equal(loaded.normalizer.obs_rms.mean, stats[0])
+    np.testing.assert_array_equal(loaded.normalizer.ret_rms.var, agent.normalizer.ret_rms.var)
+    np.testing.assert_array_equal(action, loaded.predict(obs, deterministic=True))
+
+
 # -- the per-instance view and the hyperparameter files
 def test_instance_vec_env_broadcasts_reward_and_resets_on_done(data):
     env = make_env(data, episode_steps=2)
