@@ -55,6 +55,19 @@ def add_common_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb-project", default="kd-gym", help="W&B project")
     parser.add_argument("--wandb-entity", default=None, help="W&B entity (team or user)")
     parser.add_argument("--wandb-group", default=None, help="W&B group")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: 1 for the lite env on a CPU, whose tiny matmuls only lose from "
+                             "more; torch's default otherwise)")
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """Apply --threads (see its help)."""
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    elif args.env == "lite" and not torch.cuda.is_available():
+        torch.set_num_threads(1)
 
 
 def run_one(args: argparse.Namespace, agent: str, seed: int, out_dir: Path, built_env=None, progress: bool = True):
@@ -62,6 +75,7 @@ def run_one(args: argparse.Namespace, agent: str, seed: int, out_dir: Path, buil
     from agents.run import train_student
     from agents.tracking import Tracker, run_name
 
+    set_threads(args)
     agent_kwargs = agent_kwargs_from(args, agent)
     env_kwargs = env_kwargs_from(args)
     config = {"agent": agent, "seed": seed, "env": args.env, "steps": args.steps, **env_kwargs, **agent_kwargs}

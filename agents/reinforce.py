@@ -43,8 +43,8 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from torch import nn
 
 from agents.base import Agent, AgentConfig
+from agents.state import PerTeacherState
 
-PER_TEACHER_STATS = ("teacher_ce", "teacher_entropy", "teacher_correct", "teacher_student_kl")
 ACTION_MODES = ("sample", "prob")
 
 
@@ -101,13 +101,9 @@ class ReinforceAgent(Agent):
         cfg = self.config
         if cfg.action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {cfg.action_mode!r}")
-        names, teachers = self.unwrapped.feature_names, self.unwrapped.teacher_names
-        # (P, K) column indices of the per-teacher stats, and the shared columns (all the others).
-        self.teacher_columns = np.array([[names.index(f"{stat}[{t}]") for t in teachers] for stat in PER_TEACHER_STATS])
-        self.shared_columns = np.array(sorted(set(range(len(names))) - set(self.teacher_columns.ravel().tolist())))
-        self.temperature = float(self.unwrapped.config["temperature"])
-        num_labels = self.unwrapped.num_labels
-        input_size = len(self.shared_columns) + len(PER_TEACHER_STATS) + 2 * num_labels
+        self.states = PerTeacherState(self.unwrapped)  # obs -> (B, K, d) per-teacher states
+        teachers = self.unwrapped.teacher_names
+        input_size = self.states.size
         self.update_interval = cfg.update_interval or int(self.unwrapped.config["reward_interval"])
 
         # Seeding: the selector's init and its action noise come from config.seed only.
@@ -121,17 +117,6 @@ class ReinforceAgent(Agent):
         self.metrics: dict[str, float] = {}
 
     # -- state and policy
-    def states(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """The raw per-teacher states ``s_k``, (B, K, d) float64."""
-        features = np.asarray(obs["features"], dtype=np.float64)
-        batch, num_teachers = features.shape[0], self.teacher_columns.shape[1]
-        shared = np.repeat(features[:, None, self.shared_columns], num_teachers, axis=1)  # (B, K, S)
-        own = features[:, self.teacher_columns].transpose(0, 2, 1)  # (B, K, P)
-        teacher_probs = torch.softmax(torch.as_tensor(obs["teacher_logits"], dtype=torch.float64) / self.temperature, -1)
-        student_probs = torch.softmax(torch.as_tensor(obs["student_logits"], dtype=torch.float64), -1)
-        student_probs = student_probs.unsqueeze(1).expand(batch, num_teachers, -1)
-        return np.concatenate([shared, own, teacher_probs.numpy(), student_probs.numpy()], axis=-1)
-
     def _normalise(self, states: np.ndarray) -> torch.Tensor:
         z = (states - self.input_stats.mean) / np.sqrt(self.input_stats.var + 1e-8)
         return torch.as_tensor(np.clip(z, -self.config.input_clip, self.config.input_clip), dtype=torch.float32)

@@ -42,38 +42,55 @@ from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.base import Agent, AgentConfig
+from agents.state import PerTeacherState
 
 HYPERPARAMS_DIR = Path(__file__).parent / "hyperparams"
 OBS_BOUND = 50.0  # the env's FEATURE_BOUND and LOGIT_BOUND
 
 
 class InstanceVecEnv(VecEnv):
-    """One TeacherSelection env seen as B sub-envs, one per instance of its batch (see the module docstring).
+    """One TeacherSelection env seen as many sub-envs (see the module docstring).
 
     :param env: a TeacherSelection env (wrappers allowed); it is stepped once per ``step``.
+    :param view: ``"teacher"``: B*K sub-envs, one per (instance, teacher), observing the RL-KD state ``s_ik``
+        (:mod:`agents.state`) plus a one-hot teacher id and acting for that teacher alone; ``"instance"``: B sub-envs,
+        one per instance, observing ``[features | teacher_logits | student_logits]`` and acting for its K teachers.
     """
 
-    def __init__(self, env: gym.Env) -> None:
-        self.env = env
+    VIEWS = ("teacher", "instance")
+
+    def __init__(self, env: gym.Env, view: str = "teacher") -> None:
+        if view not in self.VIEWS:
+            raise ValueError(f"view must be one of {self.VIEWS}, got {view!r}")
+        self.env, self.view = env, view
         base = env.unwrapped
         b, k, c, f = base.batch_size, base.num_teachers, base.num_labels, len(base.feature_names)
-        self.num_teachers = k
+        self.batch_size, self.num_teachers = b, k
         self.select = isinstance(env.action_space, spaces.MultiBinary)
-        observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (f + k * c + c,), np.float32)
-        action_space = spaces.MultiBinary(k) if self.select else spaces.Box(-1.0, 1.0, (k,), np.float32)
+        if view == "teacher":
+            self.state = PerTeacherState(base)
+            size, per_env, num_envs = self.state.size + k, 1, b * k
+        else:
+            size, per_env, num_envs = f + k * c + c, k, b
+        observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (size,), np.float32)
+        action_space = spaces.MultiBinary(per_env) if self.select else spaces.Box(-1.0, 1.0, (per_env,), np.float32)
         self.last_step: dict[str, Any] = {}
         self._actions: np.ndarray | None = None
-        super().__init__(b, observation_space, action_space)
+        super().__init__(num_envs, observation_space, action_space)
 
     def instance_obs(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """(B, F + K*C + C) float32: one row per instance."""
+        """(num_envs, size) float32: one row per sub-env (instance-major, then teacher, in the teacher view)."""
         b = obs["features"].shape[0]
+        if self.view == "teacher":
+            states = self.state(obs)  # (B, K, d)
+            ids = np.broadcast_to(np.eye(self.num_teachers), (b, self.num_teachers, self.num_teachers))
+            return np.concatenate([states, ids], axis=-1).reshape(b * self.num_teachers, -1).astype(np.float32)
         return np.concatenate([obs["features"], obs["teacher_logits"].reshape(b, -1), obs["student_logits"]],
                               axis=1).astype(np.float32)
 
     def env_action(self, actions: np.ndarray) -> np.ndarray:
-        """The env's (B, K) action from the sub-envs' actions (B, K)."""
-        actions = np.asarray(actions).reshape(self.num_envs, self.num_teachers)
+        """The env's (B, K) action from the sub-envs' actions."""
+        actions = np.asarray(actions).reshape(self.batch_size, self.num_teachers)
         if self.select:
             return actions.astype(np.int8)
         return ((np.clip(actions, -1.0, 1.0) + 1.0) / 2.0).astype(np.float32)
@@ -168,6 +185,8 @@ class _LearnCallback(BaseCallback):
 class SB3Config(AgentConfig):
     """Fields left None come from ``agents/hyperparams/<algo>.yml``."""
 
+    view: str = "teacher"
+    """'teacher': one policy input per (instance, teacher), as in RL-KD; 'instance': one per instance, K outputs"""
     learning_rate: float | None = None
     """learning rate of the SB3 optimizer(s)"""
     gamma: float | None = None
@@ -242,7 +261,7 @@ class TD3Config(OffPolicyConfig):
 
 # Config field -> SB3 keyword, where they differ.
 _RENAMED = {"minibatch_size": "batch_size"}
-_NOT_SB3 = {"seed", "net_arch", "policy_device", "hyperparams_file", "verbose", "action_noise_std", "log_std_init",
+_NOT_SB3 = {"seed", "view", "net_arch", "policy_device", "hyperparams_file", "verbose", "action_noise_std", "log_std_init",
             "normalize_obs", "normalize_reward"}
 _RMS = ("obs_rms", "ret_rms")
 
@@ -276,7 +295,7 @@ class SB3Agent(Agent):
         if self.select_mode and not self.supports_select:
             raise ValueError(f"agent {self.name!r} needs continuous actions but the env has action_type='select'; "
                              "use action_type='weights' or a selector that supports it ('ppo', 'a2c', 'reinforce')")
-        self.vec_env = InstanceVecEnv(env)
+        self.vec_env = InstanceVecEnv(env, self.config.view)
         self.metrics: dict[str, float] = {}
         self.hyperparams = self._hyperparams()
         normalize = self.hyperparams.pop("normalize")
@@ -332,8 +351,8 @@ class SB3Agent(Agent):
         if getattr(self.config, "action_noise_std", None) is not None:
             action_noise_std = self.config.action_noise_std
         if action_noise_std:
-            k = self.vec_env.num_teachers
-            params["action_noise"] = NormalActionNoise(np.zeros(k), float(action_noise_std) * np.ones(k))
+            dims = self.vec_env.action_space.shape[0]
+            params["action_noise"] = NormalActionNoise(np.zeros(dims), float(action_noise_std) * np.ones(dims))
         params["normalize"] = normalize
         return params
 

@@ -24,10 +24,13 @@ import torch.nn.functional as F
 import kd_gym
 import kd_gym.inference
 from agents.run import ENVS
+from kd_gym.inference import autocast
 
 
-def plain_kd_loop(model: torch.nn.Module, split, batches: list[np.ndarray], lr: float, alpha: float, t: float, device):
-    """A textbook KD loop: equal-weight teacher average, CE + T^2 KL, AdamW; no env, no features, no host copies."""
+def plain_kd_loop(model: torch.nn.Module, split, batches: list[np.ndarray], lr: float, alpha: float, t: float, device,
+                  dtype):
+    """A textbook KD loop: equal-weight teacher average, CE + T^2 KL, AdamW, the trainer's autocast; no env, no
+    features, no host copies."""
     model = model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
 
@@ -35,7 +38,9 @@ def plain_kd_loop(model: torch.nn.Module, split, batches: list[np.ndarray], lr: 
         started = time.perf_counter()
         for indices in batches:
             batch = split.batch(indices)
-            logits, _ = model(**batch["inputs"])
+            with autocast(device, dtype):
+                logits, _ = model(**batch["inputs"])
+            logits = logits.float()
             teacher = F.softmax(batch["teacher_logits"] / t, -1).mean(1)
             kd = F.kl_div(F.log_softmax(logits / t, -1), teacher, reduction="batchmean") * t * t
             loss = alpha * F.cross_entropy(logits, batch["labels"]) + (1 - alpha) * kd
@@ -65,9 +70,9 @@ def env_loop(env: gym.Env, steps: int):
     return run
 
 
-def measure(env_name: str, steps: int, rounds: int, device: str) -> list[tuple[str, float, float]]:
+def measure(env_name: str, steps: int, rounds: int, options: dict) -> list[tuple[str, float, float]]:
     rows = []
-    envs = {reward: gym.make(ENVS[env_name], reward=reward, episode_steps=10**9, device=device)
+    envs = {reward: gym.make(ENVS[env_name], reward=reward, episode_steps=10**9, **options)
             for reward in ("neg_ce", "dev_delta")}
     base = envs["neg_ce"].unwrapped
     trainer = base.trainer
@@ -76,7 +81,7 @@ def measure(env_name: str, steps: int, rounds: int, device: str) -> list[tuple[s
     batches = [rng.choice(len(train), base.batch_size, replace=False) for _ in range(steps)]
     model = copy.deepcopy(trainer.model)
     loops = {"plain PyTorch KD step": plain_kd_loop(model, train, batches, trainer.lr, trainer.alpha,
-                                                   trainer.temperature, trainer.device)}
+                                                   trainer.temperature, trainer.device, trainer.dtype)}
     for reward, env in envs.items():
         loops[f"env.step (reward={reward})"] = env_loop(env, steps)
     for run in loops.values():  # warm-up
@@ -97,7 +102,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="steps per round (lite; full uses a quarter)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--teachers", default=None, help="comma-separated teacher folders (default: the default pool)")
+    parser.add_argument("--student-checkpoint", default=None, help="encoder folder (default: the packaged MiniLM)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = {"device": args.device, "student_checkpoint": args.student_checkpoint}
+    if args.teachers:
+        options["teachers"] = args.teachers.split(",")
     torch.manual_seed(0)
     device = kd_gym.inference.resolve_device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
@@ -106,7 +119,7 @@ def main() -> None:
         steps = args.steps if env_name == "lite" else max(10, args.steps // 4)
         print(f"\n{env_name} env, batch 32, {steps} steps x {args.rounds} rounds")
         print(f"{'loop':<32}{'ms / step':>12}{'ratio':>8}")
-        for loop, ms, ratio in measure(env_name, steps, args.rounds, str(device)):
+        for loop, ms, ratio in measure(env_name, steps, args.rounds, options):
             print(f"{loop:<32}{ms:>12.2f}{ratio:>8.2f}")
 
 
