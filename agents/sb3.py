@@ -1,19 +1,29 @@
-"""PPO, A2C, SAC and TD3 from Stable-Baselines3 through one adapter: each instance of a batch is one sub-environment.
+"""PPO, A2C, SAC and TD3 from Stable-Baselines3 through one adapter: a VecEnv view of the TeacherSelection env.
 
-:class:`InstanceVecEnv` is a ``VecEnv`` view of one TeacherSelection env with B = ``batch_size`` sub-envs. Sub-env
-i observes a flat vector for instance i, ``[features[i] (F) | teacher_logits[i] (K*C) | student_logits[i] (C)]``,
-and answers for its K teachers. ``step_wait`` assembles the (B, K) action, steps the real env once (one student
-update), and gives every sub-env the same reward and done. So the SB3 policy sees one instance at a time, as in the
-paper, its small network is shared across the B instances, and it works for any B.
+:class:`InstanceVecEnv` shows one TeacherSelection env as many SB3 sub-environments that share one policy:
 
-Units: SB3 counts one timestep per sub-env step, so one env step (student update) is B SB3 timesteps.
+- ``view="teacher"`` (default), as in RL-KD: B*K sub-envs, one per (instance, teacher). Sub-env (i, k) observes the
+  paper's state ``s_ik`` (:mod:`agents.state`: the instance's shared features, teacher k's own features and softened
+  prediction, the student's prediction) plus a one-hot teacher id, and decides teacher k's weight (or keep/drop)
+  for instance i. The network is shared across instances and teachers, so what it learns about "a teacher that is
+  wrong on this instance" carries over between teachers.
+- ``view="instance"``: B sub-envs, one per instance, observing ``[features[i] | teacher_logits[i] | student_logits[i]]``
+  and answering for its K teachers.
+
+``step_wait`` assembles the (B, K) action, steps the real env once (one student update), and gives every sub-env the
+same reward and done. Either way the policy sees one instance at a time and works for any B. (Measured on the
+noisy-teacher test scenario, PPO learned to drop the wrong teacher on 6 of 6 seeds in the teacher view and on at most
+2 of 6 in the instance view, with the same budget.)
+
+Units: SB3 counts one timestep per sub-env step, so one env step (student update) is B*K (teacher view) or B
+(instance view) SB3 timesteps.
 ``learn(total_steps)`` runs exactly ``total_steps`` env steps (a callback stops SB3 there). In the hyperparameter
 files (``agents/hyperparams/<algo>.yml``, RL Zoo layout) ``n_steps``, ``train_freq`` and ``learning_starts`` count
-env steps; ``batch_size`` and ``buffer_size`` count instances (SB3 transitions).
+env steps; ``batch_size`` and ``buffer_size`` count SB3 transitions (one per sub-env and step).
 
-Actions: in ``weights`` mode the sub-env's action space is ``Box(-1, 1, (K,))`` (SB3's recommended symmetric range;
-a Gaussian policy starts at weight 0.5 instead of half its samples clipped to 0), mapped to weights by
-``(a + 1) / 2``; in ``select`` mode it is ``MultiBinary(K)`` (PPO and A2C only).
+Actions: in ``weights`` mode the sub-env's action space is ``Box(-1, 1, (n,))``, n = 1 (teacher view) or K
+(instance view): SB3's recommended symmetric range, so a Gaussian policy starts at weight 0.5 instead of half its
+samples clipped to 0; mapped to weights by ``(a + 1) / 2``. In ``select`` mode it is ``MultiBinary(n)`` (PPO, A2C).
 
 Normalisation: the raw observation mixes CEs, 0/1 flags and logits up to +-50, and the rewards (dev-loss or
 dev-metric deltas) are tiny; with the yml key ``normalize`` (RL Zoo's: ``true`` or a dict of ``VecNormalize``
