@@ -38,7 +38,7 @@ class PerTeacherState:
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """(B, K, size) float64 states."""
         features = np.asarray(obs["features"], dtype=np.float64)
-        batch, k = features.shape[0], self.num_teachers
+        k = self.num_teachers
         shared = np.repeat(features[:, None, self.shared_columns], k, axis=1)  # (B, K, S)
         own = features[:, self.teacher_columns].transpose(0, 2, 1)  # (B, K, P)
         teacher_probs = _softmax(np.asarray(obs["teacher_logits"], dtype=np.float64) / self.temperature)

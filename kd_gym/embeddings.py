@@ -10,7 +10,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kd_gym.cache import fingerprint, hash_files, kd_gym_home, load_tensors, resolve_model_folder, save_tensors
+from kd_gym.cache import (
+    fingerprint,
+    hash_files,
+    kd_gym_home,
+    load_tensors,
+    resolve_model_folder,
+    save_tensors,
+)
 from kd_gym.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
 from kd_gym.tasks import Task
 

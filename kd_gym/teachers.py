@@ -16,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd_gym.cache import fingerprint, hash_files, kd_gym_home, load_tensors, resolve_model_folder, save_tensors
+from kd_gym.cache import (
+    fingerprint,
+    hash_files,
+    kd_gym_home,
+    load_tensors,
+    resolve_model_folder,
+    save_tensors,
+)
 from kd_gym.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
 from kd_gym.tasks import Task
 

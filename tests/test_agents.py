@@ -21,8 +21,8 @@ import yaml
 import agents
 import kd_gym  # noqa: F401 - registers the envs
 from agents.reinforce import ReinforceAgent
-from agents.state import PerTeacherState
 from agents.sb3 import HYPERPARAMS_DIR, InstanceVecEnv, load_hyperparams
+from agents.state import PerTeacherState
 from kd_gym.data import KDData, SplitTensors
 from kd_gym.tasks import Task
 
