@@ -17,8 +17,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from agents.cli import add_common_run_flags, builtin_agent_classes, env_kwargs_from, run_one
-from agents.flags import add_agent_flags, add_env_flags
+from agents.cli import add_run_command, env_kwargs_from, run_one
 from kd_gym.cache import fingerprint
 
 BENCH_AGENTS = "uniform,confidence,reinforce,ppo,sac"
@@ -96,19 +95,20 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_arguments(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "bench", help="compare agents over seeds: results.csv/.md, curves.png, weights.png (resumable)",
-        description="Train one student per (agent, seed) cell with the same budget and compare agents: mean ± std "
-                    "and 95%% CI of the test metric, a paired comparison against uniform, learning curves and "
-                    "learned weights. Rerunning the same command skips finished cells.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def _bench_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agents", default=BENCH_AGENTS, help="comma-separated agent names")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated seeds")
     parser.add_argument("--out", default="runs/bench", help="output folder (rerun with the same folder to resume)")
     parser.add_argument("--no-oracle", dest="oracle", action="store_false",
                         help="do not add the scenario's oracle row")
-    add_common_run_flags(parser)
-    add_env_flags(parser)
-    parser.set_defaults(func=_bench, _agent_flag_owners=add_agent_flags(parser, builtin_agent_classes()))
+
+
+def add_bench_arguments(commands: argparse._SubParsersAction) -> None:
+    add_run_command(
+        commands, "bench", _bench,
+        help="compare agents over seeds: results.csv/.md, curves.png, weights.png (resumable)",
+        description="Train one student per (agent, seed) cell with the same budget and compare agents: mean ± std "
+                    "and 95%% CI of the test metric, a paired comparison against uniform, learning curves and "
+                    "learned weights. Rerunning the same command skips finished cells.",
+        own_flags=_bench_flags,
+    )

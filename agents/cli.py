@@ -70,6 +70,18 @@ def set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(1)
 
 
+def add_run_command(commands: argparse._SubParsersAction, name: str, func, help: str, description: str,
+                    own_flags) -> argparse.ArgumentParser:
+    """A subcommand that trains students: its own flags (``own_flags(parser)``), then the run, env and agent flags."""
+    parser = commands.add_parser(name, help=help, description=description,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    own_flags(parser)
+    add_common_run_flags(parser)
+    add_env_flags(parser)
+    parser.set_defaults(func=func, _agent_flag_owners=add_agent_flags(parser, builtin_agent_classes()))
+    return parser
+
+
 def run_one(args: argparse.Namespace, agent: str, seed: int, out_dir: Path, built_env=None, progress: bool = True):
     """One tracked (agent, seed) run; returns the RunResult."""
     from agents.run import train_student
@@ -99,21 +111,21 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_command(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "train", help="train one student under one agent and report dev/test metrics",
-        description="Train one student for --steps updates while the agent chooses the teacher weights (and learns); "
-                    "evaluate the final student on dev and test; print one JSON line and write it, with the agent "
-                    "and student checkpoints, to the run folder.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def _train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", default="uniform", help="agent name (reinforce, ppo, a2c, sac, "
                         "td3, uniform, single:<k>, best_teacher, confidence, random, no_kd) or module:Class")
     parser.add_argument("--seed", type=int, default=0, help="seed of the student init, batch order and agent")
     parser.add_argument("--out", default=None, help="run folder (default: runs/train/<task>__<agent>__<seed>__<time>)")
-    add_common_run_flags(parser)
-    add_env_flags(parser)
-    parser.set_defaults(func=_train, _agent_flag_owners=add_agent_flags(parser, builtin_agent_classes()))
+
+
+def add_train_command(commands: argparse._SubParsersAction) -> None:
+    add_run_command(
+        commands, "train", _train, help="train one student under one agent and report dev/test metrics",
+        description="Train one student for --steps updates while the agent chooses the teacher weights (and learns); "
+                    "evaluate the final student on dev and test; print one JSON line and write it, with the agent "
+                    "and student checkpoints, to the run folder.",
+        own_flags=_train_flags,
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -154,20 +166,21 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_demo_command(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "demo", help="the main job: build the default teachers if needed, then compare teacher weightings",
-        description="Build the default teacher pool if it is not cached, then train lite students on the task under "
-                    "fixed weightings (equal weights, the best single teacher, no KD) and learned ones (REINFORCE, "
-                    "PPO) for the same number of student steps; print and write a table of dev and test metrics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def _demo_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agents", default=",".join(DEMO_AGENTS), help="comma-separated agent names")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--out", default="runs/demo", help="output folder")
-    add_common_run_flags(parser)
-    add_env_flags(parser)
-    parser.set_defaults(func=_demo, _agent_flag_owners=add_agent_flags(parser, builtin_agent_classes()))
+
+
+def add_demo_command(commands: argparse._SubParsersAction) -> None:
+    add_run_command(
+        commands, "demo", _demo,
+        help="the main job: build the default teachers if needed, then compare teacher weightings",
+        description="Build the default teacher pool if it is not cached, then train lite students on the task under "
+                    "fixed weightings (equal weights, the best single teacher, no KD) and learned ones (REINFORCE, "
+                    "PPO) for the same number of student steps; print and write a table of dev and test metrics.",
+        own_flags=_demo_flags,
+    )
 
 
 def add_bench_command(commands: argparse._SubParsersAction) -> None:
