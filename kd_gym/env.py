@@ -176,11 +176,16 @@ class TeacherSelectionEnv(gym.Env):
         representation = self._representation if self.config["include_representation"] else None
         features = instance_features(batch["teacher_logits"], self._logits, batch["labels"], batch["lengths"],
                                      self.config["temperature"], representation)
-        return {
-            "features": features.cpu().numpy().astype(np.float32),
-            "teacher_logits": batch["teacher_logits"].clamp(-LOGIT_BOUND, LOGIT_BOUND).cpu().numpy().astype(np.float32),
-            "student_logits": self._logits.detach().clamp(-LOGIT_BOUND, LOGIT_BOUND).cpu().numpy().astype(np.float32),
-        }
+        parts = {"features": features,
+                 "teacher_logits": batch["teacher_logits"].clamp(-LOGIT_BOUND, LOGIT_BOUND),
+                 "student_logits": self._logits.detach().clamp(-LOGIT_BOUND, LOGIT_BOUND)}
+        # one device-to-host copy for the whole observation, then views into it
+        flat = torch.cat([part.float().reshape(-1) for part in parts.values()]).cpu().numpy()
+        obs, start = {}, 0
+        for name, part in parts.items():
+            obs[name] = flat[start : start + part.numel()].reshape(part.shape)
+            start += part.numel()
+        return obs
 
     def _get_info(self, loss: KDLoss | None = None, weights: np.ndarray | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {"step": self._t, "student_steps": self.trainer.steps}
