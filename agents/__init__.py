@@ -18,9 +18,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from agents.base import Agent, AgentConfig
+from agents.checkpoint import load_state
 
 ENTRY_POINT_GROUP = "kd_gym.agents"
 
@@ -98,14 +97,26 @@ def make(name: str, env, **kwargs: Any) -> Agent:
 
 
 def load(path: str | Path, env) -> Agent:
-    """Load an agent saved with ``agent.save(path)`` onto ``env``."""
+    """Load an agent saved with ``agent.save(path)`` onto ``env``.
+
+    The folder is data (JSON and safetensors): loading it runs no code from it. The class named in ``agent.json``
+    must be an :class:`Agent` subclass importable here.
+    """
     folder = Path(path)
     spec_file = folder / "agent.json"
     if not spec_file.exists():
-        raise FileNotFoundError(f"no saved agent at {folder} (expected {spec_file})")
-    spec = json.loads(spec_file.read_text())
-    agent = _import_path(spec["class"])(env, **spec["config"])
-    agent.load_state_dict(torch.load(folder / "state.pt", weights_only=False))
+        raise FileNotFoundError(f"no saved agent at {folder} (expected {spec_file}); save one with agent.save(folder)")
+    try:
+        spec = json.loads(spec_file.read_text())
+        class_path, config = spec["class"], dict(spec["config"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{spec_file} is not a saved agent ({type(error).__name__}: {error}); "
+                         "expected JSON with 'class' and 'config'") from error
+    agent_class = _import_path(class_path)
+    if not (isinstance(agent_class, type) and issubclass(agent_class, Agent)):
+        raise ValueError(f"{spec_file} names {class_path!r}, which is not an agents.Agent subclass")
+    agent = agent_class(env, **config)
+    agent.load_state_dict(load_state(folder))
     return agent
 
 

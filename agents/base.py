@@ -9,7 +9,8 @@ from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-import torch
+
+from agents.checkpoint import save_state
 
 
 @dataclasses.dataclass
@@ -61,20 +62,21 @@ class Agent:
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """Learned state (tensors or plain values); empty for fixed policies."""
+        """Learned state: tensors, arrays, numbers, strings, bytes, lists and dicts (empty for fixed policies)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
     def save(self, path: str | Path) -> Path:
-        """Save to a folder: ``agent.json`` (class and hyperparameters) and ``state.pt``."""
+        """Save to a folder as data: ``agent.json`` (class and hyperparameters) and ``state.safetensors`` +
+        ``state.json`` (:mod:`agents.checkpoint`); nothing in it runs code when loaded with :func:`agents.load`."""
         folder = Path(path)
         folder.mkdir(parents=True, exist_ok=True)
         spec = {"class": f"{type(self).__module__}:{type(self).__qualname__}", "name": self.name,
                 "config": dataclasses.asdict(self.config)}
         (folder / "agent.json").write_text(json.dumps(spec, indent=2, default=str))
-        torch.save(self.state_dict(), folder / "state.pt")
+        save_state(folder, self.state_dict())
         return folder
 
     # -- helpers for subclasses
@@ -86,9 +88,3 @@ class Agent:
     @property
     def select_mode(self) -> bool:
         return isinstance(self.env.action_space, gym.spaces.MultiBinary)
-
-    def feature(self, obs: dict[str, np.ndarray], stat: str) -> np.ndarray:
-        """(B, K) columns of one per-teacher feature, e.g. ``"teacher_ce"``."""
-        names = self.unwrapped.feature_names
-        columns = [names.index(f"{stat}[{teacher}]") for teacher in self.unwrapped.teacher_names]
-        return obs["features"][:, columns]

@@ -10,6 +10,9 @@ import dataclasses
 import numpy as np
 
 from agents.base import Agent, AgentConfig
+from kd_gym.features import TEACHER_FEATURES
+
+TEACHER_CE = TEACHER_FEATURES.index("teacher_ce")  # column of teacher_features
 
 
 class FixedAgent(Agent):
@@ -81,12 +84,7 @@ class BestTeacherAgent(SingleTeacherAgent):
 
     def __init__(self, env, **kwargs):
         Agent.__init__(self, env, **kwargs)
-        trainer = self.unwrapped.trainer
-        dev = trainer.split("dev")
-        labels = dev.labels.cpu().numpy()
-        predictions = dev.teacher_logits.argmax(-1).cpu().numpy()  # (N, K)
-        task = trainer.data.task
-        self.dev_metrics = [task.compute_metrics(predictions[:, k], labels)["metric"] for k in range(predictions.shape[1])]
+        self.dev_metrics = self.unwrapped.teacher_dev_metrics()
         self.index = int(np.argmax(self.dev_metrics))
 
 
@@ -97,7 +95,7 @@ class ConfidenceAgent(FixedAgent):
     name = "confidence"
 
     def weights(self, obs):
-        ce = self.feature(obs, "teacher_ce").astype(np.float64)
+        ce = obs["teacher_features"][..., TEACHER_CE].astype(np.float64)  # (B, K)
         k = ce.shape[1]
         if k == 1:
             return np.ones_like(ce, dtype=np.float32)
@@ -125,7 +123,7 @@ class OracleAgent(FixedAgent):
 
     def __init__(self, env, **kwargs):
         super().__init__(env, **kwargs)
-        if self.unwrapped.config["scenario"] == "default":
+        if not self.unwrapped.has_oracle:
             raise ValueError("agent 'oracle' needs a scenario with an oracle weighting: --scenario noisy-teacher "
                              "or --scenario specialists")
 

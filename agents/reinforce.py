@@ -3,12 +3,10 @@ Distillation", AAAI 2021), in one file.
 
 The paper, mapped onto kd-gym:
 - state of (instance, teacher k): the instance's features, teacher k's softened prediction and its CE against the
-  gold label, and the student's prediction. Here
-  ``s_k = [shared features | teacher k's features | softmax(teacher_logits[k] / T) | softmax(student_logits)]``:
-  the shared columns are every feature that is not per-teacher (``teacher_agreement``, ``student_ce``,
-  ``student_entropy``, ``length`` and, when the env adds it, the student's representation); teacher k's columns are
-  ``teacher_ce``, ``teacher_entropy``, ``teacher_correct``, ``teacher_student_kl`` (names in
-  ``env.unwrapped.feature_names``). Inputs are standardised with a running mean / std (updated while learning only).
+  gold label, and the student's prediction. Here (:mod:`agents.state`)
+  ``s_k = [instance_features | teacher_features[k] | softmax(teacher_logits[k] / T) | softmax(student_logits)]``,
+  read from the observation's shapes. Inputs are standardised with a running mean / std (updated while learning
+  only).
 - policy: ``pi(keep_k | s_k) = sigmoid(w . s_k + b_k)``, one logistic unit shared by all teachers, as in the paper,
   plus a learned bias ``b_k`` per teacher so that it can tell the teachers apart (for a linear unit a learned
   per-teacher embedding concatenated to ``s_k`` is exactly a per-teacher bias, so nothing richer is needed).
@@ -20,13 +18,16 @@ The paper, mapped onto kd-gym:
   is fitted (the paper warms the student up with all teachers before selecting).
 
 Where it departs from the paper:
-- online updates every ``update_interval`` student steps (default: the env's ``reward_interval``) instead of one
-  update per episode (an epoch over the data): the return of a window is the sum of its rewards and every action
-  in the window shares it (the dev-based rewards arrive once per window anyway).
+- online updates on windows of steps instead of one update per episode (an epoch over the data): a window closes
+  at a step whose reward the env measured (``info["reward_measured"]``; for ``dev_delta`` every ``reward_interval``
+  steps and at the episode's end) once it holds ``update_interval`` steps, and always at the episode's end. The
+  return of a window is the sum of its rewards and every action in it shares it; a window never spans episodes.
 - the reward is the env's (``dev_delta`` by default: dev-metric change in percentage points); the paper's loss-based
   rewards are the env's ``neg_ce`` / ``neg_ce_kd``.
 - advantages are divided by a running std of the returns (``normalize_advantage``), so one learning rate works for
-  rewards of different scales; and an entropy bonus keeps the selector from collapsing early.
+  rewards of different scales; and an entropy bonus (the entropy of the distribution the actions are drawn from:
+  Bernoulli keep/drop; in ``prob`` mode a Normal of fixed std, whose entropy is constant, so the bonus is inert
+  there) keeps the selector from collapsing early.
 - ``deterministic=True``: keep probability > 0.5 in ``select`` mode; the keep probabilities themselves (the mean
   weight) in ``weights`` mode.
 """
@@ -38,7 +39,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from torch import nn
 
@@ -46,6 +46,7 @@ from agents.base import Agent, AgentConfig
 from agents.state import PerTeacherState
 
 ACTION_MODES = ("sample", "prob")
+ADVANTAGES = ("return", "credit")
 
 
 @dataclasses.dataclass
@@ -53,7 +54,7 @@ class ReinforceConfig(AgentConfig):
     learning_rate: float = 0.01
     """Adam learning rate of the selector"""
     update_interval: int = 0
-    """student steps per policy update (0: the env's reward_interval)"""
+    """minimum steps per policy update; a window closes at the next measured reward (0: at every measured reward)"""
     baseline_decay: float = 0.9
     """decay of the moving-average baseline of the window return"""
     entropy_coef: float = 0.01
@@ -62,8 +63,15 @@ class ReinforceConfig(AgentConfig):
     """first steps keep every teacher while the baseline is fitted (no policy update)"""
     normalize_advantage: bool = True
     """divide advantages by a running std of the returns"""
+    advantage: str = "return"
+    """'return': the window's return minus the baseline, shared by its actions (the paper); 'credit': per-action
+    advantages from the env's info['credit'] (needs the env option credit=True; beyond the paper)"""
     action_mode: str = "sample"
     """weights mode: 'sample' (0/1 Bernoulli weights, the paper) or 'prob' (logit-normal continuous weights)"""
+    anneal_lr: bool = False
+    """decay the learning rate linearly to 0 over learn()'s steps, so the final policy settles"""
+    init_keep_probability: float = 0.5
+    """keep probability of every teacher before learning (the per-teacher bias starts at its logit)"""
     logit_std: float = 1.0
     """action_mode='prob': std of the Normal noise on the keep logit"""
     input_clip: float = 5.0
@@ -101,19 +109,28 @@ class ReinforceAgent(Agent):
         cfg = self.config
         if cfg.action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {cfg.action_mode!r}")
-        self.states = PerTeacherState(self.unwrapped)  # obs -> (B, K, d) per-teacher states
+        if cfg.advantage not in ADVANTAGES:
+            raise ValueError(f"advantage={cfg.advantage!r} is invalid; use one of {ADVANTAGES}")
+        if cfg.advantage == "credit" and not self.unwrapped.config.credit:
+            raise ValueError("advantage='credit' reads info['credit']: make the env with credit=True (--credit)")
+        if cfg.advantage == "credit" and cfg.action_mode == "prob" and not self.select_mode:
+            raise ValueError("advantage='credit' needs keep/drop actions: use action_mode='sample'")
+        # obs -> (B, K, d) per-teacher states
+        self.states = PerTeacherState(env.observation_space, self.unwrapped.config.temperature)
         teachers = self.unwrapped.teacher_names
         input_size = self.states.size
-        self.update_interval = cfg.update_interval or int(self.unwrapped.config["reward_interval"])
 
         # Seeding: the selector's init and its action noise come from config.seed only.
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.policy = TeacherSelector(input_size, len(teachers))
+        if not 0.0 < cfg.init_keep_probability < 1.0:
+            raise ValueError(f"init_keep_probability={cfg.init_keep_probability} must be in (0, 1), e.g. 0.5")
         with torch.no_grad():
             self.policy.linear.weight.normal_(0.0, 0.01, generator=self.generator)
+            self.policy.teacher_bias.fill_(float(np.log(cfg.init_keep_probability / (1 - cfg.init_keep_probability))))
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate)
         self.input_stats = RunningMeanStd(shape=(input_size,))
-        self.baseline, self.return_var, self.updates = 0.0, 1.0, 0
+        self.baseline, self.return_var, self.updates, self.credit_var = 0.0, 1.0, 0, 1.0
         self.metrics: dict[str, float] = {}
 
     # -- state and policy
@@ -126,14 +143,11 @@ class ReinforceAgent(Agent):
         with torch.no_grad():
             return torch.sigmoid(self.policy(self._normalise(self.states(obs)))).numpy()
 
-    def _log_prob(self, inputs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Summed log-probability of ``actions`` (N, B, K) under the current policy, per step (N,)."""
-        logits = self.policy(inputs)
+    def _distribution(self, logits: torch.Tensor) -> torch.distributions.Distribution:
+        """The distribution actions are drawn from: Bernoulli(keep) or, in ``prob`` mode, Normal over the logit z."""
         if self.select_mode or self.config.action_mode == "sample":
-            log_prob = -F.binary_cross_entropy_with_logits(logits, actions, reduction="none")
-        else:  # actions hold the sampled logits z
-            log_prob = torch.distributions.Normal(logits, self.config.logit_std).log_prob(actions)
-        return log_prob.sum(dim=(1, 2))
+            return torch.distributions.Bernoulli(logits=logits)
+        return torch.distributions.Normal(logits, self.config.logit_std)
 
     def _sample(self, inputs: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """(env action (B, K), what the log-probability is taken of) for normalised inputs (B, K, d)."""
@@ -154,23 +168,52 @@ class ReinforceAgent(Agent):
         return self._sample(self._normalise(self.states(obs)))[0]
 
     # -- learning
+    def policy_loss(self, states: torch.Tensor, taken: torch.Tensor,
+                    advantage: float | torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The REINFORCE loss of N steps and its entropy: ``-sum(advantage * log pi(taken | states))`` over the
+        B x K actions of a step, averaged over the N steps and the B instances, ``- entropy_coef * mean entropy``.
+
+        :param states: (N, B, K, d) normalised states.  :param taken: (N, B, K) what the actions were drawn as.
+        :param advantage: the window's (normalised) advantage, one number shared by every action (the paper), or
+            one per action (N, B, K).
+        :return: (loss, entropy, keep probabilities (N, B, K)).
+        """
+        logits = self.policy(states)
+        distribution = self._distribution(logits)
+        weighted = advantage * distribution.log_prob(taken)
+        entropy = distribution.entropy().mean()
+        loss = -weighted.sum(dim=(1, 2)).mean() / states.shape[1] - self.config.entropy_coef * entropy
+        return loss, entropy, torch.sigmoid(logits)
+
+    def _credit_update(self, inputs: torch.Tensor, taken: torch.Tensor, credit: np.ndarray) -> None:
+        """One step with per-action advantages from the env's ``info["credit"]`` (beyond the paper): with
+        ``delta_ik`` = pair (i, k)'s credit minus the mean credit of instance i's teachers, ``A_ik = (a_ik - p_ik)
+        delta_ik``, whose expectation is the exact gradient of the expected credit of the kept teachers."""
+        delta = credit - credit.mean(axis=1, keepdims=True)
+        self.credit_var = 0.99 * self.credit_var + 0.01 * float((delta**2).mean())
+        with torch.no_grad():
+            probs = torch.sigmoid(self.policy(inputs))
+        advantage = (taken - probs) * torch.as_tensor(delta / np.sqrt(self.credit_var + 1e-12), dtype=torch.float32)
+        loss, entropy, probs = self.policy_loss(inputs[None], taken[None], advantage[None])
+        self._step(loss)
+        self.metrics.update(policy_loss=loss.item(), entropy=entropy.item(), keep_probability=probs.mean().item(),
+                            updates=float(self.updates), credit_std=float(np.sqrt(self.credit_var)))
+        for k, teacher in enumerate(self.unwrapped.teacher_names):
+            self.metrics[f"keep_probability[{teacher}]"] = probs[..., k].mean().item()
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.updates += 1
+
     def _update(self, inputs: list[torch.Tensor], actions: list[torch.Tensor], window_return: float) -> None:
         """One REINFORCE step on a window of steps that share the return ``window_return``."""
         cfg = self.config
         advantage = window_return - self.baseline
         scale = np.sqrt(self.return_var) if cfg.normalize_advantage else 1.0
-        advantage_n = advantage / max(scale, 1e-8)
-        states, taken = torch.stack(inputs), torch.stack(actions)  # (N, B, K, d), (N, B, K)
-        batch = states.shape[1]
-        # Per step the log-probability is summed over the B x K actions; averaged over steps and instances.
-        log_prob = self._log_prob(states, taken).mean() / batch
-        probs = torch.sigmoid(self.policy(states))
-        entropy = -(probs * torch.log(probs + 1e-8) + (1 - probs) * torch.log(1 - probs + 1e-8)).mean()
-        loss = -advantage_n * log_prob - cfg.entropy_coef * entropy
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        self.updates += 1
+        loss, entropy, probs = self.policy_loss(torch.stack(inputs), torch.stack(actions), advantage / max(scale, 1e-8))
+        self._step(loss)
         self._fit_baseline(window_return)
         self.metrics.update(policy_loss=loss.item(), advantage=float(advantage), entropy=entropy.item(),
                             keep_probability=probs.mean().item(), updates=float(self.updates))
@@ -186,8 +229,11 @@ class ReinforceAgent(Agent):
     def learn(self, total_steps: int, callback=None) -> ReinforceAgent:
         cfg = self.config
         obs, _ = self.env.reset(seed=cfg.seed)
-        window_inputs, window_actions, window_return = [], [], 0.0
+        window_inputs, window_actions, window_return, window_steps = [], [], 0.0, 0
         for step in range(total_steps):
+            if cfg.anneal_lr:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = cfg.learning_rate * (1.0 - step / total_steps)
             states = self.states(obs)
             self.input_stats.update(states.reshape(-1, states.shape[-1]))
             inputs = self._normalise(states)
@@ -198,8 +244,14 @@ class ReinforceAgent(Agent):
                 window_inputs.append(inputs)
                 window_actions.append(taken)
             obs, reward, terminated, truncated, info = self.env.step(action)
+            if cfg.advantage == "credit":
+                if step >= cfg.warmup_steps:
+                    self._credit_update(inputs, taken, info["credit"])
+                window_inputs, window_actions = [], []  # the window return is only used for the baseline metric
             window_return += float(reward)
-            if (step + 1) % self.update_interval == 0 or terminated or truncated:
+            window_steps += 1
+            measured = info.get("reward_measured", True)
+            if (measured and window_steps >= cfg.update_interval) or terminated or truncated:
                 if not self.updates and "baseline" not in self.metrics:  # the first return sets the baseline's level
                     self.baseline = window_return
                     self.metrics.update(baseline=self.baseline, window_return=window_return)
@@ -207,10 +259,10 @@ class ReinforceAgent(Agent):
                     self._update(window_inputs, window_actions, window_return)
                 else:
                     self._fit_baseline(window_return)
-                window_inputs, window_actions, window_return = [], [], 0.0
+                window_inputs, window_actions, window_return, window_steps = [], [], 0.0, 0
             if callback is not None and callback(locals()) is False:
                 break
-            if terminated or truncated:
+            if (terminated or truncated) and step < total_steps - 1:  # keep the trained student after the last step
                 obs, _ = self.env.reset()
         return self
 
@@ -219,7 +271,7 @@ class ReinforceAgent(Agent):
         return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "input_mean": self.input_stats.mean, "input_var": self.input_stats.var,
                 "input_count": self.input_stats.count, "baseline": self.baseline, "return_var": self.return_var,
-                "updates": self.updates}
+                "updates": self.updates, "credit_var": self.credit_var}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
@@ -227,3 +279,4 @@ class ReinforceAgent(Agent):
         self.input_stats.mean, self.input_stats.var = np.asarray(state["input_mean"]), np.asarray(state["input_var"])
         self.input_stats.count = float(state["input_count"])
         self.baseline, self.return_var, self.updates = state["baseline"], state["return_var"], state["updates"]
+        self.credit_var = state.get("credit_var", 1.0)

@@ -47,6 +47,7 @@ from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.save_util import load_from_zip_file, recursive_setattr
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.base import Agent, AgentConfig
@@ -280,8 +281,9 @@ class SB3Agent(Agent):
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """The SB3 model as the bytes of its zip file (policy, optimizers, hyperparameters) and the VecNormalize
-        statistics (``normalizer``: mean, var and count of the observation and return running stats)."""
+        """The SB3 model as the bytes of SB3's own zip (``model.save``: policy, optimizers, hyperparameters) and the
+        VecNormalize running statistics (``normalizer``: mean, var and count of the observation and return stats;
+        kept as arrays because ``VecNormalize.save`` pickles, and checkpoints must not run code when loaded)."""
         buffer = io.BytesIO()
         self.model.save(buffer)
         state: dict[str, Any] = {"sb3_zip": buffer.getvalue()}
@@ -291,13 +293,19 @@ class SB3Agent(Agent):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` into this agent's model. Only the zip's tensors are read (SB3's
+        ``load_from_zip_file(load_data=False)``, which loads with ``weights_only=True``); its pickled ``data`` part
+        is never deserialised: the hyperparameters come from this agent's Config, as when it was saved."""
         if self.normalizer is not None and "normalizer" in state:
             for key, value in state["normalizer"].items():
                 name, stat = key.split(".")
                 value = np.array(value, dtype=np.float64)
                 setattr(getattr(self.normalizer, name), stat, float(value) if stat == "count" else value)
-        self.model = self.algorithm.load(io.BytesIO(state["sb3_zip"]), env=self.model_env,
-                                         device=self.config.policy_device)
+        _, params, variables = load_from_zip_file(io.BytesIO(state["sb3_zip"]), device=self.config.policy_device,
+                                                  load_data=False)
+        self.model.set_parameters(params, exact_match=True, device=self.config.policy_device)
+        for name, value in (variables or {}).items():  # e.g. SAC's log_ent_coef
+            recursive_setattr(self.model, f"{name}.data", value.data)
 
 
 class PPOAgent(SB3Agent):

@@ -21,7 +21,8 @@ class InstanceVecEnv(VecEnv):
     :param env: a TeacherSelection env (wrappers allowed); it is stepped once per ``step``.
     :param view: ``"teacher"``: B*K sub-envs, one per (instance, teacher), observing the RL-KD state ``s_ik``
         (:mod:`agents.state`) plus a one-hot teacher id and acting for that teacher alone; ``"instance"``: B sub-envs,
-        one per instance, observing ``[features | teacher_logits | student_logits]`` and acting for its K teachers.
+        one per instance, observing ``[instance_features | teacher_features | teacher_logits | student_logits]``
+        (flattened) and acting for its K teachers.
     """
 
     VIEWS = ("teacher", "instance")
@@ -30,15 +31,16 @@ class InstanceVecEnv(VecEnv):
         if view not in self.VIEWS:
             raise ValueError(f"view must be one of {self.VIEWS}, got {view!r}")
         self.env, self.view = env, view
-        base = env.unwrapped
-        b, k, c, f = base.batch_size, base.num_teachers, base.num_labels, len(base.feature_names)
+        obs_space = env.observation_space
+        b, k, p = obs_space["teacher_features"].shape
+        s, c = obs_space["instance_features"].shape[1], obs_space["student_logits"].shape[1]
         self.batch_size, self.num_teachers = b, k
         self.select = isinstance(env.action_space, spaces.MultiBinary)
         if view == "teacher":
-            self.state = PerTeacherState(base)
+            self.state = PerTeacherState(obs_space, env.unwrapped.config.temperature)
             size, per_env, num_envs = self.state.size + k, 1, b * k
         else:
-            size, per_env, num_envs = f + k * c + c, k, b
+            size, per_env, num_envs = s + k * p + k * c + c, k, b
         observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (size,), np.float32)
         action_space = spaces.MultiBinary(per_env) if self.select else spaces.Box(-1.0, 1.0, (per_env,), np.float32)
         self.last_step: dict[str, Any] = {}
@@ -47,13 +49,13 @@ class InstanceVecEnv(VecEnv):
 
     def instance_obs(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """(num_envs, size) float32: one row per sub-env (instance-major, then teacher, in the teacher view)."""
-        b = obs["features"].shape[0]
+        b = obs["instance_features"].shape[0]
         if self.view == "teacher":
             states = self.state(obs)  # (B, K, d)
             ids = np.broadcast_to(np.eye(self.num_teachers), (b, self.num_teachers, self.num_teachers))
             return np.concatenate([states, ids], axis=-1).reshape(b * self.num_teachers, -1).astype(np.float32)
-        return np.concatenate([obs["features"], obs["teacher_logits"].reshape(b, -1), obs["student_logits"]],
-                              axis=1).astype(np.float32)
+        return np.concatenate([obs["instance_features"], obs["teacher_features"].reshape(b, -1),
+                               obs["teacher_logits"].reshape(b, -1), obs["student_logits"]], axis=1).astype(np.float32)
 
     def env_action(self, actions: np.ndarray) -> np.ndarray:
         """The env's (B, K) action from the sub-envs' actions."""
@@ -78,7 +80,7 @@ class InstanceVecEnv(VecEnv):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.last_step = {"action": action, "reward": reward, "terminated": terminated, "truncated": truncated,
                           "info": info}
-        done = terminated or truncated
+        done = terminated or truncated  # SB3 bootstraps through a time limit flagged below
         flat = self.instance_obs(obs)
         infos = [dict(info) for _ in range(self.num_envs)]
         if done:

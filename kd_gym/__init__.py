@@ -1,7 +1,7 @@
 """kd-gym: learning which teacher to listen to in multi-teacher knowledge distillation, as a Gymnasium benchmark.
 
 Importing the package registers ``kd_gym/TeacherSelection-v0`` (full student) and
-``kd_gym/TeacherSelectionLite-v0`` (lite student).
+``kd_gym/TeacherSelectionLite-v0`` (lite student); every option is a field of :class:`EnvConfig`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ def _register() -> None:
 
 _register()
 
-from kd_gym.env import TeacherSelectionEnv, default_config  # noqa: E402
+from kd_gym.config import EnvConfig, default_config  # noqa: E402
+from kd_gym.env import TeacherSelectionEnv  # noqa: E402
 from kd_gym.losses import multi_teacher_kd_loss  # noqa: E402
 from kd_gym.rewards import Reward, register_reward  # noqa: E402
 
-__all__ = ["ENV_IDS", "Reward", "TeacherSelectionEnv", "default_config", "multi_teacher_kd_loss", "register_reward"]
+__all__ = ["ENV_IDS", "EnvConfig", "Reward", "TeacherSelectionEnv", "default_config", "multi_teacher_kd_loss",
+           "register_reward"]

@@ -1,59 +1,95 @@
 """The ``kd-gym`` command line.
 
-``kd-gym teachers build`` lives here; commands that need agents (``train``, ``demo``, ``bench``) are plugged in
-through the entry-point group ``kd_gym.commands`` by the ``agents`` package, so the environment library never
-imports agents.
+``kd-gym teachers build`` / ``show`` live here; commands that need agents (``train``, ``demo``, ``bench``) are
+plugged in through the entry-point group ``kd_gym.commands`` by the ``agents`` package, so the environment library
+never imports agents.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
+import typing
 from importlib.metadata import entry_points
 
 COMMAND_GROUP = "kd_gym.commands"
 
 
-def _teachers_build(args: argparse.Namespace) -> int:
-    from kd_gym.pool_build import build_default_pool, default_pool_dir, format_manifest
+def add_task_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of :class:`kd_gym.tasks.TaskOptions` (``--text-column`` ...), default None (unset)."""
+    from kd_gym.config import dataclass_field_docs
+    from kd_gym.tasks import TaskOptions
 
+    group = parser.add_argument_group("custom tasks (local files and hub datasets; see docs/tasks-and-teachers.md)")
+    docs, hints = dataclass_field_docs(TaskOptions), typing.get_type_hints(TaskOptions)
+    for field in dataclasses.fields(TaskOptions):
+        flags = ["--" + field.name.replace("_", "-"), "--" + field.name]
+        kind = [t for t in typing.get_args(hints[field.name]) if t is not type(None)] or [hints[field.name]]
+        help_text = f"{docs[field.name]} (default: {field.default})".replace("%", "%%")  # argparse formats help
+        if kind[0] is bool:
+            group.add_argument(*flags, dest=field.name, action="store_true", default=None, help=help_text)
+        else:
+            group.add_argument(*flags, dest=field.name, type=kind[0], default=None, help=help_text,
+                               metavar=kind[0].__name__.upper())
+
+
+def task_kwargs_from(args: argparse.Namespace) -> dict:
+    """The task flags that were given, as keywords of :func:`kd_gym.tasks.load_task`."""
+    from kd_gym.tasks import TaskOptions
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(TaskOptions)
+            if getattr(args, f.name, None) is not None}
+
+
+def _teachers_build(args: argparse.Namespace) -> int:
+    from kd_gym.prepare.pool_build import build_default_pool, format_manifest
+
+    if args.seed < 0:
+        raise SystemExit(f"kd-gym teachers build: --seed {args.seed} is invalid; use a seed >= 0")
     started = time.perf_counter()
     manifest = build_default_pool(args.task, out_dir=args.out, seed=args.seed, force=args.force,
-                                  device=args.device, precision=args.precision)
+                                  device=args.device, precision=args.precision, task_kwargs=task_kwargs_from(args))
     print(format_manifest(manifest))
-    print(f"\npool written to {args.out or default_pool_dir(args.task)} in {time.perf_counter() - started:.0f} s")
+    print(f"\npool written to {manifest['folder']} in {time.perf_counter() - started:.0f} s")
     return 0
 
 
 def _teachers_show(args: argparse.Namespace) -> int:
     import json
 
-    from kd_gym.pool_build import default_pool_dir, format_manifest
+    from kd_gym.defaults import default_pool_dir
+    from kd_gym.prepare.pool_build import format_manifest
 
-    manifest = default_pool_dir(args.task) / "pool.json"
+    folder = default_pool_dir(args.task, args.seed, **task_kwargs_from(args))
+    manifest = folder / "pool.json"
     if not manifest.exists():
-        print(f"no pool built for {args.task!r}; run `kd-gym teachers build --task {args.task}`", file=sys.stderr)
+        print(f"no pool built for {args.task!r} with split seed {args.seed} (looked in {folder}); run "
+              f"`kd-gym teachers build --task {args.task} --seed {args.seed}`", file=sys.stderr)
         return 1
     print(format_manifest(json.loads(manifest.read_text())))
+    print(f"\n{folder}")
     return 0
 
 
 def add_teachers_command(commands: argparse._SubParsersAction) -> None:
-    teachers = commands.add_parser("teachers", help="build or show the default teacher pool")
+    teachers = commands.add_parser("teachers", help="build or show the default teacher pool of a task")
     sub = teachers.add_subparsers(dest="teachers_command", required=True)
-    build = sub.add_parser("build", help="fine-tune the default, deliberately diverse teacher pool and cache its logits",
-                           description="Fine-tune the default teachers from the packaged MiniLM weights, cache their "
-                                       "logits on every split, and print dev/test accuracy and disagreement.")
-    build.add_argument("--task", default="tweets", help="task to build the pool for (default: tweets)")
-    build.add_argument("--out", default=None, help="output folder (default: $KD_GYM_HOME/teachers/<task>)")
-    build.add_argument("--seed", type=int, default=0, help="seed of the split and of fine-tuning")
+    build = sub.add_parser(
+        "build", help="fine-tune the default, deliberately diverse teacher pool and cache its logits",
+        description="Train the default teachers of a task, cache their logits on every split, and print dev/test "
+                    "accuracy and disagreement. The pool is stored under $KD_GYM_HOME/teachers, keyed by the content "
+                    "of the task's splits (its rows and the split seed), with the list of rows its teachers saw.")
+    for parser in (build, show := sub.add_parser("show", help="print a built pool's accuracies and disagreement")):
+        parser.add_argument("--task", default="tweets", help="task name, hub dataset or local file (default: tweets)")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the task's split (and of fine-tuning)")
+        add_task_flags(parser)
+    build.add_argument("--out", default=None, help="output folder (default: $KD_GYM_HOME/teachers/<task>-<fingerprint>)")
     build.add_argument("--force", action="store_true", help="rebuild teachers that already exist")
     build.add_argument("--device", default="auto", help="auto | cpu | cuda")
     build.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
     build.set_defaults(func=_teachers_build)
-    show = sub.add_parser("show", help="print the built pool's accuracies and disagreement")
-    show.add_argument("--task", default="tweets")
     show.set_defaults(func=_teachers_show)
 
 
@@ -73,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the exact command, for reports
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, PermissionError) as error:  # a bad input: one line, not a traceback
+        print(f"kd-gym {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

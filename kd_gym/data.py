@@ -1,6 +1,7 @@
 """The tensors an environment trains on: student inputs, gold labels and cached teacher logits, per split.
 
-Everything is prepared once, up front, and kept on the training device, so a step only indexes tensors.
+Everything is prepared once, up front (:mod:`kd_gym.prepare.tensors`), and kept on the training device, so a step
+only indexes tensors.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from kd_gym.embeddings import SentenceEncoder
-from kd_gym.tasks import SPLITS, Task
-from kd_gym.teachers import TeacherPool
+from kd_gym.tasks import Task, teacher_metrics
 
 
 @dataclass
@@ -80,45 +79,12 @@ class KDData:
     def num_labels(self) -> int:
         return self.task.num_labels
 
+    def teacher_metrics(self, split: str = "dev") -> list[float]:
+        """Each teacher's primary task metric on ``split`` (from the cached logits), in pool order."""
+        tensors = self.splits[split]
+        if tensors.teacher_logits is None:
+            raise ValueError(f"split {split!r} has no teacher logits (teachers are scored on train and dev only)")
+        return [m["metric"] for m in teacher_metrics(self.task, tensors.teacher_logits, tensors.labels)]
+
     def to(self, device: torch.device) -> KDData:
         return KDData(self.task, self.teacher_names, {k: v.to(device) for k, v in self.splits.items()})
-
-
-def _word_counts(task: Task, split: str) -> torch.Tensor:
-    pairs = task.text_pairs(split)
-    texts = task.texts(split)
-    counts = [len(t.split()) + (len(pairs[i].split()) if pairs is not None else 0) for i, t in enumerate(texts)]
-    return torch.tensor(counts, dtype=torch.long)
-
-
-def build_lite_data(task: Task, pool: TeacherPool, encoder: SentenceEncoder) -> KDData:
-    """Sentence embeddings + teacher logits (train and dev) for the lite student."""
-    pool.check_labels(task)
-    splits = {}
-    for split in SPLITS:
-        splits[split] = SplitTensors(
-            inputs={"embeddings": encoder.encode(task, split)},
-            labels=torch.as_tensor(task.labels(split), dtype=torch.long),
-            lengths=_word_counts(task, split),
-            teacher_logits=pool.logits(task, split) if split != "test" else None,
-        )
-    return KDData(task, pool.names, splits)
-
-
-def build_full_data(task: Task, pool: TeacherPool, tokenizer, max_length: int = 64) -> KDData:
-    """Token ids (the student's tokenizer) + teacher logits (train and dev) for the full student."""
-    pool.check_labels(task)
-    splits = {}
-    for split in SPLITS:
-        pairs = task.text_pairs(split)
-        encoded = tokenizer(task.texts(split), pairs, truncation=True, max_length=max_length,
-                            padding="longest", return_tensors="pt")
-        inputs = {k: v.to(torch.int32) for k, v in encoded.items()
-                  if k in ("input_ids", "attention_mask", "token_type_ids")}
-        splits[split] = SplitTensors(
-            inputs=inputs,
-            labels=torch.as_tensor(task.labels(split), dtype=torch.long),
-            lengths=inputs["attention_mask"].sum(1).long(),
-            teacher_logits=pool.logits(task, split) if split != "test" else None,
-        )
-    return KDData(task, pool.names, splits)

@@ -1,12 +1,13 @@
 """The TeacherSelection environments: one step = one mini-batch of B training instances.
 
-At each step the agent sees B instances (features, teacher logits, student logits), answers with per-instance
+At each step the agent sees B instances (teacher and instance features, teacher logits, student logits), answers with per-instance
 teacher weights (B, K) (or the paper's keep/drop selection), the student makes one KD update with those weights,
 and the reward says how much the student improved. See docs/env.md for every option, shape and unit.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -14,146 +15,134 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from kd_gym.data import KDData, build_full_data, build_lite_data
-from kd_gym.features import FEATURE_BOUND, feature_names, instance_features
+from kd_gym.config import EnvConfig, default_config
+from kd_gym.data import KDData
+from kd_gym.features import FEATURE_BOUND, TEACHER_FEATURES, instance_feature_names, observation_features
 from kd_gym.losses import KDLoss
 from kd_gym.rewards import make_reward
 from kd_gym.scenarios import apply_scenario
 from kd_gym.student import FullStudent, LiteStudent, StudentTrainer
 
 LOGIT_BOUND = 50.0
-STUDENTS = ("lite", "full")
-ACTION_TYPES = ("weights", "select")
+RESET_OPTIONS = ("keep_student",)
 
 
-def default_config() -> dict[str, Any]:
-    """Every option of the environment with its default; pass any of them to ``gymnasium.make`` as keywords."""
-    return {
-        # -- data and teachers
-        "task": "tweets",            # task name (see kd_gym.tasks.load_task) or a Task
-        "task_kwargs": {},           # extra keywords for load_task (data_files, text_column, ...)
-        "split_seed": 0,             # seed of the train/dev/test split (fixed across episodes and agents)
-        "teachers": None,            # None: the default pool of the task; or hub ids / folders / a TeacherPool
-        "max_length": 64,            # max tokens per input (teachers, encoder, full student)
-        "cache_dir": None,           # cache root for logits and embeddings (default $KD_GYM_HOME)
-        "scenario": "default",       # "default", "noisy-teacher" or "specialists" (see kd_gym.scenarios)
-        "data": None,                # a prebuilt KDData (skips task/teachers/encoder); for tests and custom setups
-        # -- student
-        "student": "lite",           # "lite" (MLP over frozen sentence embeddings) or "full" (transformer)
-        "student_checkpoint": None,  # full: encoder to take the first layers of; lite: sentence encoder (None: MiniLM)
-        "student_layers": 2,         # full student: transformer layers kept
-        "lite_hidden": 128,          # lite student: hidden units of the MLP head
-        "lr": None,                  # AdamW learning rate (None: 1e-3 lite, 1e-4 full)
-        "weight_decay": 0.01,
-        "alpha": 0.5,                # weight of the gold-label CE in the KD loss
-        "temperature": 2.0,          # KD temperature T
-        "device": "auto",            # "auto" = CUDA when available
-        "precision": "auto",         # "auto": bf16 autocast on CUDA; on CPU fp32 for the student, bf16 for teacher and
-                                     # encoder inference where the CPU has native bf16 (part of the cache key)
-        # -- decision problem
-        "batch_size": 32,            # B, instances per step
-        "episode_steps": 200,        # student updates per episode
-        "action_type": "weights",    # "weights": Box(0, 1, (B, K)); "select": MultiBinary((B, K))
-        "reward": "dev_delta",       # a name registered in kd_gym.rewards, or a Reward instance
-        "reward_interval": 10,       # dev_delta / dev_loss_delta: measure every this many steps (reward 0 between)
-        "reward_scale": 1.0,         # multiplies every reward
-        "dev_subset": 500,           # dev instances used for rewards (fixed subset, kept on the device)
-        "include_representation": False,  # append the student's pooled representation to the features
-    }
-
-
-def _build_data(config: dict[str, Any]) -> tuple[KDData, Any]:
-    """The KDData and the student model of a config (loads task, pool and caches)."""
-    from kd_gym.embeddings import SentenceEncoder
-    from kd_gym.pool_build import default_pool, minilm_path
+def _build_data(config: EnvConfig) -> KDData:
+    """The KDData of a config: loads the task and the pool, reads (or computes once) the cached tensors."""
+    from kd_gym.defaults import check_pool_rows, default_pool, minilm_path
+    from kd_gym.prepare.embeddings import SentenceEncoder
+    from kd_gym.prepare.tensors import build_full_data, build_lite_data
     from kd_gym.tasks import Task, load_task
     from kd_gym.teachers import TeacherPool
 
-    task = config["task"]
+    task = config.task
     if not isinstance(task, Task):
-        task = load_task(task, seed=config["split_seed"], **config["task_kwargs"])
-    common = {"cache_dir": config["cache_dir"], "max_length": config["max_length"], "device": config["device"],
-              "precision": config["precision"]}
-    teachers = config["teachers"]
+        task = load_task(task, seed=config.split_seed, **config.task_kwargs)
+    common = {"cache_dir": config.cache_dir, "max_length": config.max_length, "device": config.device,
+              "precision": config.precision}
+    teachers = config.teachers
+    manifest = Path(str(teachers)) / "pool.json" if isinstance(teachers, (str, Path)) else None
     if teachers is None:
-        pool = default_pool(task.name, **common)
+        pool = default_pool(task, **common)
     elif isinstance(teachers, TeacherPool):
         pool = teachers
+    elif manifest is not None and manifest.exists():  # a pool folder written by `kd-gym teachers build`
+        check_pool_rows(manifest.parent, task)
+        pool = TeacherPool.from_manifest(manifest, **common)
     else:
-        pool = TeacherPool(teachers, **common)
-    checkpoint = config["student_checkpoint"] or minilm_path()
-    if config["student"] == "lite":
-        data = build_lite_data(task, pool, SentenceEncoder(checkpoint, **common))
-        return data, None
-    model = FullStudent(checkpoint, task.num_labels, config["student_layers"])
-    return build_full_data(task, pool, model.tokenizer, config["max_length"]), model
+        pool = TeacherPool([teachers] if isinstance(teachers, str) else teachers, **common)
+    checkpoint = config.student_checkpoint or minilm_path()
+    if config.student == "lite":
+        return build_lite_data(task, pool, SentenceEncoder(checkpoint, **common))
+    from transformers import AutoTokenizer
+
+    from kd_gym.prepare.cache import resolve_model_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_folder(checkpoint))
+    return build_full_data(task, pool, tokenizer, config.max_length)
+
+
+def _build_student(config: EnvConfig, data: KDData) -> tuple[torch.nn.Module, float]:
+    """The student model and its default learning rate."""
+    if config.student == "lite":
+        input_size = data.splits["train"].inputs["embeddings"].shape[1]
+        return LiteStudent(input_size, data.num_labels, config.lite_hidden), config.lr or 1e-3
+    from kd_gym.defaults import minilm_path
+
+    model = FullStudent(config.student_checkpoint or minilm_path(), data.num_labels, config.student_layers)
+    return model, config.lr or 1e-4
 
 
 class TeacherSelectionEnv(gym.Env):
     """Multi-teacher KD as an MDP: choose per-instance teacher weights; reward = the student's progress.
 
-    Observation (``Dict``): ``features`` (B, F) float32 in [-50, 50] (names in ``feature_names``);
-    ``teacher_logits`` (B, K, C) and ``student_logits`` (B, C), float32 clipped to [-50, 50].
-    Action: ``weights`` (B, K) in [0, 1] (clipped; rows normalised inside the loss; an all-zero row learns from the
-    gold label alone) or ``select`` (B, K) in {0, 1}. One step = one student update on B training instances.
+    Observation (``Dict`` of float32 ``Box``es, all clipped to [-50, 50]):
 
-    :param config: any keys of :func:`default_config`.
+    - ``teacher_features`` (B, K, P): what is known about teacher k on instance i (columns
+      ``teacher_feature_names``: its CE on the gold label, entropy, correctness, KL to the student);
+    - ``instance_features`` (B, S): what belongs to instance i (columns ``instance_feature_names``: teacher
+      agreement, student CE and entropy, length, optionally the student's representation);
+    - ``teacher_logits`` (B, K, C) and ``student_logits`` (B, C).
+
+    Action: ``weights`` (B, K) in [0, 1] (clipped; rows normalised inside the loss; an all-zero row learns from the
+    gold label alone) or ``select`` (B, K) in {0, 1}. One step = one student update on B training instances. The
+    end of the ``episode_steps`` budget is a time limit: ``truncated=True``, ``terminated=False``.
+
+    :param options: fields of :class:`~kd_gym.config.EnvConfig` (see docs/env.md).
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, **config: Any) -> None:
-        unknown = sorted(set(config) - set(default_config()))
+    def __init__(self, **options: Any) -> None:
+        valid = default_config()
+        unknown = sorted(set(options) - set(valid))
         if unknown:
-            raise TypeError(f"unknown option(s) {unknown}; valid options: {sorted(default_config())}")
-        self.config = {**default_config(), **config}
-        cfg = self.config
-        if cfg["student"] not in STUDENTS:
-            raise ValueError(f"student must be one of {STUDENTS}, got {cfg['student']!r}")
-        if cfg["action_type"] not in ACTION_TYPES:
-            raise ValueError(f"action_type must be one of {ACTION_TYPES}, got {cfg['action_type']!r}")
-        for key in ("batch_size", "episode_steps", "reward_interval", "dev_subset"):
-            if int(cfg[key]) < 1:
-                raise ValueError(f"{key} must be >= 1, got {cfg[key]!r}")
-
-        data, full_model = (cfg["data"], None) if cfg["data"] is not None else _build_data(cfg)
-        data = apply_scenario(cfg["scenario"], data)
-        if cfg["data"] is not None and cfg["student"] == "full":
-            from kd_gym.pool_build import minilm_path
-
-            full_model = FullStudent(cfg["student_checkpoint"] or minilm_path(), data.num_labels, cfg["student_layers"])
-        if cfg["student"] == "lite":
-            input_size = data.splits["train"].inputs["embeddings"].shape[1]
-            model = LiteStudent(input_size, data.num_labels, cfg["lite_hidden"])
-            lr = cfg["lr"] or 1e-3
-        else:
-            model, lr = full_model, cfg["lr"] or 1e-4
+            raise TypeError(f"unknown option(s) {unknown}; valid options: {sorted(valid)} (see kd_gym.EnvConfig)")
+        #: the options of this env (an :class:`~kd_gym.config.EnvConfig`)
+        self.config = cfg = EnvConfig(**options).validate()
+        data = cfg.data if cfg.data is not None else _build_data(cfg)
+        data = apply_scenario(cfg.scenario, data)
+        if cfg.batch_size > len(data.splits["train"]):
+            raise ValueError(f"batch_size={cfg.batch_size} is larger than the train split ({len(data.splits['train'])} "
+                             "rows); use a batch_size of at most the train split's size")
+        model, lr = _build_student(cfg, data)
         self.trainer = StudentTrainer(
-            model, data, lr=lr, weight_decay=cfg["weight_decay"], alpha=cfg["alpha"],
-            temperature=cfg["temperature"], device=cfg["device"], precision=cfg["precision"],
+            model, data, lr=lr, weight_decay=cfg.weight_decay, alpha=cfg.alpha, temperature=cfg.temperature,
+            device=cfg.device, precision=cfg.precision,
         )
-        self.teacher_names = list(data.teacher_names)
-        self.label_names = list(data.task.label_names)
-        self.batch_size, self.num_teachers, self.num_labels = cfg["batch_size"], data.num_teachers, data.num_labels
-        representation = model.representation_size if cfg["include_representation"] else 0
-        self.feature_names = feature_names(self.teacher_names, representation)
+        #: teacher names, in the order of the K axis
+        self.teacher_names: list[str] = list(data.teacher_names)
+        #: class names, in the order of the C axis
+        self.label_names: list[str] = list(data.task.label_names)
+        #: the task's name and its primary metric ("accuracy", "f1" or "matthews_correlation")
+        self.task_name, self.metric_name = data.task.name, data.task.metric
+        self.batch_size, self.num_teachers, self.num_labels = cfg.batch_size, data.num_teachers, data.num_labels
+        self.reward_interval, self.episode_steps = cfg.reward_interval, cfg.episode_steps
+        representation = model.representation_size if cfg.include_representation else 0
+        #: names of the P columns of ``teacher_features`` and of the S columns of ``instance_features``
+        self.teacher_feature_names: list[str] = list(TEACHER_FEATURES)
+        self.instance_feature_names: list[str] = instance_feature_names(representation)
 
-        b, k, c, f = self.batch_size, self.num_teachers, self.num_labels, len(self.feature_names)
+        b, k, c = self.batch_size, self.num_teachers, self.num_labels
+        p, n_instance = len(self.teacher_feature_names), len(self.instance_feature_names)
         self.observation_space = spaces.Dict({
-            "features": spaces.Box(-FEATURE_BOUND, FEATURE_BOUND, (b, f), np.float32),
+            "teacher_features": spaces.Box(-FEATURE_BOUND, FEATURE_BOUND, (b, k, p), np.float32),
+            "instance_features": spaces.Box(-FEATURE_BOUND, FEATURE_BOUND, (b, n_instance), np.float32),
             "teacher_logits": spaces.Box(-LOGIT_BOUND, LOGIT_BOUND, (b, k, c), np.float32),
             "student_logits": spaces.Box(-LOGIT_BOUND, LOGIT_BOUND, (b, c), np.float32),
         })
-        self.action_space = (spaces.Box(0.0, 1.0, (b, k), np.float32) if cfg["action_type"] == "weights"
+        self.action_space = (spaces.Box(0.0, 1.0, (b, k), np.float32) if cfg.action_type == "weights"
                              else spaces.MultiBinary((b, k)))
-        self.reward_fn = make_reward(cfg["reward"])
+        self.reward_fn = make_reward(cfg.reward)
         dev_size = len(data.splits["dev"])
-        # A fixed dev subset for rewards, the same for every episode, seed and agent.
-        self.dev_indices = np.sort(np.random.default_rng(cfg["split_seed"]).permutation(dev_size)[: cfg["dev_subset"]])
+        #: the fixed dev subset of rewards: the same for every episode, seed and agent
+        self.dev_indices = np.sort(np.random.default_rng(cfg.split_seed).permutation(dev_size)[: cfg.dev_subset])
         self._order = np.empty(0, dtype=np.int64)
         self._cursor = 0
         self._t = 0
         self._batch: dict | None = None
+        self._batch_indices = np.empty(0, dtype=np.int64)
+        self._rng_before_batch: dict[str, torch.Tensor] = {}
         self._logits: torch.Tensor | None = None
         self._last_dev: dict[str, float] | None = None
 
@@ -166,17 +155,21 @@ class TeacherSelectionEnv(gym.Env):
         self._cursor += self.batch_size
         return indices
 
-    def _load_batch(self) -> None:
-        self._batch = self.trainer.split("train").batch(self._next_indices())
+    def _load_batch(self, indices: np.ndarray | None = None) -> None:
+        self._batch_indices = self._next_indices() if indices is None else indices
+        self._rng_before_batch = self.trainer.rng_state()  # a checkpoint replays this batch's dropout exactly
+        self._batch = self.trainer.split("train").batch(self._batch_indices)
         # The forward pass made for the observation keeps its graph and is reused by the update in step().
         self._logits, self._representation = self.trainer.forward(self._batch, grad=True)
 
     def _get_obs(self) -> dict[str, np.ndarray]:
         batch = self._batch
-        representation = self._representation if self.config["include_representation"] else None
-        features = instance_features(batch["teacher_logits"], self._logits, batch["labels"], batch["lengths"],
-                                     self.config["temperature"], representation)
-        parts = {"features": features,
+        representation = self._representation if self.config.include_representation else None
+        teacher_features, instance_features = observation_features(
+            batch["teacher_logits"], self._logits, batch["labels"], batch["lengths"], self.config.temperature,
+            representation)
+        parts = {"teacher_features": teacher_features,
+                 "instance_features": instance_features,
                  "teacher_logits": batch["teacher_logits"].clamp(-LOGIT_BOUND, LOGIT_BOUND),
                  "student_logits": self._logits.detach().clamp(-LOGIT_BOUND, LOGIT_BOUND)}
         # one device-to-host copy for the whole observation, then views into it
@@ -200,27 +193,98 @@ class TeacherSelectionEnv(gym.Env):
             info["weights"] = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
         return info
 
-    # -- the API
+    # -- what agents and runners may read
+    @property
+    def student_steps(self) -> int:
+        """Student updates since the student was last made fresh (kept across ``keep_student`` resets)."""
+        return self.trainer.steps
+
     def dev_metrics(self) -> dict[str, float]:
-        """The student's metrics on the fixed dev subset (``metric`` = the task's primary metric, ``loss``)."""
+        """The student's metrics on the fixed dev subset (``metric`` = the task's primary metric, ``loss``); the
+        values reported in ``info["dev_metric"]`` / ``info["dev_loss"]`` from then on."""
         self._last_dev = self.trainer.evaluate("dev", self.dev_indices)
         return self._last_dev
 
+    def evaluate(self, split: str = "dev", subset: bool = False) -> dict[str, float]:
+        """The student's metrics on ``split`` ("dev" or "test"; ``subset=True``: the reward's dev subset), without
+        changing anything; for reports, never for rewards."""
+        if split not in ("dev", "test"):
+            raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
+        return self.trainer.evaluate(split, self.dev_indices if subset and split == "dev" else None)
+
+    def lookahead_dev(self, weights: np.ndarray) -> dict[str, float]:
+        """The student's metrics on the reward's dev subset after a trial update on the current batch with
+        ``weights`` (B, K), from the current student and with the same dropout as the real update; changes nothing.
+        Costs one extra update and one dev-subset evaluation (what the paired reward pays per step)."""
+        metrics = self.trainer.lookahead(self._batch, self._validate_action(weights), "dev", self.dev_indices,
+                                         rng_state=self._rng_before_batch)
+        # The trial restored the weights in place, which invalidates the batch's saved graph: redo its forward pass
+        # (same random stream, so the same dropout and the same logits).
+        self.trainer.set_rng_state(self._rng_before_batch)
+        self._logits, self._representation = self.trainer.forward(self._batch, grad=True)
+        return metrics
+
+    def teacher_dev_metrics(self) -> list[float]:
+        """Each teacher's primary metric on the whole dev split (from the cached logits), in teacher order."""
+        return self.trainer.data.teacher_metrics("dev")
+
+    @property
+    def has_oracle(self) -> bool:
+        """Whether the scenario defines an oracle weighting (see :meth:`oracle_weights`)."""
+        return self.trainer.split("train").oracle_weights is not None
+
     def oracle_weights(self) -> np.ndarray:
         """(B, K) the scenario's oracle weights for the current batch (privileged: for reference rows only)."""
-        if self._batch is None or "oracle_weights" not in self._batch:
-            raise ValueError(f"scenario {self.config['scenario']!r} has no oracle weighting "
+        if not self.has_oracle or self._batch is None:
+            raise ValueError(f"scenario {self.config.scenario!r} has no oracle weighting "
                              "(noisy-teacher and specialists have one)")
         return self._batch["oracle_weights"].cpu().numpy()
 
-    def evaluate(self, split: str = "dev") -> dict[str, float]:
-        """The student's metrics on a whole split ("dev" or "test"); for reports, never for rewards."""
-        return self.trainer.evaluate(split)
+    def student_state_dict(self) -> dict[str, torch.Tensor]:
+        """The student now (weights, optimizer moments, random stream, step count) as tensors."""
+        return self.trainer.state_dict()
 
+    def load_student_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back a student saved with :meth:`student_state_dict` (e.g. the best or final one, for evaluation)."""
+        self.trainer.load_state_dict(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the episode exactly where it is (a checkpoint): the student, the episode
+        step, the batch order and position, the current batch, the env's RNG, the reward's state. Tensors, arrays
+        and plain values only."""
+        if self._batch is None:
+            raise RuntimeError("call reset() before state_dict(): there is no episode to save yet")
+        student = {**self.trainer.state_dict(), **self._rng_before_batch}
+        return {"student": student, "t": self._t, "order": self._order.copy(), "cursor": self._cursor,
+                "batch_indices": np.asarray(self._batch_indices).copy(),
+                "np_random": self.np_random.bit_generator.state, "reward": self.reward_fn.state_dict(),
+                "last_dev": self._last_dev}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`: the next ``step`` gives what it gave after the state was taken."""
+        if self._batch is None:
+            self.reset()  # creates np_random; everything it draws is overwritten below
+        self.trainer.load_state_dict(state["student"])
+        self._t, self._cursor = int(state["t"]), int(state["cursor"])
+        self._order = np.asarray(state["order"], dtype=np.int64)
+        self.np_random.bit_generator.state = state["np_random"]
+        self.reward_fn.load_state_dict(state["reward"])
+        self._last_dev = state["last_dev"]
+        self._load_batch(np.asarray(state["batch_indices"], dtype=np.int64))
+
+    def save_student(self, path) -> None:
+        """Write the student's weights to ``path`` (safetensors)."""
+        self.trainer.save(path)
+
+    # -- the Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start an episode: a fresh student (same init for the same seed) unless ``options={"keep_student": True}``."""
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(RESET_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; valid options: {list(RESET_OPTIONS)}")
         super().reset(seed=seed)
-        if not (options or {}).get("keep_student", False):
+        if not options.get("keep_student", False):
             self.trainer.reset(seed=int(self.np_random.integers(2**31 - 1)))
         self._order, self._cursor, self._t = np.empty(0, dtype=np.int64), 0, 0
         self._last_dev = None
@@ -230,16 +294,21 @@ class TeacherSelectionEnv(gym.Env):
 
     def _validate_action(self, action: Any) -> np.ndarray:
         expected = (self.batch_size, self.num_teachers)
-        array = np.asarray(action, dtype=np.float32)
+        try:
+            array = np.asarray(action, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"action {action!r:.80} is not numeric ({error}); expected an array of shape "
+                             f"(batch_size, num_teachers) = {expected} with values in [0, 1]") from error
         if array.shape != expected:
             raise ValueError(f"action has shape {array.shape}; expected (batch_size, num_teachers) = {expected} "
                              f"for teachers {self.teacher_names}")
         if not np.isfinite(array).all():
             raise ValueError(f"action holds {int((~np.isfinite(array)).sum())} NaN or infinite values; expected "
                              f"finite weights in [0, 1] of shape (batch_size, num_teachers) = {expected}")
-        if self.config["action_type"] == "select":
+        if self.config.action_type == "select":
             if not np.isin(array, (0.0, 1.0)).all():
-                raise ValueError("action_type='select' expects 0/1 (drop/keep) per teacher; got other values")
+                bad = array[~np.isin(array, (0.0, 1.0))][:3].tolist()
+                raise ValueError(f"action_type='select' expects 0/1 (drop/keep) per teacher; got values like {bad}")
             return array
         return np.clip(array, 0.0, 1.0)  # out-of-range weights are clipped, as documented
 
@@ -247,10 +316,16 @@ class TeacherSelectionEnv(gym.Env):
         if self._batch is None:
             raise RuntimeError("call reset() before step()")
         weights = self._validate_action(action)
+        credit = self.trainer.pair_credit(self._batch, self.dev_indices) if self.config.credit else None
+        self.reward_fn.before_update(self, weights)
         loss = self.trainer.train_step(self._batch, weights, logits=self._logits)
-        reward = self.config["reward_scale"] * float(self.reward_fn(self, loss))
         self._t += 1
-        terminated = self._t >= self.config["episode_steps"]
+        truncated = self._t >= self.episode_steps  # the budget is a time limit, not a terminal state
+        measured = not self.reward_fn.interval or self._t % self.reward_interval == 0 or truncated
+        reward = self.config.reward_scale * float(self.reward_fn(self, loss)) if measured else 0.0
         info = self._get_info(loss, weights)
+        info["reward_measured"] = measured
+        if credit is not None:
+            info["credit"] = credit.cpu().numpy()
         self._load_batch()
-        return self._get_obs(), reward, terminated, False, info
+        return self._get_obs(), reward, False, truncated, info

@@ -14,30 +14,35 @@ FEATURE_BOUND = 50.0
 LENGTH_SCALE = 64.0
 
 
-def feature_names(teacher_names: list[str], representation_size: int = 0) -> list[str]:
-    """Names of the F feature columns, in order, for teachers ``teacher_names``."""
-    names = []
-    for stat in ("teacher_ce", "teacher_entropy", "teacher_correct", "teacher_student_kl"):
-        names += [f"{stat}[{name}]" for name in teacher_names]
-    names += ["teacher_agreement", "student_ce", "student_entropy", "length"]
-    names += [f"student_repr[{i}]" for i in range(representation_size)]
-    return names
+TEACHER_FEATURES = ("teacher_ce", "teacher_entropy", "teacher_correct", "teacher_student_kl")
+INSTANCE_FEATURES = ("teacher_agreement", "student_ce", "student_entropy", "length")
 
 
-def instance_features(
+def instance_feature_names(representation_size: int = 0) -> list[str]:
+    """Names of the S columns of ``instance_features``, in order."""
+    return [*INSTANCE_FEATURES, *(f"student_repr[{i}]" for i in range(representation_size))]
+
+
+def observation_features(
     teacher_logits: torch.Tensor,
     student_logits: torch.Tensor,
     labels: torch.Tensor,
     lengths: torch.Tensor,
     temperature: float,
     representation: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """(B, F) features, columns as :func:`feature_names`.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``teacher_features`` (B, K, P) and ``instance_features`` (B, S), columns as :data:`TEACHER_FEATURES` and
+    :func:`instance_feature_names`.
 
-    - ``teacher_ce[k]``: CE of teacher k against the gold label (nats, T = 1).
-    - ``teacher_entropy[k]``: entropy of teacher k's distribution softened at T, divided by log C (0..1).
-    - ``teacher_correct[k]``: 1 if teacher k's top label is the gold label, else 0.
-    - ``teacher_student_kl[k]``: KL(teacher_k at T || student at T), nats: how much k would still teach.
+    Per (instance, teacher k), ``teacher_features[:, k]``:
+
+    - ``teacher_ce``: CE of teacher k against the gold label (nats, T = 1).
+    - ``teacher_entropy``: entropy of teacher k's distribution softened at T, divided by log C (0..1).
+    - ``teacher_correct``: 1 if teacher k's top label is the gold label, else 0.
+    - ``teacher_student_kl``: KL(teacher_k at T || student at T), nats: how much k would still teach.
+
+    Per instance, ``instance_features``:
+
     - ``teacher_agreement``: share of teacher pairs that predict the same label (1 when K = 1).
     - ``student_ce``: CE of the student against the gold label (nats); ``student_entropy``: entropy of the
       student's distribution at T = 1, divided by log C.
@@ -66,8 +71,9 @@ def instance_features(
     student_ce = F.cross_entropy(student_logits, labels, reduction="none")
     student_log = F.log_softmax(student_logits, -1)
     student_entropy = -(student_log.exp() * student_log).sum(-1) / log_c
-    columns = [teacher_ce, teacher_entropy, teacher_correct, kl,
-               torch.stack([agreement, student_ce, student_entropy, lengths.float() / LENGTH_SCALE], dim=1)]
+    per_teacher = torch.stack([teacher_ce, teacher_entropy, teacher_correct, kl], dim=-1)  # (B, K, P)
+    columns = [torch.stack([agreement, student_ce, student_entropy, lengths.float() / LENGTH_SCALE], dim=1)]
     if representation is not None:
         columns.append(representation.detach().float())
-    return torch.cat(columns, dim=1).clamp(-FEATURE_BOUND, FEATURE_BOUND)
+    per_instance = torch.cat(columns, dim=1)  # (B, S)
+    return per_teacher.clamp(-FEATURE_BOUND, FEATURE_BOUND), per_instance.clamp(-FEATURE_BOUND, FEATURE_BOUND)

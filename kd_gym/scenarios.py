@@ -29,13 +29,6 @@ SPECIALIST_SLICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _dev_metrics(data: KDData) -> list[float]:
-    dev = data.splits["dev"]
-    labels = dev.labels.cpu().numpy()
-    predictions = dev.teacher_logits.argmax(-1).cpu().numpy()
-    return [data.task.compute_metrics(predictions[:, k], labels)["metric"] for k in range(predictions.shape[1])]
-
-
 def _replace(data: KDData, names: list[str], logits_fn, oracle_fn) -> KDData:
     splits = {}
     for name, split in data.splits.items():
@@ -55,7 +48,7 @@ def default(data: KDData) -> KDData:
 
 def noisy_teacher(data: KDData) -> KDData:
     """Add the best teacher with rotated labels; oracle: uniform over the original teachers."""
-    best = int(np.argmax(_dev_metrics(data)))
+    best = int(np.argmax(data.teacher_metrics("dev")))
     k = data.num_teachers
     names = [*data.teacher_names, f"noisy-{data.teacher_names[best]}"]
 
@@ -76,7 +69,7 @@ def specialists(data: KDData) -> KDData:
     if "topic" not in data.task.splits["train"].column_names:
         raise ValueError(f"scenario 'specialists' needs a 'topic' column (task 'tweets' has one); "
                          f"task {data.task.name!r} has columns {data.task.splits['train'].column_names}")
-    metrics = _dev_metrics(data)
+    metrics = data.teacher_metrics("dev")
     best, worst = int(np.argmax(metrics)), int(np.argmin(metrics))
     names = [f"specialist-{s}" for s in SPECIALIST_SLICES]
 

@@ -11,6 +11,8 @@ Two students share :class:`StudentTrainer`:
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,9 @@ import torch
 from torch import nn
 
 from kd_gym.data import KDData, SplitTensors
-from kd_gym.embeddings import mean_pool
-from kd_gym.inference import autocast, autocast_dtype, resolve_device
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
+from kd_gym.prepare.embeddings import mean_pool
+from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
 
 
 class LiteStudent(nn.Module):
@@ -60,7 +62,7 @@ class FullStudent(nn.Module):
 
     def __init__(self, checkpoint: str | Path, num_labels: int, num_layers: int | None = 2) -> None:
         super().__init__()
-        from kd_gym.cache import resolve_model_folder
+        from kd_gym.prepare.cache import resolve_model_folder
         from kd_gym.teachers import load_classifier
 
         extra = {"num_hidden_layers": num_layers} if num_layers else {}
@@ -116,20 +118,41 @@ class StudentTrainer:
         self.alpha, self.temperature, self.grad_clip = alpha, temperature, grad_clip
         self.eval_batch_size = eval_batch_size
         self._initial_state = copy.deepcopy(self.model.state_dict())
+        # The student's own random stream (init of fresh modules, dropout): nothing the agent or the user draws from
+        # torch's global generator changes the student, and the student never reseeds the global generator.
+        self.generator = torch.Generator(device="cpu")
+        self.cuda_generator = torch.Generator(device=self.device) if self.device.type == "cuda" else None
         self.optimizer = self._make_optimizer()
         self.steps = 0
+
+    @contextmanager
+    def own_rng(self) -> Iterator[None]:
+        """Run the block on the student's own random stream; torch's global generators are restored afterwards."""
+        devices = [self.device] if self.cuda_generator is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.generator.get_state())
+            if self.cuda_generator is not None:
+                torch.cuda.set_rng_state(self.cuda_generator.get_state(), self.device)
+            yield
+            self.generator.set_state(torch.get_rng_state())
+            if self.cuda_generator is not None:
+                self.cuda_generator.set_state(torch.cuda.get_rng_state(self.device))
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def reset(self, seed: int | None = None) -> None:
         """A fresh student: the initial weights, a fresh optimizer and, when ``seed`` is given, a new draw of the
-        randomly initialised modules from ``torch.manual_seed(seed)`` (same seed, same student)."""
+        randomly initialised modules from the student's own generator seeded with ``seed`` (same seed, same student;
+        torch's global generator is neither used nor reseeded)."""
         self.model.load_state_dict(self._initial_state)
         if seed is not None:
-            torch.manual_seed(seed)
-            for module in getattr(self.model, "fresh_modules", list)():
-                module.reset_parameters()
+            self.generator.manual_seed(seed)
+            if self.cuda_generator is not None:
+                self.cuda_generator.manual_seed(seed)
+            with self.own_rng():
+                for module in getattr(self.model, "fresh_modules", list)():
+                    module.reset_parameters()
         self.optimizer = self._make_optimizer()
         self.steps = 0
 
@@ -139,8 +162,12 @@ class StudentTrainer:
     def forward(self, batch: dict, *, grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Student (logits (B, C), representation (B, H)) on a batch; in train mode when ``grad``."""
         self.model.train(grad)
-        with torch.set_grad_enabled(grad), autocast(self.device, self.dtype):
-            logits, representation = self.model(**batch["inputs"])
+        if grad:  # dropout draws from the student's own stream
+            with self.own_rng(), torch.enable_grad(), autocast(self.device, self.dtype):
+                logits, representation = self.model(**batch["inputs"])
+        else:
+            with torch.no_grad(), autocast(self.device, self.dtype):
+                logits, representation = self.model(**batch["inputs"])
         return logits.float(), representation.float()
 
     def train_step(self, batch: dict, weights: torch.Tensor | np.ndarray, logits: torch.Tensor | None = None) -> KDLoss:
@@ -166,6 +193,57 @@ class StudentTrainer:
         self.steps += 1
         return result
 
+    def lookahead(self, batch: dict, weights: torch.Tensor | np.ndarray, split: str = "dev",
+                  indices: np.ndarray | None = None, rng_state: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """The metrics :meth:`evaluate` would give after a trial update on ``batch`` with ``weights``; afterwards the
+        student, its optimizer, its random stream and its step count are exactly as before.
+
+        :param rng_state: the random stream to run the trial's forward pass from (pass the state the batch's own
+            forward pass started from, and the trial sees the same dropout masks as the real update).
+        """
+        params = [p.detach().clone() for p in self.model.parameters()]
+        slots = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in self.optimizer.state[p].items()}
+                 for p in self.model.parameters() if p in self.optimizer.state}
+        rng, steps = self.rng_state(), self.steps
+        if rng_state is not None:
+            self.set_rng_state(rng_state)
+        self.train_step(batch, weights)
+        metrics = self.evaluate(split, indices)
+        with torch.no_grad():
+            for p, saved in zip(self.model.parameters(), params):
+                p.copy_(saved)
+        for p in self.model.parameters():
+            if p in slots:
+                self.optimizer.state[p] = slots[p]
+            else:
+                self.optimizer.state.pop(p, None)
+        self.set_rng_state(rng)
+        self.steps = steps
+        return metrics
+
+    def pair_credit(self, batch: dict, dev_indices: np.ndarray) -> torch.Tensor:
+        """(B, K) first-order credit of each (instance, teacher) pair: how fast one gradient step on instance i's
+        distillation term toward teacher k alone would lower the student's dev loss on ``dev_indices``, in nats per
+        unit step: ``<J_i G, g_ik>`` with ``G`` the dev-loss gradient, ``J_i`` the Jacobian of instance i's logits
+        and ``g_ik = (1 - alpha) T (softmax(s_i / T) - softmax(t_ik / T))`` the gradient of that term w.r.t. the
+        logits. Positive: the pair helps the dev loss. Computed in eval mode (no dropout), without touching the
+        student: one dev backward pass and one double-backward over the batch.
+        """
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.eval()
+        with torch.enable_grad(), autocast(self.device, self.dtype):
+            dev = self.split("dev").batch(np.asarray(dev_indices))
+            dev_loss = torch.nn.functional.cross_entropy(self.model(**dev["inputs"])[0].float(), dev["labels"])
+            dev_grad = torch.autograd.grad(dev_loss, params)
+            logits = self.model(**batch["inputs"])[0].float()  # (B, C)
+            probe = torch.zeros_like(logits, requires_grad=True)
+            vjp = torch.autograd.grad(logits, params, probe, create_graph=True)  # J^T probe, linear in probe
+            directional = torch.autograd.grad(sum((v * g).sum() for v, g in zip(vjp, dev_grad)), probe)[0]  # J G
+        student_t = torch.softmax(logits.detach() / self.temperature, -1).unsqueeze(1)  # (B, 1, C)
+        teacher_t = torch.softmax(batch["teacher_logits"].float() / self.temperature, -1)  # (B, K, C)
+        g = (1.0 - self.alpha) * self.temperature * (student_t - teacher_t)
+        return (directional.unsqueeze(1) * g).sum(-1)
+
     @torch.no_grad()
     def predict(self, split: str, indices: np.ndarray | None = None) -> torch.Tensor:
         """(N, C) student logits on ``split`` (or its rows ``indices``), in eval mode."""
@@ -185,6 +263,46 @@ class StudentTrainer:
         loss = torch.nn.functional.cross_entropy(logits, labels).item()
         metrics = self.data.task.compute_metrics(logits.argmax(-1).cpu().numpy(), labels.cpu().numpy())
         return {**metrics, "loss": loss}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything that defines the student now, as tensors: weights (``model.*``), optimizer moments
+        (``optimizer.*``), its random stream and the step count; restored exactly by :meth:`load_state_dict`."""
+        state = {f"model.{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
+        optimizer = self.optimizer.state_dict()
+        for index, slots in optimizer["state"].items():
+            for slot, value in slots.items():
+                state[f"optimizer.{index}.{slot}"] = torch.as_tensor(value).detach().clone()
+        state.update(self.rng_state())
+        state["steps"] = torch.tensor(self.steps)
+        return state
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """The student's random stream now (``rng.cpu`` and, on CUDA, ``rng.cuda``)."""
+        state = {"rng.cpu": self.generator.get_state()}
+        if self.cuda_generator is not None:
+            state["rng.cuda"] = self.cuda_generator.get_state()
+        return state
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Put back a :meth:`rng_state`."""
+        self.generator.set_state(state["rng.cpu"].cpu())
+        if self.cuda_generator is not None and "rng.cuda" in state:
+            self.cuda_generator.set_state(state["rng.cuda"].cpu())
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a :meth:`state_dict` (tensors may come from disk, on any device)."""
+        self.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        self.optimizer = self._make_optimizer()
+        slots: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in state.items():
+            if key.startswith("optimizer."):
+                _, index, slot = key.split(".", 2)
+                slots.setdefault(int(index), {})[slot] = value
+        optimizer = self.optimizer.state_dict()
+        optimizer["state"] = slots
+        self.optimizer.load_state_dict(optimizer)
+        self.set_rng_state(state)
+        self.steps = int(state["steps"])
 
     def save(self, path: str | Path) -> None:
         """Save the student's weights (safetensors)."""

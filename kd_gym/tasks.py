@@ -48,7 +48,29 @@ _GLUE_CONFIGS: dict[str, tuple[str, str | None, str]] = {
     "rte": ("sentence1", "sentence2", "accuracy"),
     "wnli": ("sentence1", "sentence2", "accuracy"),
 }
+RARE_LABEL_SHARE = 0.005  # a train label on fewer rows than this share is reported as a stray value
 _LOCAL_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class TaskOptions:
+    """The keywords of :func:`load_task` besides the name and the seed: how to read a custom task. Each field is a
+    flag of ``kd-gym teachers build``, ``train`` and ``bench`` (``--text-column``, ...)."""
+
+    text_column: str = "text"
+    """column with the (first) text of a local or hub dataset"""
+    text_pair_column: str | None = None
+    """column with the second text of pair tasks (None: single-text task)"""
+    label_column: str = "label"
+    """column with the class label (class names, ints >= 0, or a ClassLabel)"""
+    dev_fraction: float = 0.1
+    """share of the data (per class) drawn from train as dev when the task has no dev split"""
+    test_fraction: float = 0.1
+    """share of the data (per class) drawn from train as test when the task has no test split"""
+    max_train_examples: int | None = None
+    """keep a stratified, seeded subset of train of this many rows (None: all)"""
+    allow_rare_labels: bool = False
+    """keep train labels rarer than 0.5% of the rows as classes (default: an error, they are usually stray values)"""
 
 
 def available_tasks() -> list[str]:
@@ -115,6 +137,18 @@ class Task:
             content = [self.texts(split), self.text_pairs(split), self.labels(split).tolist()]
             self._fingerprints[split] = hashlib.sha256(json.dumps(content).encode("utf-8")).hexdigest()
         return self._fingerprints[split]
+
+    def content_fingerprint(self) -> str:
+        """SHA-256 hex digest of all three splits' content (texts, pairs, labels; not the name): what a teacher
+        pool belongs to. Another file with the same rows, or the same file under another path, gives the same
+        digest; another split seed gives another."""
+        return hashlib.sha256("|".join(self.fingerprint(split) for split in SPLITS).encode()).hexdigest()
+
+    def row_hashes(self, split: str) -> list[str]:
+        """A short hash (16 hex digits) of each row's text and text pair in ``split``, to compare rows across tasks."""
+        pairs = self.text_pairs(split) or [""] * len(self.splits[split])
+        return [hashlib.sha1(f"{text}\x1f{pair}".encode()).hexdigest()[:16]
+                for text, pair in zip(self.texts(split), pairs)]
 
     def compute_metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Score predictions against gold labels.
@@ -219,10 +253,13 @@ def _encode_labels(raw: dict[str, datasets.Dataset], label_column: str) -> tuple
 
 def _assemble(name: str, raw: dict[str, datasets.Dataset], *, text_column: str, text_pair_column: str | None,
               label_column: str, metric: str, seed: int, dev_fraction: float, test_fraction: float,
-              max_train_examples: int | None) -> Task:
-    """Check columns, encode labels, split what is missing off train, subsample train, and build the Task.
+              max_train_examples: int | None, dedupe: bool = False, allow_rare_labels: bool = False,
+              sources: dict[str, str] | None = None) -> Task:
+    """Check columns and labels, encode labels, split what is missing off train, subsample train, build the Task.
 
     :param raw: loaded splits, keyed by names in :data:`SPLITS`; ``"train"`` is required.
+    :param dedupe: drop repeated texts within and across splits (local files; see :func:`_drop_duplicate_texts`).
+    :param sources: split -> where it came from (a file name), for error messages.
     """
     for split, table in raw.items():
         for flag, column in (("text_column", text_column), ("text_pair_column", text_pair_column),
@@ -236,13 +273,17 @@ def _assemble(name: str, raw: dict[str, datasets.Dataset], *, text_column: str, 
     # Held-out splits with hidden labels (all -1, as in GLUE test) count as missing.
     raw = {split: table for split, table in raw.items() if split == "train" or not _labels_hidden(table, label_column)}
     label_names, label_ids = _encode_labels(raw, label_column)
+    _check_label_sets(name, raw, label_column, allow_rare_labels, sources or {})
     if len(np.unique(label_ids["train"])) < 2:
         raise ValueError(f"task {name!r}: the train data has only one class ({label_names[label_ids['train'][0]]!r}) "
                          f"in column {label_column!r}; a classifier needs at least two; check label_column=...")
     splits = {split: _canonical(table, text_column, text_pair_column, label_column, label_ids[split], label_names)
               for split, table in raw.items()}
+    if dedupe:
+        splits = _drop_duplicate_texts(splits, sources or {})
     rng = np.random.default_rng(seed)
-    train_labels, n_total = label_ids["train"], len(label_ids["train"])
+    train_labels = np.asarray(splits["train"].with_format("arrow")["label"].to_pylist(), dtype=np.int64)
+    n_total = len(train_labels)
     for split, fraction in (("test", test_fraction), ("dev", dev_fraction)):
         if split not in splits:
             taken, rest = _stratified_split(train_labels, round(fraction * n_total), rng)
@@ -306,15 +347,74 @@ def _load_local(files: str | dict[str, str]) -> dict[str, datasets.Dataset]:
         if Path(path).suffix.lower() not in _LOCAL_BUILDERS:
             raise ValueError(f"data file {str(path)!r} has an unsupported type; use one of {sorted(_LOCAL_BUILDERS)}")
         builders.add(_LOCAL_BUILDERS[Path(path).suffix.lower()])
+        if Path(path).suffix.lower() == ".csv" and len(Path(path).read_bytes().strip().splitlines()) < 2:
+            raise ValueError(f"data file {str(path)!r} has no data rows (it is empty or holds only a header); "
+                             "a task needs labelled rows")
     if len(builders) > 1:
         raise ValueError(f"data files {list(files.values())} mix formats {sorted(builders)}; use one format")
-    loaded = datasets.load_dataset(builders.pop(), data_files={k: str(v) for k, v in files.items()})
+    try:
+        loaded = datasets.load_dataset(builders.pop(), data_files={k: str(v) for k, v in files.items()})
+    except Exception as error:  # datasets' own errors are long tracebacks about builders: name the file instead
+        raise ValueError(f"could not read data files {[str(v) for v in files.values()]}: {type(error).__name__}: "
+                         f"{str(error)[:300]}; check that each is a well-formed csv / jsonl / parquet file") from error
+    for key in files:
+        if len(loaded[key]) == 0:
+            raise ValueError(f"data file {str(files[key])!r} has no rows; a task needs labelled rows")
     return {renamed.get(key, key): loaded[key] for key in files}
+
+
+def _check_label_sets(name: str, raw: dict[str, datasets.Dataset], label_column: str, allow_rare: bool,
+                      sources: dict[str, str]) -> None:
+    """Dev and test labels must be labels of train; no train label may be rarer than :data:`RARE_LABEL_SHARE` of
+    the rows (a stray value), unless ``allow_rare``."""
+    values = {split: table.with_format("arrow")[label_column].to_pylist() for split, table in raw.items()}
+    train_counts = pd.Series(values["train"]).value_counts()
+    where = lambda split: f"{split} split ({sources[split]})" if split in sources else f"{split} split"  # noqa: E731
+    for split in ("dev", "test"):
+        if split in values:
+            counts = pd.Series(values[split]).value_counts()
+            extra = {label: int(count) for label, count in counts.items() if label not in train_counts.index}
+            if extra:
+                raise ValueError(f"task {name!r}: the {where(split)} has labels that train does not have: {extra} "
+                                 f"(label: rows); train has {sorted(train_counts.index.tolist(), key=str)} "
+                                 f"({where('train')}); make the label sets agree (same spelling) or drop those rows")
+    threshold = max(2, int(RARE_LABEL_SHARE * len(values["train"])))
+    rare = {label: int(count) for label, count in train_counts.items() if count < threshold}
+    if rare and not allow_rare:
+        raise ValueError(f"task {name!r}: label(s) {rare} (label: rows) of {where('train')} are rarer than "
+                         f"{threshold} rows ({RARE_LABEL_SHARE:.1%} of {len(values['train'])}); likely stray values. "
+                         "Fix or drop those rows, or pass allow_rare_labels=True to keep them as classes")
+
+
+def _drop_duplicate_texts(splits: dict[str, datasets.Dataset], files: dict) -> dict[str, datasets.Dataset]:
+    """Keep one row per distinct text (text and text pair) in each split, and drop from train (then dev) the texts
+    that also occur in a later split (test, then dev), so that no text is both trained on and evaluated on. The
+    first copy of a text is kept; a note says how many rows were dropped."""
+    order = [split for split in ("test", "dev", "train") if split in splits]
+    seen: set[str] = set()
+    result = {}
+    for split in order:
+        table = splits[split]
+        columns = [c for c in table.column_names if c in ("text", "text_pair")] or table.column_names[:1]
+        keys = ["\x1f".join(str(row[c]) for c in columns) for row in table.select_columns(columns)]
+        keep, mine = [], set()
+        for i, key in enumerate(keys):
+            if key not in seen and key not in mine:
+                keep.append(i)
+                mine.add(key)
+        if len(keep) < len(table):
+            print(f"note: dropped {len(table) - len(keep)} rows of {split} whose text repeats one in {split} or a "
+                  f"held-out split ({files.get(split, '')})")
+            table = table.select(keep)
+        seen |= mine
+        result[split] = table
+    return {split: result[split] for split in splits}
 
 
 def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str, str] | None = None,
               text_column: str = "text", text_pair_column: str | None = None, label_column: str = "label",
-              dev_fraction: float = 0.1, test_fraction: float = 0.1, max_train_examples: int | None = None) -> Task:
+              dev_fraction: float = 0.1, test_fraction: float = 0.1, max_train_examples: int | None = None,
+              allow_rare_labels: bool = False) -> Task:
     """Load a task with deterministic train / dev / test splits.
 
     :param name: ``"tweets"`` (embedded default), ``"glue/<config>"``, a hub dataset ``"owner/name"``, or a local
@@ -328,6 +428,8 @@ def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str
     :param dev_fraction: share of the data (per class) drawn from train as dev when no dev split is given.
     :param test_fraction: share of the data (per class) drawn from train as test when no test split is given.
     :param max_train_examples: keep a stratified, seeded subset of train of this many rows; None keeps all.
+    :param allow_rare_labels: keep train labels rarer than 0.5% of the rows as classes (by default an error: such
+        labels are usually stray values). Dev and test labels must always be labels of train.
     :return: the :class:`Task`. GLUE's test labels are hidden, so its test split is GLUE validation
         (``validation_matched`` for mnli) and its dev split is drawn from GLUE train.
     """
@@ -339,10 +441,15 @@ def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str
                          "keep their sum below 1, e.g. 0.1 and 0.1")
     columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
     metric = "accuracy"
+    extra: dict = {}
     if data_files is not None or Path(name).suffix.lower() in _LOCAL_BUILDERS:
         if data_files is not None and name == "tweets":  # the default name would mislabel the user's files
             name = Path(data_files if isinstance(data_files, (str, os.PathLike)) else data_files["train"]).name
-        raw = _load_local(data_files if data_files is not None else name)
+        files = data_files if data_files is not None else name
+        raw = _load_local(files)
+        sources = {"train": str(files)} if isinstance(files, (str, os.PathLike)) else {
+            {"validation": "dev"}.get(k, k): str(v) for k, v in files.items()}
+        extra = {"dedupe": True, "sources": sources}
     elif name == "tweets":
         raw = {"train": _load_tweets()}
         columns = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
@@ -365,4 +472,18 @@ def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str
         raise ValueError(f"unknown task {name!r}; use one of {available_tasks()}, a hub dataset 'owner/name', "
                          f"or a local file ending in {sorted(_LOCAL_BUILDERS)}")
     return _assemble(name, raw, **columns, metric=metric, seed=seed, dev_fraction=dev_fraction,
-                     test_fraction=test_fraction, max_train_examples=max_train_examples)
+                     test_fraction=test_fraction, max_train_examples=max_train_examples,
+                     allow_rare_labels=allow_rare_labels, **extra)
+
+
+def teacher_metrics(task: Task, teacher_logits, labels) -> list[dict[str, float]]:
+    """Each teacher's task metrics: :meth:`Task.compute_metrics` of ``teacher_logits[:, k]`` for k = 0..K-1.
+
+    :param teacher_logits: (N, K, C) tensor or array.
+    :param labels: (N,) gold class ids, tensor or array.
+    """
+    import torch
+
+    predictions = torch.as_tensor(teacher_logits).argmax(-1).cpu().numpy()
+    gold = torch.as_tensor(labels).cpu().numpy()
+    return [task.compute_metrics(predictions[:, k], gold) for k in range(predictions.shape[1])]

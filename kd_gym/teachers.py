@@ -16,16 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd_gym.cache import (
-    fingerprint,
-    hash_files,
-    kd_gym_home,
-    load_tensors,
-    resolve_model_folder,
-    save_tensors,
-)
-from kd_gym.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
-from kd_gym.tasks import Task
+from kd_gym.prepare.cache import cached_tensor, fingerprint, hash_files, kd_gym_home, resolve_model_folder
+from kd_gym.prepare.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
+from kd_gym.tasks import Task, teacher_metrics
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +154,11 @@ class TeacherPool:
 
     def _folder(self, k: int) -> Path:
         if k not in self._folders:
-            self._folders[k] = resolve_model_folder(self.specs[k].path, self.specs[k].revision)
+            folder = resolve_model_folder(self.specs[k].path, self.specs[k].revision)
+            if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+                raise FileNotFoundError(f"teacher {self.specs[k].name!r}: no model weights (*.safetensors or *.bin) in "
+                                        f"{folder}; save the model there with save_pretrained, or fix the path")
+            self._folders[k] = folder
         return self._folders[k]
 
     def _teacher_labels(self, k: int) -> list[str]:
@@ -187,20 +184,18 @@ class TeacherPool:
         perm = label_permutation(self._teacher_labels(k), task, self.specs[k].name, self.specs[k].label_map)
         key = self._cache_key(k, task, split, perm)
         path = self.cache_dir / "logits" / f"{self.specs[k].name}-{split}-{key[:20]}.safetensors"
-        n = len(task.splits[split])
-        cached = load_tensors(path, {"fingerprint": key, "rows": str(n)})
-        if cached is not None and cached["logits"].shape == (n, len(perm)):
-            return cached["logits"]
-        model, tokenizer = load_classifier(self._folder(k))
-        model.to(self.device)
-        logits = batched_forward(
-            model, tokenizer, task.texts(split), task.text_pairs(split),
-            lambda batch: model(**batch).logits,
-            max_length=self.max_length, batch_size=self.batch_size, device=self.device, dtype=self.dtype,
-            desc=f"teacher {self.specs[k].name} on {split}",
-        )[:, perm]
-        save_tensors(path, {"logits": logits}, {"fingerprint": key, "rows": str(n)})
-        return logits
+
+        def compute() -> torch.Tensor:
+            model, tokenizer = load_classifier(self._folder(k))
+            model.to(self.device)
+            return batched_forward(
+                model, tokenizer, task.texts(split), task.text_pairs(split),
+                lambda batch: model(**batch).logits,
+                max_length=self.max_length, batch_size=self.batch_size, device=self.device, dtype=self.dtype,
+                desc=f"teacher {self.specs[k].name} on {split}",
+            )[:, perm]
+
+        return cached_tensor(path, key, len(task.splits[split]), compute)
 
     def logits(self, task: Task, split: str) -> torch.Tensor:
         """(N, K, C) float32 logits of all teachers on ``split``; computed once, then read from the cache."""
@@ -208,9 +203,7 @@ class TeacherPool:
 
     def evaluate(self, task: Task, split: str) -> list[dict[str, float]]:
         """Each teacher's task metrics on ``split``."""
-        logits = self.logits(task, split)
-        labels = task.labels(split)
-        return [task.compute_metrics(logits[:, k].argmax(-1).numpy(), labels) for k in range(len(self))]
+        return teacher_metrics(task, self.logits(task, split), task.labels(split))
 
     def disagreement(self, task: Task, split: str) -> np.ndarray:
         """(K, K) share of instances on which two teachers predict different labels."""

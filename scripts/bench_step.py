@@ -12,7 +12,6 @@ evaluation on the fixed subset every ``reward_interval`` steps, amortised).
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
@@ -21,14 +20,46 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import kd_gym
-import kd_gym.inference
-from agents.run import ENVS
-from kd_gym.inference import autocast
+import kd_gym  # noqa: F401  (registers the env ids)
+from agents.experiments.run import ENVS
+from kd_gym.config import EnvConfig
+from kd_gym.data import KDData, SplitTensors
+from kd_gym.defaults import default_pool, minilm_path
+from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
+from kd_gym.student import FullStudent, LiteStudent
 
 
-def plain_kd_loop(model: torch.nn.Module, split, batches: list[np.ndarray], lr: float, alpha: float, t: float, device,
-                  dtype):
+def build_data(student: str, config: EnvConfig) -> KDData:
+    """The tensors both loops train on, from the task, the pool and the student's inputs (the cached files the env
+    reads when it builds them itself)."""
+    from kd_gym.prepare.cache import resolve_model_folder
+    from kd_gym.prepare.embeddings import SentenceEncoder
+    from kd_gym.prepare.tensors import build_full_data, build_lite_data
+    from kd_gym.tasks import load_task
+    from kd_gym.teachers import TeacherPool
+
+    task = load_task(config.task, seed=config.split_seed)
+    common = {"max_length": config.max_length, "device": config.device, "precision": config.precision}
+    pool = TeacherPool(config.teachers, **common) if config.teachers else default_pool(task.name, **common)
+    checkpoint = config.student_checkpoint or minilm_path()
+    if student == "lite":
+        return build_lite_data(task, pool, SentenceEncoder(checkpoint, **common))
+    from transformers import AutoTokenizer
+
+    return build_full_data(task, pool, AutoTokenizer.from_pretrained(resolve_model_folder(checkpoint)), config.max_length)
+
+
+def plain_student(student: str, data: KDData, config: EnvConfig) -> tuple[torch.nn.Module, float]:
+    """A student of the env's architecture, built apart from the env, and the env's default learning rate."""
+    if student == "lite":
+        input_size = data.splits["train"].inputs["embeddings"].shape[1]
+        return LiteStudent(input_size, data.num_labels, config.lite_hidden), config.lr or 1e-3
+    checkpoint = config.student_checkpoint or minilm_path()
+    return FullStudent(checkpoint, data.num_labels, config.student_layers), config.lr or 1e-4
+
+
+def plain_kd_loop(model: torch.nn.Module, split: SplitTensors, batches: list[np.ndarray], lr: float, alpha: float,
+                  t: float, device: torch.device, dtype: torch.dtype | None):
     """A textbook KD loop: equal-weight teacher average, CE + T^2 KL, AdamW, the trainer's autocast; no env, no
     features, no host copies."""
     model = model.to(device).train()
@@ -55,7 +86,7 @@ def plain_kd_loop(model: torch.nn.Module, split, batches: list[np.ndarray], lr: 
     return run
 
 
-def env_loop(env: gym.Env, steps: int):
+def env_loop(env: gym.Env, steps: int, device: torch.device):
     action = np.ones(env.action_space.shape, dtype=np.float32)
 
     def run() -> float:
@@ -63,27 +94,35 @@ def env_loop(env: gym.Env, steps: int):
         started = time.perf_counter()
         for _ in range(steps):
             env.step(action)
-        if env.unwrapped.trainer.device.type == "cuda":
+        if device.type == "cuda":
             torch.cuda.synchronize()
         return (time.perf_counter() - started) / steps
 
     return run
 
 
-def measure(env_name: str, steps: int, rounds: int, options: dict) -> list[tuple[str, float, float]]:
-    rows = []
-    envs = {reward: gym.make(ENVS[env_name], reward=reward, episode_steps=10**9, **options)
-            for reward in ("neg_ce", "dev_delta")}
-    base = envs["neg_ce"].unwrapped
-    trainer = base.trainer
+def measure(env_name: str, steps: int, rounds: int, config: EnvConfig) -> list[tuple[str, float, float]]:
+    """(loop, ms per step, ratio to the plain step) for the plain loop and ``env.step`` under two rewards.
+
+    :param env_name: "lite" or "full".
+    :param steps: steps per round of each loop.
+    :param rounds: interleaved rounds; the median of the per-round means is reported.
+    :param config: the env options (device, teachers, student checkpoint; the rest at their defaults).
+    """
+    student = "lite" if env_name == "lite" else "full"
+    data = build_data(student, config)
+    device = resolve_device(config.device)
+    dtype = autocast_dtype(device, config.precision) if device.type == "cuda" else None  # as the env's trainer
+    train = data.to(device).splits["train"]
     rng = np.random.default_rng(0)
-    train = trainer.split("train")
-    batches = [rng.choice(len(train), base.batch_size, replace=False) for _ in range(steps)]
-    model = copy.deepcopy(trainer.model)
-    loops = {"plain PyTorch KD step": plain_kd_loop(model, train, batches, trainer.lr, trainer.alpha,
-                                                   trainer.temperature, trainer.device, trainer.dtype)}
-    for reward, env in envs.items():
-        loops[f"env.step (reward={reward})"] = env_loop(env, steps)
+    batches = [rng.choice(len(train), config.batch_size, replace=False) for _ in range(steps)]
+    model, lr = plain_student(student, data, config)
+    loops = {"plain PyTorch KD step": plain_kd_loop(model, train, batches, lr, config.alpha, config.temperature,
+                                                   device, dtype)}
+    options = {"device": config.device, "student_checkpoint": config.student_checkpoint, "data": data}
+    for reward in ("neg_ce", "dev_delta"):
+        env = gym.make(ENVS[env_name], reward=reward, episode_steps=10**9, **options)
+        loops[f"env.step (reward={reward})"] = env_loop(env, steps, device)
     for run in loops.values():  # warm-up
         run()
     times = {name: [] for name in loops}
@@ -91,9 +130,8 @@ def measure(env_name: str, steps: int, rounds: int, options: dict) -> list[tuple
         for name, run in loops.items():
             times[name].append(run())
     plain = statistics.median(times["plain PyTorch KD step"])
-    for name, values in times.items():
-        rows.append((name, statistics.median(values) * 1000, statistics.median(values) / plain))
-    return rows
+    return [(name, statistics.median(values) * 1000, statistics.median(values) / plain)
+            for name, values in times.items()]
 
 
 def main() -> None:
@@ -108,18 +146,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    options = {"device": args.device, "student_checkpoint": args.student_checkpoint}
-    if args.teachers:
-        options["teachers"] = args.teachers.split(",")
+    config = EnvConfig(device=args.device, student_checkpoint=args.student_checkpoint,
+                       teachers=args.teachers.split(",") if args.teachers else None).validate()
     torch.manual_seed(0)
-    device = kd_gym.inference.resolve_device(args.device)
+    device = resolve_device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}")
     for env_name in args.envs.split(","):
         steps = args.steps if env_name == "lite" else max(10, args.steps // 4)
-        print(f"\n{env_name} env, batch 32, {steps} steps x {args.rounds} rounds")
+        print(f"\n{env_name} env, batch {config.batch_size}, {steps} steps x {args.rounds} rounds")
         print(f"{'loop':<32}{'ms / step':>12}{'ratio':>8}")
-        for loop, ms, ratio in measure(env_name, steps, args.rounds, options):
+        for loop, ms, ratio in measure(env_name, steps, args.rounds, config):
             print(f"{loop:<32}{ms:>12.2f}{ratio:>8.2f}")
 
 

@@ -9,19 +9,15 @@ update each action shaped.
 
 from __future__ import annotations
 
-import dataclasses
-
 import datasets
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import agents
 import kd_gym  # noqa: F401 - registers the envs
-from agents.reinforce import ReinforceAgent
-from agents.sb3 import HYPERPARAMS_DIR, InstanceVecEnv, load_hyperparams
+from agents.sb3 import InstanceVecEnv, load_hyperparams
 from agents.state import PerTeacherState
 from kd_gym.data import KDData, SplitTensors
 from kd_gym.tasks import Task
@@ -81,26 +77,35 @@ def mean_weights(agent: agents.Agent, env: gym.Env, steps: int = 5) -> np.ndarra
     return np.mean(weights, axis=0)
 
 
-# -- learning to drop the wrong teacher
-@pytest.mark.parametrize("seed", [0, 1])
-def test_reinforce_learns_to_drop_the_wrong_teacher(data, seed):
-    env = make_env(data)
-    agent = agents.make("reinforce", env, seed=seed, learning_rate=0.05).learn(3000)
-    weights = mean_weights(agent, env)
-    assert weights[WRONG] < 0.5 * weights[:WRONG].mean(), weights
-    assert weights[:WRONG].min() > 0.5, weights
-    assert {"policy_loss", "baseline", "entropy", "keep_probability[teacher2]"} <= set(agent.metrics)
+# -- learning to drop the wrong teacher, over seeds nobody picked
+def learned_to_drop(weights: np.ndarray) -> bool:
+    return bool(weights[WRONG] < 0.5 * weights[:WRONG].mean() and weights[:WRONG].min() > 0.5)
+
+
+def test_reinforce_learns_to_drop_the_wrong_teacher(data):
+    # The paper's per-teacher logistic selector, with per-action advantages from the env's credit (docs/agents.md
+    # has the 10-seed tables of every variant: this one learned on 10 of 10 seeds with margins of 0.4 and more).
+    passed = []
+    for seed in range(5):
+        env = make_env(data, credit=True)
+        agent = agents.make("reinforce", env, seed=seed, learning_rate=0.05, advantage="credit").learn(1500)
+        weights = mean_weights(agent, env)
+        passed.append(learned_to_drop(weights))
+        assert {"policy_loss", "entropy", "keep_probability[teacher2]"} <= set(agent.metrics)
+    assert sum(passed) >= 4, passed
 
 
 def test_ppo_learns_to_drop_the_wrong_teacher(data):
-    # PPO on the per-(instance, teacher) view, as REINFORCE. Over seeds 0-5 the learned ratio of teacher 2's weight to
-    # the others' was 0.16, 0.04, 0.24, 0.12, 0.27, 0.00 and the gap 0.44-0.78; seed 2 is the least favourable but one.
-    env = make_env(data)
-    agent = agents.make("ppo", env, seed=2, gamma=0.0, learning_rate=1e-3).learn(4000)
-    weights = mean_weights(agent, env)
-    assert weights[WRONG] < 0.5 * weights[:WRONG].mean(), weights
-    assert weights[:WRONG].mean() - weights[WRONG] > 0.25, weights
-    assert "policy_gradient_loss" in agent.metrics
+    # PPO on the per-(instance, teacher) view, with the paired reward (dev loss after the agent's update minus after
+    # an equal-weights update from the same state and batch).
+    passed = []
+    for seed in range(5):
+        env = make_env(data, reward="dev_loss_paired")
+        agent = agents.make("ppo", env, seed=seed, gamma=0.0, learning_rate=1e-3).learn(4000)
+        weights = mean_weights(agent, env)
+        passed.append(bool(weights[WRONG] < 0.5 * weights[:WRONG].mean() and weights[:WRONG].mean() - weights[WRONG] > 0.25))
+        assert "policy_gradient_loss" in agent.metrics
+    assert sum(passed) >= 4, passed
 
 
 def test_confidence_downweights_the_wrong_teacher_from_the_start(data):
@@ -148,14 +153,14 @@ def test_learn_runs_exactly_total_steps(data, name, kwargs, steps):
     env = make_env(data)
     seen = []
     agent = agents.make(name, env, seed=0, **kwargs).learn(steps, callback=lambda local: seen.append(local["reward"]))
-    assert env.unwrapped.trainer.steps == steps == len(seen)
+    assert env.unwrapped.student_steps == steps == len(seen)
     assert agent.metrics and all(np.isfinite(v) for v in agent.metrics.values()), agent.metrics
 
 
 def test_callback_returning_false_stops_learning(data):
     env = make_env(data)
     agents.make("ppo", env, seed=0, n_steps=8, minibatch_size=64).learn(50, callback=lambda local: local["step"] < 4)
-    assert env.unwrapped.trainer.steps == 5
+    assert env.unwrapped.student_steps == 5
 
 
 # -- save and load
@@ -193,12 +198,12 @@ def test_instance_vec_env_broadcasts_reward_and_resets_on_done(data, view):
     env = make_env(data, episode_steps=2)
     vec_env = InstanceVecEnv(env, view)
     obs = vec_env.reset()
-    features = len(env.unwrapped.feature_names)
+    s, p = env.observation_space["instance_features"].shape[1], env.observation_space["teacher_features"].shape[2]
     if view == "instance":
-        assert obs.shape == (BATCH, features + TEACHERS * LABELS + LABELS)
+        assert obs.shape == (BATCH, s + TEACHERS * p + TEACHERS * LABELS + LABELS)
         actions = np.zeros((BATCH, TEACHERS), np.float32)  # -1..1 -> weight 0.5
     else:  # one row per (instance, teacher): its state and a one-hot teacher id
-        assert obs.shape == (BATCH * TEACHERS, PerTeacherState(env.unwrapped).size + TEACHERS)
+        assert obs.shape == (BATCH * TEACHERS, PerTeacherState(env.observation_space, 2.0).size + TEACHERS)
         np.testing.assert_array_equal(obs[:TEACHERS, -TEACHERS:], np.eye(TEACHERS))
         actions = np.zeros((BATCH * TEACHERS, 1), np.float32)
         actions[TEACHERS - 1 :: TEACHERS] = 1.0  # the last teacher of every instance -> weight 1
@@ -211,7 +216,7 @@ def test_instance_vec_env_broadcasts_reward_and_resets_on_done(data, view):
     assert not dones.any() and np.all(rewards == rewards[0]) and len(rewards) == vec_env.num_envs
     obs, rewards, dones, infos = vec_env.step(actions)
     assert dones.all() and all("terminal_observation" in info for info in infos)
-    assert env.unwrapped.trainer.steps == 0  # the real env was reset: a fresh student
+    assert env.unwrapped.student_steps == 0  # the real env was reset: a fresh student
 
 
 def test_hyperparameter_files():
@@ -220,13 +225,34 @@ def test_hyperparameter_files():
         assert lite["policy_kwargs"]["net_arch"] == [64, 64]
         assert load_hyperparams(algo, "kd_gym/TeacherSelection-v0")
         assert load_hyperparams(algo, "unknown-id") == load_hyperparams(algo, None)
-    # the REINFORCE file documents the Config defaults: they must agree
-    reference = yaml.safe_load((HYPERPARAMS_DIR / "reinforce.yml").read_text())["default"]
-    defaults = {f.name: f.default for f in dataclasses.fields(ReinforceAgent.Config)}
-    assert {k: defaults[k] for k in reference} == reference
 
 
 def test_config_field_overrides_the_yml(data):
     agent = agents.make("ppo", make_env(data), n_steps=16, learning_rate=1e-3, net_arch="32")
     assert agent.model.n_steps == 16 and agent.model.learning_rate == 1e-3
     assert agent.hyperparams["policy_kwargs"]["net_arch"] == [32]
+
+
+# -- REINFORCE's gradient on a case small enough to compute by hand
+def test_reinforce_policy_gradient_matches_the_hand_computed_one(data):
+    agent = agents.make("reinforce", make_env(data), entropy_coef=0.1)
+    d = agent.states.size
+    with torch.no_grad():
+        agent.policy.linear.weight.zero_()
+        agent.policy.linear.weight[0, :2] = torch.tensor([0.5, -1.0])
+        agent.policy.teacher_bias.copy_(torch.tensor([0.2, 0.0, -0.3]))
+    states = torch.zeros(1, 1, TEACHERS, d)  # one step, one instance, three teachers
+    states[0, 0, :, 0] = torch.tensor([1.0, 2.0, 0.0])
+    states[0, 0, :, 1] = torch.tensor([0.0, 1.0, 1.0])
+    taken = torch.tensor([[[1.0, 0.0, 1.0]]])
+    advantage = 1.5
+    loss, _, _ = agent.policy_loss(states, taken, advantage)
+    loss.backward()
+    # z_k = w . s_k + b_k; d/dz_k of -A log pi(a_k) = -A (a_k - sigmoid(z_k)) (B = 1, N = 1);
+    # d/dz_k of -c * mean_k H(sigmoid(z_k)) = c * z_k sigmoid(z_k) (1 - sigmoid(z_k)) / K.
+    z = np.array([0.5 * 1 - 1.0 * 0 + 0.2, 0.5 * 2 - 1.0 * 1 + 0.0, 0.0 - 1.0 * 1 - 0.3])
+    p = 1 / (1 + np.exp(-z))
+    dz = -advantage * (np.array([1.0, 0.0, 1.0]) - p) + 0.1 * z * p * (1 - p) / TEACHERS
+    np.testing.assert_allclose(agent.policy.teacher_bias.grad.numpy(), dz, rtol=1e-5)
+    s = states[0, 0].numpy()  # (K, d)
+    np.testing.assert_allclose(agent.policy.linear.weight.grad.numpy()[0], dz @ s, rtol=1e-5, atol=1e-7)

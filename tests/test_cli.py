@@ -1,7 +1,9 @@
-"""The command line end to end on a tiny setup: train, bench (with resume), custom agents by path and entry point."""
+"""The command line end to end on a tiny setup: train, bench (with resume), demo (a bench preset), flags generated
+from EnvConfig and the agents' Config classes, custom agents (and their flags) by path and entry point."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -47,10 +50,45 @@ def test_train_prints_one_json_line_and_writes_the_run(tiny_env_kwargs, tmp_path
     assert history["student_step"].iloc[-1] == 9
 
 
-def test_a_flag_that_does_not_apply_to_the_agent_is_an_error(tiny_env_kwargs, tmp_path):
-    with pytest.raises(SystemExit, match="does not apply|do\\(es\\) not apply"):
-        main(["train", "--agent", "uniform", "--steps", "3", "--learning-rate", "0.1", "--out", str(tmp_path),
+def test_a_flag_that_does_not_apply_to_the_agent_is_an_error(tiny_env_kwargs, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--agent", "single:1", "--steps", "3", "--learning-rate", "0.1", "--out", str(tmp_path),
               *tiny_flags(tiny_env_kwargs)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--learning-rate does not apply to agent(s) single:1" in error
+    assert "'single:1' accepts --teacher" in error  # what the agent does take
+    assert not (tmp_path / "result.json").exists()
+
+
+def _subparser(name: str) -> argparse.ArgumentParser:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]
+
+
+def test_env_flags_are_generated_from_env_config():
+    from kd_gym import EnvConfig
+
+    parser = _subparser("train")
+    options = {option: action for action in parser._actions for option in action.option_strings}
+    for field in EnvConfig.cli_fields():
+        if field.name in ("task", "teachers", "episode_steps", "student"):
+            continue  # --task, --teachers, --steps, --env
+        dashed = "--" + field.name.replace("_", "-")
+        assert dashed in options and options[dashed].default is None, field.name
+        assert f"--{field.name}" in options  # the spelling W&B sweeps write
+    assert "--episode-steps" not in options and "--student" not in options
+    assert "--data" not in options and "--task-kwargs" not in options  # Python-only options
+    args = parser.parse_args(["--lr", "0.002", "--dev_subset", "7", "--include-representation", "--teachers", "a,b",
+                              "--steps", "12"])
+    assert (args.lr, args.dev_subset, args.include_representation) == (0.002, 7, True)
+    from agents.experiments.common import env_kwargs_from
+
+    kwargs = env_kwargs_from(args)
+    assert kwargs == {"lr": 0.002, "dev_subset": 7, "include_representation": True, "task": "tweets",
+                      "teachers": ["a", "b"]}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dev-subset", "many"])  # typed from the annotation (int)
 
 
 def test_bench_writes_tables_plots_and_resumes_without_duplicates(tiny_env_kwargs, tmp_path):
@@ -82,42 +120,117 @@ def test_bench_adds_the_oracle_row_for_scenarios_that_have_one(tiny_env_kwargs, 
     assert set(frame["scenario"]) == {"noisy-teacher"}
 
 
-CUSTOM_AGENT = textwrap.dedent('''
-    import numpy as np
-    from agents import Agent
+def test_demo_is_a_bench_preset_with_its_own_defaults(tiny_env_kwargs, tmp_path, capsys):
+    from agents.experiments.bench import DEMO_DEFAULTS
 
-    class FirstTeacher(Agent):
-        """All weight on teacher 0."""
-        name = "first_teacher"
+    defaults = _subparser("demo").parse_args([])
+    assert (defaults.agents, defaults.seeds, defaults.out) == (DEMO_DEFAULTS["agents"], "0,1,2", "runs/demo")
+    assert defaults.agents.split(",") == ["no_kd", "uniform", "best_teacher", "confidence", "reinforce", "ppo"]
+    out = tmp_path / "demo"
+    args = ["demo", "--agents", "no_kd,uniform", "--seeds", "0", "--steps", "4", "--out", str(out),
+            *tiny_flags(tiny_env_kwargs)]
+    assert main(args) == 0
+    frame = pd.read_csv(out / "results.csv")
+    assert set(frame["agent"]) == {"no_kd", "uniform"} and set(frame["metric"]) == {"accuracy"}
+    report = (out / "results.md").read_text()
+    assert report.startswith("# kd-gym demo:") and "test accuracy (%)" in report
+    assert f"Command: `kd-gym demo --agents no_kd,uniform --seeds 0 --steps 4 --out {out}" in report
+    capsys.readouterr()
+    assert main(args) == 0  # resumes like bench: nothing left to run
+    assert "2 cells, 2 already done, 0 to run" in capsys.readouterr().err
+    assert len(pd.read_csv(out / "results.csv")) == 2
+
+
+def test_train_student_refuses_a_built_env_of_another_length(tiny_env_kwargs):
+    import gymnasium as gym
+
+    from agents.experiments.run import train_student
+
+    env = gym.make("kd_gym/TeacherSelectionLite-v0", **tiny_env_kwargs)  # episode_steps=12
+    with pytest.raises(ValueError, match="episode_steps=12 but steps=5"):
+        train_student("uniform", steps=5, built_env=env, progress=False)
+    assert env.unwrapped.config.episode_steps == 12
+
+
+CUSTOM_AGENT = textwrap.dedent('''
+    import dataclasses
+
+    import numpy as np
+    from agents import Agent, AgentConfig
+
+
+    @dataclasses.dataclass
+    class OneTeacherConfig(AgentConfig):
+        teacher_index: int = 0
+        """the teacher that gets all the weight"""
+
+
+    class OneTeacher(Agent):
+        """All weight on one teacher."""
+        name = "one_teacher"
+        Config = OneTeacherConfig
 
         def predict(self, obs, deterministic=False):
             weights = np.zeros(self.batch_shape, dtype=np.float32)
-            weights[:, 0] = 1.0
+            weights[:, self.config.teacher_index] = 1.0
             return weights
 ''')
 
 
-@pytest.mark.parametrize("how", ["module_path", "entry_point"])
-def test_a_custom_agent_trains_through_the_cli(how, tiny_env_kwargs, tmp_path):
+def _plugin_env(tmp_path: Path, entry_point: bool) -> dict:
+    """Environment variables under which ``my_agents:OneTeacher`` imports (and, with ``entry_point``, is declared in
+    the group kd_gym.agents as ``one``, as pip would lay out an installed distribution)."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "my_agents.py").write_text(CUSTOM_AGENT)
-    name = "my_agents:FirstTeacher"
-    if how == "entry_point":  # an installed distribution that declares the entry point, as pip would lay it out
+    if entry_point:
         dist = plugins / "my_agents-0.1.dist-info"
         dist.mkdir()
         (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-agents\nVersion: 0.1\n")
-        (dist / "entry_points.txt").write_text("[kd_gym.agents]\nfirst = my_agents:FirstTeacher\n")
-        name = "first"
-    env = {**os.environ, "PYTHONPATH": f"{plugins}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "KD_GYM_HOME": os.environ["KD_GYM_HOME"]}
+        (dist / "entry_points.txt").write_text("[kd_gym.agents]\none = my_agents:OneTeacher\n")
+    return {**os.environ, "PYTHONPATH": f"{plugins}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "KD_GYM_HOME": os.environ["KD_GYM_HOME"]}
+
+
+def _teacher_weights(history_csv: Path) -> pd.DataFrame:
+    history = pd.read_csv(history_csv)
+    return history[[c for c in history.columns if c.startswith("weight/")]].iloc[1:]  # row 0: before any step
+
+
+@pytest.mark.parametrize("how", ["module_path", "entry_point"])
+def test_a_custom_agent_and_its_own_flag_train_through_the_cli(how, tiny_env_kwargs, tmp_path):
+    env = _plugin_env(tmp_path, entry_point=how == "entry_point")
+    name = "one" if how == "entry_point" else "my_agents:OneTeacher"
     out = tmp_path / "run"
-    completed = subprocess.run([*KD_GYM, "train", "--agent", name, "--steps", "5", "--out", str(out),
-                                *tiny_flags(tiny_env_kwargs)], env=env, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run([*KD_GYM, "train", "--agent", name, "--teacher-index", "1", "--steps", "5",
+                                "--out", str(out), *tiny_flags(tiny_env_kwargs)],
+                               env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["agent"] == name and result["steps"] == 5
-    history = pd.read_csv(out / "history.csv")
-    weights = history[[c for c in history.columns if c.startswith("weight/")]].iloc[1:]
-    assert (weights.iloc[:, 0] == 1.0).all() and (weights.iloc[:, 1:] == 0.0).all().all()
-    assert Path(out / "agent" / "agent.json").exists()
+    weights = _teacher_weights(out / "history.csv")
+    assert (weights.iloc[:, 1] == 1.0).all() and (weights.drop(columns=weights.columns[1]) == 0.0).all().all()
+    saved = json.loads((out / "agent" / "agent.json").read_text())
+    assert saved["config"]["teacher_index"] == 1
+    if how == "entry_point":  # an installed plug-in's flags are listed in --help like a built-in's
+        helped = subprocess.run([*KD_GYM, "train", "--help"], env=env, capture_output=True, text=True, timeout=300)
+        assert "--teacher-index" in helped.stdout and "[one_teacher]" in helped.stdout
+        assert "one" in helped.stdout.split("--agent AGENT")[-1].split("--seed")[0]  # named among the agents
+
+
+def test_bench_passes_a_custom_agents_flag_only_to_that_agent(tiny_env_kwargs, tmp_path):
+    env = _plugin_env(tmp_path, entry_point=False)
+    out = tmp_path / "bench"
+    base = [*KD_GYM, "bench", "--seeds", "0", "--steps", "4", "--out", str(out), *tiny_flags(tiny_env_kwargs)]
+    completed = subprocess.run([*base, "--agents", "uniform,my_agents:OneTeacher", "--teacher-index", "2"],
+                               env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    weights = _teacher_weights(out / "cells" / "my_agents-OneTeacher__0" / "history.csv")
+    assert (weights.iloc[:, 2] == 1.0).all()
+    uniform = _teacher_weights(out / "cells" / "uniform__0" / "history.csv")
+    assert np.allclose(uniform.to_numpy(), 1 / 3)
+    # A flag that none of the benched agents has is an error naming the flag and what each agent accepts.
+    wrong = subprocess.run([*base, "--agents", "uniform", "--teacher-index", "2"], env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert wrong.returncode == 2
+    assert "unrecognized arguments: --teacher-index 2" in wrong.stderr

@@ -15,7 +15,9 @@ import kd_gym.rewards
 from kd_gym.rewards import Reward, register_reward
 
 B, K, C = 8, 3, 3  # tiny_env_kwargs: batch_size 8, three teachers, three labels
-F_BASE = 4 * K + 4  # teacher_ce, teacher_entropy, teacher_correct, teacher_student_kl per teacher; 4 shared
+P = 4  # teacher_features columns: teacher_ce, teacher_entropy, teacher_correct, teacher_student_kl
+S_BASE = 4  # instance_features columns: teacher_agreement, student_ce, student_entropy, length
+OBS_KEYS = {"teacher_features", "instance_features", "teacher_logits", "student_logits"}
 LR = {"kd_gym/TeacherSelection-v0": 3e-3, "kd_gym/TeacherSelectionLite-v0": 1e-2}  # fast enough to move dev
 ENV_IDS = pytest.mark.parametrize("env_id", kd_gym.ENV_IDS)
 ACTION_TYPES = pytest.mark.parametrize("action_type", ["weights", "select"])
@@ -47,7 +49,7 @@ def student_parameters(env: gym.Env) -> dict[str, torch.Tensor]:
 
 
 def assert_obs_equal(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys() == {"features", "teacher_logits", "student_logits"}
+    assert a.keys() == b.keys() == OBS_KEYS
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
@@ -79,22 +81,23 @@ def test_gymnasium_and_sb3_env_checkers_pass(env_id, action_type, env_kwargs) ->
 def test_spaces_have_the_documented_shapes(env_id, action_type, env_kwargs) -> None:
     env = make(env_id, env_kwargs, action_type=action_type)
     spaces = env.observation_space.spaces
-    assert spaces["features"].shape == (B, F_BASE) and spaces["features"].dtype == np.float32
+    assert spaces["teacher_features"].shape == (B, K, P) and spaces["teacher_features"].dtype == np.float32
+    assert spaces["instance_features"].shape == (B, S_BASE) and spaces["instance_features"].dtype == np.float32
     assert spaces["teacher_logits"].shape == (B, K, C) and spaces["student_logits"].shape == (B, C)
     if action_type == "weights":
         assert isinstance(env.action_space, gym.spaces.Box) and env.action_space.shape == (B, K)
         assert env.action_space.low.min() == 0.0 and env.action_space.high.max() == 1.0
     else:
         assert isinstance(env.action_space, gym.spaces.MultiBinary) and env.action_space.shape == (B, K)
-    names = env.unwrapped.feature_names
-    assert len(names) == F_BASE == len(set(names))
-    assert names[:K] == [f"teacher_ce[teacher{k}]" for k in range(K)]
-    assert names[-4:] == ["teacher_agreement", "student_ce", "student_entropy", "length"]
+    assert env.unwrapped.teacher_feature_names == ["teacher_ce", "teacher_entropy", "teacher_correct",
+                                                   "teacher_student_kl"]
+    assert env.unwrapped.instance_feature_names == ["teacher_agreement", "student_ce", "student_entropy", "length"]
     assert env.unwrapped.teacher_names == ["teacher0", "teacher1", "teacher2"]
     obs, info = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     assert {key: value.shape for key, value in obs.items()} == {
-        "features": (B, F_BASE), "teacher_logits": (B, K, C), "student_logits": (B, C)}
+        "teacher_features": (B, K, P), "instance_features": (B, S_BASE), "teacher_logits": (B, K, C),
+        "student_logits": (B, C)}
     assert info["step"] == 0 and 0.0 <= info["dev_metric"] <= 1.0  # the dev reward measured its baseline
 
 
@@ -102,11 +105,11 @@ def test_spaces_have_the_documented_shapes(env_id, action_type, env_kwargs) -> N
 def test_include_representation_appends_the_student_representation(env_id, env_kwargs) -> None:
     env = make(env_id, env_kwargs, include_representation=True, lite_hidden=16)
     size = 16 if "Lite" in env_id else 32  # lite: its hidden layer; full: the encoder's hidden size
-    names = env.unwrapped.feature_names
-    assert len(names) == F_BASE + size and names[F_BASE:] == [f"student_repr[{i}]" for i in range(size)]
+    names = env.unwrapped.instance_feature_names
+    assert len(names) == S_BASE + size and names[S_BASE:] == [f"student_repr[{i}]" for i in range(size)]
     obs, _ = env.reset(seed=0)
-    assert obs["features"].shape == (B, F_BASE + size) == env.observation_space["features"].shape
-    assert np.abs(obs["features"][:, F_BASE:]).sum() > 0
+    assert obs["instance_features"].shape == (B, S_BASE + size) == env.observation_space["instance_features"].shape
+    assert np.abs(obs["instance_features"][:, S_BASE:]).sum() > 0
 
 
 # ------------------------------------------------------------------------------------------------ seeding
@@ -134,7 +137,7 @@ def test_same_seed_same_episode_other_seed_other_start(env_id, env_kwargs) -> No
     # Another seed: another student and another batch.
     first_c, _ = env.reset(seed=8)
     assert not np.array_equal(first_c["student_logits"], first_a["student_logits"])
-    assert not np.array_equal(first_c["features"], first_a["features"])
+    assert not np.array_equal(first_c["teacher_features"], first_a["teacher_features"])
 
 
 # ------------------------------------------------------------------------------------------------ actions
@@ -201,7 +204,7 @@ def test_select_mode_takes_zeros_and_ones_only(env_id, env_kwargs) -> None:
 
 
 @ENV_IDS
-def test_episode_terminates_after_episode_steps(env_id, env_kwargs) -> None:
+def test_episode_is_truncated_after_episode_steps(env_id, env_kwargs) -> None:
     env = make(env_id, env_kwargs, episode_steps=5)
     env.reset(seed=0)
     flags = []
@@ -210,10 +213,10 @@ def test_episode_terminates_after_episode_steps(env_id, env_kwargs) -> None:
         flags.append((terminated, truncated))
         assert info["step"] == t == info["student_steps"]
         assert info["weights"].shape == (B, K) and np.isfinite([info["loss"], info["ce"], info["kd"]]).all()
-    assert flags == [(False, False)] * 4 + [(True, False)]
+    assert flags == [(False, False)] * 4 + [(False, True)]  # a time limit: truncated, not terminated
     # The next episode starts over.
     _, info = env.reset(seed=0)
-    assert info["step"] == 0 and env.step(weights_actions(1)[0])[2] is False
+    assert info["step"] == 0 and env.step(weights_actions(1)[0])[3] is False
 
 
 @ENV_IDS
@@ -237,6 +240,73 @@ def test_keep_student_keeps_the_trained_weights(env_id, env_kwargs) -> None:
     heads = [name for name in fresh if name.endswith("classifier.weight")]
     assert heads and all(not torch.equal(fresh[name], trained[name]) for name in heads)
     assert all(not torch.equal(fresh[name], initial[name]) for name in heads)  # a new draw, not seed 1's
+
+
+@pytest.mark.parametrize("reward", ["dev_delta", "dev_loss_delta"])
+def test_interval_rewards_are_measured_at_the_episode_end_too(reward, env_kwargs) -> None:
+    # 5 steps with reward_interval 3: measured after steps 3 and 5, so no step goes uncredited.
+    env = make("kd_gym/TeacherSelectionLite-v0", env_kwargs, reward=reward, episode_steps=5, lr=1e-2)
+    _, info = env.reset(seed=0)
+    start = env.unwrapped.evaluate("dev", subset=True)
+    steps = [env.step(action) for action in weights_actions(5)]
+    assert [s[4]["reward_measured"] for s in steps] == [False, False, True, False, True]
+    assert [s[1] == 0.0 for s in steps][:2] == [True, True] and steps[3][1] == 0.0
+    end = env.unwrapped.evaluate("dev", subset=True)
+    total = sum(s[1] for s in steps)
+    expected = 100 * (end["metric"] - start["metric"]) if reward == "dev_delta" else start["loss"] - end["loss"]
+    assert total == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_action_changes_the_update(env_kwargs) -> None:
+    # The same student, batch and seed, trained with different weights, must end in different students.
+    env = make("kd_gym/TeacherSelectionLite-v0", env_kwargs, lr=1e-2)
+    ends = []
+    for row in ([1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]):
+        env.reset(seed=5)
+        action = np.tile(np.asarray([row], np.float32), (B, 1))
+        for _ in range(3):
+            _, _, _, _, info = env.step(action)
+        np.testing.assert_allclose(info["weights"].sum(1), 1.0 if sum(row) else 0.0)
+        ends.append(student_parameters(env))
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        assert any(not torch.equal(ends[a][name], ends[b][name]) for name in ends[a]), (a, b)
+
+
+def test_reset_and_step_leave_the_global_torch_generator_alone(env_kwargs) -> None:
+    env = make("kd_gym/TeacherSelectionLite-v0", env_kwargs)
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    env.reset(seed=0)
+    env.step(weights_actions(1)[0])
+    env.reset(seed=1)
+    assert torch.equal(torch.rand(4), expected)
+    # ... and the global generator does not change the student: same seed, same episode whatever was drawn.
+    torch.manual_seed(0)
+    first = [env.reset(seed=3)[0]] + [env.step(a)[0] for a in weights_actions(3)]
+    torch.manual_seed(99)
+    torch.rand(1000)
+    second = [env.reset(seed=3)[0]] + [env.step(a)[0] for a in weights_actions(3)]
+    for a, b in zip(first, second):
+        assert_obs_equal(a, b)
+
+
+@ENV_IDS
+def test_env_state_dict_continues_the_episode_exactly(env_id, env_kwargs) -> None:
+    env = make(env_id, env_kwargs, reward="dev_loss_delta", lr=LR[env_id]).unwrapped
+    env.reset(seed=0)
+    for action in weights_actions(4):
+        env.step(action)
+    state = env.state_dict()
+    after = [env.step(a) for a in weights_actions(6, seed=1)]
+    restored = make(env_id, env_kwargs, reward="dev_loss_delta", lr=LR[env_id]).unwrapped
+    restored.load_state_dict(state)
+    replay = [restored.step(a) for a in weights_actions(6, seed=1)]
+    assert [s[1] for s in replay] == [s[1] for s in after]  # rewards
+    assert [s[4]["loss"] for s in replay] == [s[4]["loss"] for s in after]
+    for a, b in zip(replay, after):
+        assert_obs_equal(a[0], b[0])
+    assert restored.student_steps == env.student_steps == 10
 
 
 def test_dev_subset_is_fixed(env_kwargs) -> None:
@@ -264,16 +334,19 @@ def test_builtin_rewards(env_id, reward, env_kwargs) -> None:
     _, info = env.reset(seed=0)
     start = unwrapped.trainer.evaluate("dev", unwrapped.dev_indices)
     rewards, infos = [], []
-    terminated = False
+    truncated = False
     for action in weights_actions(12):
+        assert not truncated
+        _, r, terminated, truncated, info = env.step(action)
         assert not terminated
-        _, r, terminated, _, info = env.step(action)
         rewards.append(r)
         infos.append(info)
-    assert terminated
+    assert truncated
     end = unwrapped.trainer.evaluate("dev", unwrapped.dev_indices)
     rewards = np.array(rewards)
     measured = np.arange(1, 13) % 3 == 0  # reward_interval = 3
+    interval = reward in ("dev_delta", "dev_loss_delta")
+    assert [i["reward_measured"] for i in infos] == (measured.tolist() if interval else [True] * 12)
     if reward == "neg_ce":
         np.testing.assert_allclose(rewards, [-i["ce"] for i in infos], rtol=1e-6)
     elif reward == "neg_ce_kd":
@@ -321,7 +394,7 @@ def test_custom_reward_registered_by_the_user(env_kwargs, monkeypatch) -> None:
             self.resets = getattr(self, "resets", 0) + 1
 
         def __call__(self, env, loss) -> float:
-            return -env.trainer.steps * loss.kd.item()
+            return -env.student_steps * loss.kd.item()
 
     env = make("kd_gym/TeacherSelectionLite-v0", env_kwargs, reward="test_minus_kd_times_steps")
     env.reset(seed=0)

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import kd_gym
-from kd_gym.embeddings import SentenceEncoder
-from kd_gym.pool_build import default_pool_dir, finetune_classifier, minilm_path
+from kd_gym.defaults import default_pool_dir, minilm_path
+from kd_gym.prepare.embeddings import SentenceEncoder
+from kd_gym.prepare.pool_build import finetune_classifier
 from kd_gym.tasks import load_task
 from kd_gym.teachers import TeacherPool
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kd_gym.data import KDData, build_full_data, build_lite_data
-from kd_gym.embeddings import SentenceEncoder
+from kd_gym.data import KDData
+from kd_gym.prepare.embeddings import SentenceEncoder
+from kd_gym.prepare.tensors import build_full_data, build_lite_data
 from kd_gym.student import FullStudent, LiteStudent, StudentTrainer
 from kd_gym.tasks import load_task
 from kd_gym.teachers import TeacherPool
@@ -209,3 +210,42 @@ def test_save_writes_the_weights(datasets_by_kind, encoder_folder, tmp_path) -> 
     assert saved.keys() == state.keys()
     for name in state:
         assert torch.equal(saved[name], state[name])
+
+
+def test_pair_credit_matches_a_finite_difference():
+    """credit[i, k] = how fast a gradient step on instance i's KD term toward teacher k lowers the dev loss."""
+    from test_agents import noisy_teacher_data
+
+    from kd_gym.losses import multi_teacher_kd_loss
+
+    torch.manual_seed(0)
+    data = noisy_teacher_data(n_train=64, n_dev=64)
+    trainer = StudentTrainer(LiteStudent(16, 3, hidden_size=8), data, alpha=0.3, temperature=2.0, device="cpu")
+    batch = trainer.split("train").batch(np.arange(4))
+    dev_indices = np.arange(64)
+    credit = trainer.pair_credit(batch, dev_indices).numpy()
+    model = trainer.model.eval()
+
+    def dev_loss() -> float:
+        with torch.no_grad():
+            dev = trainer.split("dev").batch(dev_indices)
+            return F.cross_entropy(model(**dev["inputs"])[0], dev["labels"]).item()
+
+    base, eps = dev_loss(), 1e-3
+    for i, k in [(0, 0), (1, 2), (3, 1)]:
+        one = {key: (value[i : i + 1] if torch.is_tensor(value) else {n: v[i : i + 1] for n, v in value.items()})
+               for key, value in batch.items()}
+        weights = torch.zeros(1, 3)
+        weights[0, k] = 1.0
+        logits = model(**one["inputs"])[0]
+        term = multi_teacher_kd_loss(logits, one["teacher_logits"], weights, one["labels"], alpha=0.3, temperature=2.0)
+        kd_only = (1 - 0.3) * term.kd  # the distillation part of instance i's loss toward teacher k
+        grads = torch.autograd.grad(kd_only, list(model.parameters()))
+        with torch.no_grad():
+            for p, g in zip(model.parameters(), grads):
+                p.sub_(eps * g)
+        decrease = (base - dev_loss()) / eps
+        with torch.no_grad():
+            for p, g in zip(model.parameters(), grads):
+                p.add_(eps * g)
+        assert decrease == pytest.approx(credit[i, k], rel=0.05, abs=1e-3), (i, k, decrease, credit[i, k])

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kd_gym import EnvConfig
 from kd_gym.cli import build_parser
 
 SWEEPS = sorted((Path(__file__).parents[1] / "sweeps").glob("*.yaml"))
@@ -48,7 +49,7 @@ def test_sweep_file_is_valid_and_its_parameters_are_real_flags(path):
     from agents import resolve
 
     agent_fields = {f for f in resolve(agent)[0].Config.__dataclass_fields__}
-    env_options = set(__import__("agents.flags", fromlist=["ENV_FLAGS"]).ENV_FLAGS)
+    env_options = {f.name for f in EnvConfig.cli_fields()}
     for name, spec in config["parameters"].items():
         assert f"--{name}" in options, f"{path.name}: parameter {name!r} is not a flag of kd-gym train"
         assert name in agent_fields or name in env_options, f"{path.name}: {name!r} does not apply to {agent!r}"

@@ -159,7 +159,7 @@ def cache_copy(warm_cache, tmp_path) -> tuple[Path, Path, torch.Tensor]:
 def _recomputes_to(original: torch.Tensor, varied_teachers, task, cache_dir, monkeypatch, caplog) -> None:
     """A new pool recomputes exactly teacher varied0, warns about it, gets ``original`` and repairs the file."""
     loaded = count_model_loading(monkeypatch)
-    with caplog.at_level(logging.WARNING, logger="kd_gym.cache"):
+    with caplog.at_level(logging.WARNING, logger="kd_gym.prepare.cache"):
         again = make_pool(varied_teachers[:2], cache_dir).logits(task, "dev")
     assert loaded == ["varied0"]
     assert any("recomputing" in record.getMessage() for record in caplog.records)

