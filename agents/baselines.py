@@ -12,7 +12,8 @@ import numpy as np
 from agents.base import Agent, AgentConfig
 from kd_gym.features import TEACHER_FEATURES
 
-TEACHER_CE = TEACHER_FEATURES.index("teacher_ce")  # column of teacher_features
+TEACHER_CE = TEACHER_FEATURES.index("teacher_ce")  # columns of teacher_features
+TEACHER_ENTROPY = TEACHER_FEATURES.index("teacher_entropy")
 
 
 class FixedAgent(Agent):
@@ -90,12 +91,23 @@ class BestTeacherAgent(SingleTeacherAgent):
 
 class ConfidenceAgent(FixedAgent):
     """Per-instance weights from the teachers' CE on the gold label, as in CA-MKD (Zhang et al., 2022):
-    w_k = (1 - softmax_k(CE)) / (K - 1), so a teacher that is confidently wrong on an instance counts little."""
+    w_k = (1 - softmax_k(CE)) / (K - 1), so a teacher that is confidently wrong on an instance counts little.
+
+    It uses only what the observation shows: on transfer rows (``labelled`` = 0) the gold label is hidden, so the
+    teacher's own entropy, in nats (its expected CE under its own prediction), stands in for its CE there."""
 
     name = "confidence"
 
+    def __init__(self, env, **kwargs):
+        super().__init__(env, **kwargs)
+        self.labelled_column = self.unwrapped.instance_feature_names.index("labelled")
+        self.log_c = float(np.log(max(self.unwrapped.num_labels, 2)))
+
     def weights(self, obs):
         ce = obs["teacher_features"][..., TEACHER_CE].astype(np.float64)  # (B, K)
+        entropy = obs["teacher_features"][..., TEACHER_ENTROPY].astype(np.float64) * self.log_c
+        labelled = obs["instance_features"][:, self.labelled_column, None] > 0.5
+        ce = np.where(labelled, ce, entropy)
         k = ce.shape[1]
         if k == 1:
             return np.ones_like(ce, dtype=np.float32)
@@ -116,16 +128,16 @@ class RandomAgent(FixedAgent):
 
 
 class OracleAgent(FixedAgent):
-    """The scenario's oracle weighting (privileged: it reads how the pool was made); a reference row, not an agent
-    to compare fairly. Only scenarios ``noisy-teacher`` and ``specialists`` have one."""
+    """The oracle weighting (privileged: it reads how the pool was made, or hidden gold labels); a reference row,
+    not an agent to compare fairly. In the default scenario: per instance all weight on the teacher that gives the
+    gold label the highest probability (:mod:`kd_gym.regime`); noisy-teacher and specialists have their own."""
 
     name = "oracle"
 
     def __init__(self, env, **kwargs):
         super().__init__(env, **kwargs)
         if not self.unwrapped.has_oracle:
-            raise ValueError("agent 'oracle' needs a scenario with an oracle weighting: --scenario noisy-teacher "
-                             "or --scenario specialists")
+            raise ValueError("agent 'oracle' needs an env with an oracle weighting (env.has_oracle)")
 
     def weights(self, obs):
         return self.unwrapped.oracle_weights().astype(np.float32)

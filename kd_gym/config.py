@@ -49,6 +49,9 @@ class EnvConfig:
     """default | noisy-teacher | specialists: a transformation of the pool with a known oracle (docs/benchmark.md)"""
     data: object = _no_flag()
     """a prebuilt kd_gym.data.KDData (skips task, teachers and encoder); for tests and custom setups"""
+    gold_labels: int | None = 500
+    """student training rows that keep their gold label (stratified, seeded by split_seed); the others are the
+    transfer set, taught by the teachers alone, labels hidden. None: all rows keep their label (docs/env.md)"""
     # -- student
     student: str = "lite"
     """lite (MLP over frozen sentence embeddings) or full (transformer trained from tokens)"""
@@ -87,6 +90,8 @@ class EnvConfig:
     """dev instances used for rewards (a fixed subset, kept on the device)"""
     include_representation: bool = False
     """append the student's pooled representation to instance_features"""
+    include_embedding: bool = False
+    """lite student: append the instance's frozen sentence embedding to instance_features"""
     credit: bool = False
     """put info["credit"] (B, K): each (instance, teacher) pair's first-order effect on the dev loss (docs/env.md)"""
 
@@ -104,6 +109,10 @@ class EnvConfig:
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, "use an integer >= 1")
         require(isinstance(self.lite_hidden, int) and self.lite_hidden >= 0, "lite_hidden", "use an integer >= 0")
+        require(self.gold_labels is None or (isinstance(self.gold_labels, int) and self.gold_labels >= 1),
+                "gold_labels", "use an integer >= 1, or None for every label")
+        require(not (self.include_embedding and self.student == "full"), "include_embedding",
+                "the full student has no frozen embedding; use include_representation=True")
         require(_real(self.temperature) and self.temperature > 0, "temperature", "use a number > 0, e.g. 2.0")
         require(_real(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", "use a number in [0, 1], e.g. 0.5")
         require(self.lr is None or (_real(self.lr) and self.lr > 0), "lr", "use a number > 0, or None for the default")

@@ -24,6 +24,7 @@ class SplitTensors:
     :param lengths: (N,) int64 number of tokens (or of words, for the lite student).
     :param teacher_logits: (N, K, C) float32, or None where not needed (the test split).
     :param oracle_weights: (N, K) the scenario's oracle weighting, where it has one (see kd_gym.scenarios).
+    :param labelled: (N,) bool, which rows keep their gold label for training (None: all; see kd_gym.regime).
     """
 
     inputs: dict[str, torch.Tensor]
@@ -31,6 +32,7 @@ class SplitTensors:
     lengths: torch.Tensor
     teacher_logits: torch.Tensor | None = None
     oracle_weights: torch.Tensor | None = None
+    labelled: torch.Tensor | None = None
     _host_lengths: np.ndarray | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -39,7 +41,15 @@ class SplitTensors:
     def to(self, device: torch.device) -> SplitTensors:
         move = (lambda t: None if t is None else t.to(device))  # noqa: E731
         return SplitTensors({k: v.to(device) for k, v in self.inputs.items()}, move(self.labels),
-                            move(self.lengths), move(self.teacher_logits), move(self.oracle_weights))
+                            move(self.lengths), move(self.teacher_logits), move(self.oracle_weights),
+                            move(self.labelled))
+
+    def select(self, rows: np.ndarray) -> SplitTensors:
+        """The rows ``rows`` (host array of indices) as a new SplitTensors."""
+        index = torch.as_tensor(np.asarray(rows), dtype=torch.long, device=self.labels.device)
+        pick = (lambda t: None if t is None else t[index])  # noqa: E731
+        return SplitTensors({k: v[index] for k, v in self.inputs.items()}, self.labels[index], self.lengths[index],
+                            pick(self.teacher_logits), pick(self.oracle_weights), pick(self.labelled))
 
     def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         """The rows ``indices`` (host array) as a batch dict on the split's device.
@@ -60,6 +70,8 @@ class SplitTensors:
             batch["teacher_logits"] = self.teacher_logits[indices]
         if self.oracle_weights is not None:
             batch["oracle_weights"] = self.oracle_weights[indices]
+        if self.labelled is not None:
+            batch["labelled"] = self.labelled[indices]
         return batch
 
 

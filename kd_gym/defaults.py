@@ -38,16 +38,21 @@ def default_pool_dir(task: Task | str = "tweets", split_seed: int = 0, **task_kw
     return kd_gym_home() / "teachers" / f"{stem}-{task.content_fingerprint()[:12]}"
 
 
+def pool_training_rows(pool_dir: str | Path) -> set[str] | None:
+    """The row hashes (:meth:`Task.row_hashes`) the pool's teachers were trained on; None if it does not say."""
+    rows_file = Path(pool_dir) / TRAINING_ROWS_FILE
+    return set(rows_file.read_text().split()) if rows_file.exists() else None
+
+
 def check_pool_rows(pool_dir: str | Path, task: Task) -> None:
     """Refuse a pool whose teachers were trained on rows of ``task``'s dev or test split.
 
     :raises ValueError: naming the pool, the task and how many rows overlap, with the command that builds a clean
         pool. Pools without a ``training_rows.txt`` (made elsewhere) are not checked.
     """
-    rows_file = Path(pool_dir) / TRAINING_ROWS_FILE
-    if not rows_file.exists():
+    trained = pool_training_rows(pool_dir)
+    if trained is None:
         return
-    trained = set(rows_file.read_text().split())
     for split in ("dev", "test"):
         overlap = len(trained.intersection(task.row_hashes(split)))
         if overlap:

@@ -19,6 +19,7 @@ from kd_gym.config import EnvConfig, default_config
 from kd_gym.data import KDData
 from kd_gym.features import FEATURE_BOUND, TEACHER_FEATURES, instance_feature_names, observation_features
 from kd_gym.losses import KDLoss
+from kd_gym.regime import gold_oracle_weights, student_regime
 from kd_gym.rewards import make_reward
 from kd_gym.scenarios import apply_scenario
 from kd_gym.student import FullStudent, LiteStudent, StudentTrainer
@@ -27,9 +28,16 @@ LOGIT_BOUND = 50.0
 RESET_OPTIONS = ("keep_student",)
 
 
-def _build_data(config: EnvConfig) -> KDData:
-    """The KDData of a config: loads the task and the pool, reads (or computes once) the cached tensors."""
-    from kd_gym.defaults import check_pool_rows, default_pool, minilm_path
+def _build_data(config: EnvConfig) -> tuple[KDData, set[str] | None]:
+    """The KDData of a config (loads the task and the pool, reads or computes once the cached tensors) and the row
+    hashes the pool's teachers were trained on (None when the pool does not say)."""
+    from kd_gym.defaults import (
+        check_pool_rows,
+        default_pool,
+        default_pool_dir,
+        minilm_path,
+        pool_training_rows,
+    )
     from kd_gym.prepare.embeddings import SentenceEncoder
     from kd_gym.prepare.tensors import build_full_data, build_lite_data
     from kd_gym.tasks import Task, load_task
@@ -40,26 +48,28 @@ def _build_data(config: EnvConfig) -> KDData:
         task = load_task(task, seed=config.split_seed, **config.task_kwargs)
     common = {"cache_dir": config.cache_dir, "max_length": config.max_length, "device": config.device,
               "precision": config.precision}
-    teachers = config.teachers
+    teachers, trained = config.teachers, None
     manifest = Path(str(teachers)) / "pool.json" if isinstance(teachers, (str, Path)) else None
     if teachers is None:
         pool = default_pool(task, **common)
+        trained = pool_training_rows(default_pool_dir(task))
     elif isinstance(teachers, TeacherPool):
         pool = teachers
     elif manifest is not None and manifest.exists():  # a pool folder written by `kd-gym teachers build`
         check_pool_rows(manifest.parent, task)
         pool = TeacherPool.from_manifest(manifest, **common)
+        trained = pool_training_rows(manifest.parent)
     else:
         pool = TeacherPool([teachers] if isinstance(teachers, str) else teachers, **common)
     checkpoint = config.student_checkpoint or minilm_path()
     if config.student == "lite":
-        return build_lite_data(task, pool, SentenceEncoder(checkpoint, **common))
+        return build_lite_data(task, pool, SentenceEncoder(checkpoint, **common)), trained
     from transformers import AutoTokenizer
 
     from kd_gym.prepare.cache import resolve_model_folder
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_folder(checkpoint))
-    return build_full_data(task, pool, tokenizer, config.max_length)
+    return build_full_data(task, pool, tokenizer, config.max_length), trained
 
 
 def _build_student(config: EnvConfig, data: KDData) -> tuple[torch.nn.Module, float]:
@@ -100,8 +110,15 @@ class TeacherSelectionEnv(gym.Env):
             raise TypeError(f"unknown option(s) {unknown}; valid options: {sorted(valid)} (see kd_gym.EnvConfig)")
         #: the options of this env (an :class:`~kd_gym.config.EnvConfig`)
         self.config = cfg = EnvConfig(**options).validate()
-        data = cfg.data if cfg.data is not None else _build_data(cfg)
+        data, trained = (cfg.data, None) if cfg.data is not None else _build_data(cfg)
         data = apply_scenario(cfg.scenario, data)
+        rows = np.arange(len(data.splits["train"]))
+        if trained is not None:  # the student learns only from rows no teacher saw
+            rows = np.flatnonzero([h not in trained for h in data.task.row_hashes("train")])
+        data = student_regime(data, rows, cfg.gold_labels, cfg.split_seed)
+        if data.splits["train"].oracle_weights is None:  # the default scenario: the privileged gold-label oracle
+            train = data.splits["train"]
+            train.oracle_weights = gold_oracle_weights(train.teacher_logits, train.labels)
         if cfg.batch_size > len(data.splits["train"]):
             raise ValueError(f"batch_size={cfg.batch_size} is larger than the train split ({len(data.splits['train'])} "
                              "rows); use a batch_size of at most the train split's size")
@@ -119,9 +136,10 @@ class TeacherSelectionEnv(gym.Env):
         self.batch_size, self.num_teachers, self.num_labels = cfg.batch_size, data.num_teachers, data.num_labels
         self.reward_interval, self.episode_steps = cfg.reward_interval, cfg.episode_steps
         representation = model.representation_size if cfg.include_representation else 0
+        embedding = data.splits["train"].inputs["embeddings"].shape[1] if cfg.include_embedding else 0
         #: names of the P columns of ``teacher_features`` and of the S columns of ``instance_features``
         self.teacher_feature_names: list[str] = list(TEACHER_FEATURES)
-        self.instance_feature_names: list[str] = instance_feature_names(representation)
+        self.instance_feature_names: list[str] = instance_feature_names(representation, embedding)
 
         b, k, c = self.batch_size, self.num_teachers, self.num_labels
         p, n_instance = len(self.teacher_feature_names), len(self.instance_feature_names)
@@ -165,9 +183,10 @@ class TeacherSelectionEnv(gym.Env):
     def _get_obs(self) -> dict[str, np.ndarray]:
         batch = self._batch
         representation = self._representation if self.config.include_representation else None
+        embedding = batch["inputs"]["embeddings"] if self.config.include_embedding else None
         teacher_features, instance_features = observation_features(
             batch["teacher_logits"], self._logits, batch["labels"], batch["lengths"], self.config.temperature,
-            representation)
+            representation, batch.get("labelled"), embedding)
         parts = {"teacher_features": teacher_features,
                  "instance_features": instance_features,
                  "teacher_logits": batch["teacher_logits"].clamp(-LOGIT_BOUND, LOGIT_BOUND),
@@ -230,14 +249,14 @@ class TeacherSelectionEnv(gym.Env):
 
     @property
     def has_oracle(self) -> bool:
-        """Whether the scenario defines an oracle weighting (see :meth:`oracle_weights`)."""
+        """Whether an oracle weighting is defined (always, since the default scenario has the gold-label one)."""
         return self.trainer.split("train").oracle_weights is not None
 
     def oracle_weights(self) -> np.ndarray:
-        """(B, K) the scenario's oracle weights for the current batch (privileged: for reference rows only)."""
+        """(B, K) the oracle weights for the current batch: the scenario's own, or in the default scenario the
+        gold-label oracle of :mod:`kd_gym.regime` (privileged: it reads hidden labels; for reference rows only)."""
         if not self.has_oracle or self._batch is None:
-            raise ValueError(f"scenario {self.config.scenario!r} has no oracle weighting "
-                             "(noisy-teacher and specialists have one)")
+            raise ValueError("no oracle weighting: call reset() first")
         return self._batch["oracle_weights"].cpu().numpy()
 
     def student_state_dict(self) -> dict[str, torch.Tensor]:

@@ -15,12 +15,15 @@ LENGTH_SCALE = 64.0
 
 
 TEACHER_FEATURES = ("teacher_ce", "teacher_entropy", "teacher_correct", "teacher_student_kl")
-INSTANCE_FEATURES = ("teacher_agreement", "student_ce", "student_entropy", "length")
+INSTANCE_FEATURES = ("teacher_agreement", "student_ce", "student_entropy", "length", "labelled")
+GOLD_TEACHER_FEATURES = ("teacher_ce", "teacher_correct")  # use the gold label: 0 where it is hidden
+GOLD_INSTANCE_FEATURES = ("student_ce",)
 
 
-def instance_feature_names(representation_size: int = 0) -> list[str]:
+def instance_feature_names(representation_size: int = 0, embedding_size: int = 0) -> list[str]:
     """Names of the S columns of ``instance_features``, in order."""
-    return [*INSTANCE_FEATURES, *(f"student_repr[{i}]" for i in range(representation_size))]
+    return [*INSTANCE_FEATURES, *(f"student_repr[{i}]" for i in range(representation_size)),
+            *(f"embedding[{i}]" for i in range(embedding_size))]
 
 
 def observation_features(
@@ -30,6 +33,8 @@ def observation_features(
     lengths: torch.Tensor,
     temperature: float,
     representation: torch.Tensor | None = None,
+    labelled: torch.Tensor | None = None,
+    embedding: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``teacher_features`` (B, K, P) and ``instance_features`` (B, S), columns as :data:`TEACHER_FEATURES` and
     :func:`instance_feature_names`.
@@ -47,9 +52,14 @@ def observation_features(
     - ``student_ce``: CE of the student against the gold label (nats); ``student_entropy``: entropy of the
       student's distribution at T = 1, divided by log C.
     - ``length``: tokens (full) or words (lite) / 64.
+    - ``labelled``: 1 if the instance's gold label is available for training, 0 on the transfer set. Where it is
+      0, the features that use the gold label (``teacher_ce``, ``teacher_correct``, ``student_ce``) are 0: an agent
+      never sees a hidden label.
     - ``student_repr[i]`` (optional): the student's pooled representation.
+    - ``embedding[i]`` (optional, lite student): the instance's frozen sentence embedding.
 
-    :param teacher_logits: (B, K, C); :param student_logits: (B, C); :param labels: (B,); :param lengths: (B,).
+    :param teacher_logits: (B, K, C); :param student_logits: (B, C); :param labels: (B,); :param lengths: (B,);
+    :param labelled: (B,) bool (None: all labelled); :param embedding: (B, D) or None.
     """
     batch, k, c = teacher_logits.shape
     teacher_logits = teacher_logits.float()
@@ -71,9 +81,13 @@ def observation_features(
     student_ce = F.cross_entropy(student_logits, labels, reduction="none")
     student_log = F.log_softmax(student_logits, -1)
     student_entropy = -(student_log.exp() * student_log).sum(-1) / log_c
+    known = torch.ones(batch, device=teacher_logits.device) if labelled is None else labelled.float()
+    teacher_ce, teacher_correct, student_ce = teacher_ce * known[:, None], teacher_correct * known[:, None], student_ce * known
     per_teacher = torch.stack([teacher_ce, teacher_entropy, teacher_correct, kl], dim=-1)  # (B, K, P)
-    columns = [torch.stack([agreement, student_ce, student_entropy, lengths.float() / LENGTH_SCALE], dim=1)]
+    columns = [torch.stack([agreement, student_ce, student_entropy, lengths.float() / LENGTH_SCALE, known], dim=1)]
     if representation is not None:
         columns.append(representation.detach().float())
+    if embedding is not None:
+        columns.append(embedding.float())
     per_instance = torch.cat(columns, dim=1)  # (B, S)
     return per_teacher.clamp(-FEATURE_BOUND, FEATURE_BOUND), per_instance.clamp(-FEATURE_BOUND, FEATURE_BOUND)

@@ -5,7 +5,9 @@ For one instance with gold label y, student logits s (C,), teacher logits t_k (C
     mix_T  = sum_k w_k softmax(t_k / T) / sum_k w_k
     loss   = alpha * CE(s, y) + (1 - alpha) * T^2 * KL(mix_T || softmax(s / T))
 
-An instance whose weights are all zero learns from the gold label alone: its loss is CE(s, y).
+An instance whose weights are all zero learns from the gold label alone: its loss is CE(s, y). An instance without
+a gold label (the transfer set) learns from the teachers alone: its loss is T^2 * KL(mix_T || softmax(s / T)), and
+0 (it teaches nothing) when its weights are all zero.
 The T^2 factor keeps the gradient scale of the soft term independent of T (Hinton et al., 2015).
 """
 
@@ -22,7 +24,7 @@ class KDLoss:
     """The loss of one batch and its parts (all scalars, averaged over the batch).
 
     :param loss: the value that is back-propagated.
-    :param ce: mean cross-entropy of the student against the gold labels.
+    :param ce: mean cross-entropy of the student against the gold labels (over the labelled instances).
     :param kd: mean T^2-scaled KL divergence to the teacher mixture, over instances with some teacher weight
         (0 when every row is all-zero).
     :param per_instance: (B,) the loss of each instance, before averaging.
@@ -55,6 +57,7 @@ def multi_teacher_kd_loss(
     labels: torch.Tensor,
     alpha: float = 0.5,
     temperature: float = 2.0,
+    labelled: torch.Tensor | None = None,
 ) -> KDLoss:
     """Weighted multi-teacher KD loss (see the module docstring for the formula).
 
@@ -64,6 +67,7 @@ def multi_teacher_kd_loss(
     :param labels: (B,) gold labels.
     :param alpha: weight of the gold-label CE term, in [0, 1].
     :param temperature: softening temperature T > 0.
+    :param labelled: (B,) bool, which instances have a gold label (None: all); ``labels`` of the others are ignored.
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -81,6 +85,11 @@ def multi_teacher_kd_loss(
     kd = temperature**2 * kl
     has_teacher = weights.sum(dim=1) > 0
     per_instance = torch.where(has_teacher, alpha * ce + (1.0 - alpha) * kd, ce)
+    if labelled is not None:  # transfer rows: the teachers' mixture alone, nothing without a teacher
+        per_instance = torch.where(labelled, per_instance, torch.where(has_teacher, kd, torch.zeros_like(kd)))
+        ce_mean = (ce * labelled).sum() / labelled.sum().clamp_min(1)
+    else:
+        ce_mean = ce.mean()
     n_kd = has_teacher.sum()
     kd_mean = (kd * has_teacher).sum() / n_kd.clamp_min(1)
-    return KDLoss(loss=per_instance.mean(), ce=ce.mean(), kd=kd_mean, per_instance=per_instance)
+    return KDLoss(loss=per_instance.mean(), ce=ce_mean, kd=kd_mean, per_instance=per_instance)

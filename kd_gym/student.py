@@ -184,7 +184,7 @@ class StudentTrainer:
         if logits is None:
             logits, _ = self.forward(batch, grad=True)
         result = multi_teacher_kd_loss(logits, batch["teacher_logits"], weights, batch["labels"],
-                                       alpha=self.alpha, temperature=self.temperature)
+                                       alpha=self.alpha, temperature=self.temperature, labelled=batch.get("labelled"))
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         if self.grad_clip:
@@ -225,8 +225,8 @@ class StudentTrainer:
         """(B, K) first-order credit of each (instance, teacher) pair: how fast one gradient step on instance i's
         distillation term toward teacher k alone would lower the student's dev loss on ``dev_indices``, in nats per
         unit step: ``<J_i G, g_ik>`` with ``G`` the dev-loss gradient, ``J_i`` the Jacobian of instance i's logits
-        and ``g_ik = (1 - alpha) T (softmax(s_i / T) - softmax(t_ik / T))`` the gradient of that term w.r.t. the
-        logits. Positive: the pair helps the dev loss. Computed in eval mode (no dropout), without touching the
+        and ``g_ik = w T (softmax(s_i / T) - softmax(t_ik / T))`` the gradient of that term w.r.t. the logits
+        (w = 1 - alpha on labelled instances, 1 on the transfer set). Positive: the pair helps the dev loss. Computed in eval mode (no dropout), without touching the
         student: one dev backward pass and one double-backward over the batch.
         """
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -241,7 +241,10 @@ class StudentTrainer:
             directional = torch.autograd.grad(sum((v * g).sum() for v, g in zip(vjp, dev_grad)), probe)[0]  # J G
         student_t = torch.softmax(logits.detach() / self.temperature, -1).unsqueeze(1)  # (B, 1, C)
         teacher_t = torch.softmax(batch["teacher_logits"].float() / self.temperature, -1)  # (B, K, C)
-        g = (1.0 - self.alpha) * self.temperature * (student_t - teacher_t)
+        kd_weight = torch.full((len(logits),), 1.0 - self.alpha, device=logits.device)
+        if batch.get("labelled") is not None:  # transfer rows learn from the KD term alone, with weight 1
+            kd_weight = torch.where(batch["labelled"], kd_weight, torch.ones_like(kd_weight))
+        g = kd_weight[:, None, None] * self.temperature * (student_t - teacher_t)
         return (directional.unsqueeze(1) * g).sum(-1)
 
     @torch.no_grad()

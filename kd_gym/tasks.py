@@ -3,7 +3,7 @@
 Every source (the embedded ``tweets`` corpus, GLUE, any other HuggingFace hub dataset, local csv / jsonl /
 parquet files) goes through the same two steps: :func:`_canonical` turns a loaded table into the canonical
 columns ``text`` (str), optional ``text_pair`` (str) and ``label`` (int64 in ``0..C-1``), and
-:func:`_stratified_split` carves missing splits (and ``max_train_examples``) out of train, class by class,
+:func:`stratified_split` carves missing splits (and ``max_train_examples``) out of train, class by class,
 with ``numpy.random.default_rng(seed)``. The test split is for final reports only; agents never see it.
 """
 
@@ -197,7 +197,7 @@ def _matthews_correlation(predictions: np.ndarray, labels: np.ndarray, num_label
     return float(cov_pred_true / denominator) if denominator else 0.0
 
 
-def _stratified_split(labels: np.ndarray, n_take: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, n_take: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``n_take`` of the positions 0..N-1, with each class's share as close to its share in ``labels`` as can be.
 
     Per-class quotas use the largest-remainder method, so the total is exactly ``n_take``.
@@ -286,14 +286,14 @@ def _assemble(name: str, raw: dict[str, datasets.Dataset], *, text_column: str, 
     n_total = len(train_labels)
     for split, fraction in (("test", test_fraction), ("dev", dev_fraction)):
         if split not in splits:
-            taken, rest = _stratified_split(train_labels, round(fraction * n_total), rng)
+            taken, rest = stratified_split(train_labels, round(fraction * n_total), rng)
             splits[split], splits["train"], train_labels = (
                 splits["train"].select(taken), splits["train"].select(rest), train_labels[rest])
     if max_train_examples is not None:
         if max_train_examples < 1:
             raise ValueError(f"max_train_examples={max_train_examples} must be >= 1, or None to keep all of train")
         if max_train_examples < len(train_labels):
-            splits["train"] = splits["train"].select(_stratified_split(train_labels, max_train_examples, rng)[0])
+            splits["train"] = splits["train"].select(stratified_split(train_labels, max_train_examples, rng)[0])
     for split in SPLITS:
         if len(splits[split]) == 0:
             raise ValueError(f"task {name!r}: the {split} split is empty ({n_total} rows in train before splitting, "

@@ -1,4 +1,7 @@
-"""A pool of K teachers (HuggingFace sequence classifiers) whose logits are computed once and cached on disk.
+"""A pool of K teachers whose logits are computed once and cached on disk.
+
+A teacher is a folder: a HuggingFace sequence classifier (hub id or ``save_pretrained`` folder, the general case) or
+a TF-IDF + logistic-regression teacher (:mod:`kd_gym.prepare.tfidf`, recognised by its ``config.json``).
 
 Each teacher has its own tokenizer. Logits for a task split are keyed by a fingerprint of
 (teacher weights, split content, max length, precision, label map), stored with safetensors under
@@ -18,6 +21,7 @@ import torch
 
 from kd_gym.prepare.cache import cached_tensor, fingerprint, hash_files, kd_gym_home, resolve_model_folder
 from kd_gym.prepare.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
+from kd_gym.prepare.tfidf import is_tfidf_teacher, tfidf_labels, tfidf_logits
 from kd_gym.tasks import Task, teacher_metrics
 
 log = logging.getLogger(__name__)
@@ -164,6 +168,8 @@ class TeacherPool:
     def _teacher_labels(self, k: int) -> list[str]:
         from transformers import AutoConfig
 
+        if is_tfidf_teacher(self._folder(k)):
+            return tfidf_labels(self._folder(k))
         config = AutoConfig.from_pretrained(self._folder(k))
         return [config.id2label[i] for i in range(config.num_labels)]
 
@@ -176,7 +182,8 @@ class TeacherPool:
 
     def _cache_key(self, k: int, task: Task, split: str, perm: list[int]) -> str:
         if k not in self._weight_hashes:
-            self._weight_hashes[k] = hash_files(self._folder(k))
+            self._weight_hashes[k] = hash_files(self._folder(k), ("*.safetensors", "*.bin", "config.json",
+                                                                   "vocabulary.json"))
         return fingerprint(self._weight_hashes[k], task.fingerprint(split), self.max_length, str(self.dtype), perm)
 
     def teacher_logits(self, k: int, task: Task, split: str) -> torch.Tensor:
@@ -186,6 +193,8 @@ class TeacherPool:
         path = self.cache_dir / "logits" / f"{self.specs[k].name}-{split}-{key[:20]}.safetensors"
 
         def compute() -> torch.Tensor:
+            if is_tfidf_teacher(self._folder(k)):
+                return tfidf_logits(self._folder(k), task.texts(split), task.text_pairs(split))[:, perm]
             model, tokenizer = load_classifier(self._folder(k))
             model.to(self.device)
             return batched_forward(

