@@ -18,7 +18,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from agents.base import Agent, AgentConfig
+from agents.base import Agent, AgentConfig, LoopState
 from agents.checkpoint import load_state
 
 ENTRY_POINT_GROUP = "kd_gym.agents"
@@ -120,4 +120,4 @@ def load(path: str | Path, env) -> Agent:
     return agent
 
 
-__all__ = ["Agent", "AgentConfig", "available_agents", "load", "make", "register", "resolve"]
+__all__ = ["Agent", "AgentConfig", "LoopState", "available_agents", "load", "make", "register", "resolve"]

@@ -1,6 +1,12 @@
-"""Checkpoints are data: nested state (dicts, lists, numbers, strings, tensors, arrays) written as one safetensors file
-of tensors plus one JSON file for everything else. Loading parses JSON and tensors only; no code runs on load (no
+"""Checkpoints are data: nested state (dicts, lists, numbers, strings, bytes, tensors, arrays) written as tensors in
+safetensors plus a JSON skeleton for everything else. Loading parses JSON and tensors only; no code runs on load (no
 pickle, no ``torch.load`` of arbitrary objects).
+
+Two layouts:
+- a saved agent (:func:`save_state` / :func:`load_state`): ``<name>.safetensors`` + ``<name>.json`` in a folder;
+- a run checkpoint (:func:`save_checkpoint` / :func:`load_checkpoint`): one safetensors file whose header metadata
+  holds the JSON skeleton, written to a temporary file and renamed over the old one, so that a process killed at
+  any moment leaves either the previous checkpoint or the new one, complete.
 """
 
 from __future__ import annotations
@@ -12,18 +18,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 TENSOR, ARRAY, DICT, BYTES = "__tensor__", "__array__", "__dict__", "__bytes__"
+CHECKPOINT_FORMAT = "kd-gym-checkpoint/1"  # the header metadata key "format" of a run checkpoint
 
 
 def _encode(value: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
-    """A JSON-able skeleton of ``value``; tensors and arrays go to ``tensors`` under ``path``."""
+    """A JSON-able skeleton of ``value``; tensors and arrays go to ``tensors`` under ``path`` (made unique)."""
+    while path in tensors:  # a key holding a dot could repeat another entry's path
+        path += "_"
     if isinstance(value, torch.Tensor):
-        tensors[path] = value.detach().cpu().contiguous().reshape(-1)  # 0-d tensors are stored flat: shape below
+        # stored flat (0-d tensors too: shape below) and copied, since safetensors refuses tensors that share memory
+        tensors[path] = value.detach().cpu().reshape(-1).clone()
         return {TENSOR: path, "shape": list(value.shape)}
     if isinstance(value, np.ndarray):
-        tensors[path] = torch.from_numpy(np.ascontiguousarray(value).reshape(-1))
+        tensors[path] = torch.from_numpy(np.array(value, copy=True).reshape(-1))  # views of one buffer: copied too
         return {ARRAY: path, "shape": list(value.shape)}
     if isinstance(value, np.generic):
         return value.item()
@@ -61,11 +72,8 @@ def save_state(folder: str | Path, state: dict[str, Any], name: str = "state") -
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = _encode(state, tensors, "state")
-    for path, write in ((folder / f"{name}.safetensors", lambda p: save_file(tensors, str(p))),
-                        (folder / f"{name}.json", lambda p: p.write_text(json.dumps(skeleton)))):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        write(tmp)
-        os.replace(tmp, path)
+    _write_atomic(folder / f"{name}.safetensors", lambda tmp: save_file(tensors, str(tmp)))
+    _write_atomic(folder / f"{name}.json", lambda tmp: tmp.write_text(json.dumps(skeleton)))
 
 
 def load_state(folder: str | Path, name: str = "state") -> dict[str, Any]:
@@ -85,3 +93,47 @@ def load_state(folder: str | Path, name: str = "state") -> dict[str, Any]:
     except Exception as error:  # safetensors, JSON or structure errors: all mean a damaged checkpoint
         raise ValueError(f"checkpoint in {folder} is unreadable or corrupted ({type(error).__name__}: {error}); "
                          "save it again") from error
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` then rename ``tmp`` to ``path``, flushed to disk first: ``path`` is always old or new, whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to one safetensors file: its tensors, and the JSON skeleton (everything else) in the header.
+
+    The file is replaced atomically: until the new one is complete, ``path`` holds the previous checkpoint.
+    :param path: the file, e.g. ``run/checkpoint.safetensors``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = json.dumps(_encode(state, tensors, "state"))
+    _write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": CHECKPOINT_FORMAT,
+                                                                           "skeleton": skeleton}))
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    :raises FileNotFoundError: when there is none; ``ValueError`` naming the file when it is unreadable.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(f"format {metadata.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
+        return _decode(json.loads(metadata["skeleton"]), tensors)
+    except Exception as error:  # safetensors, JSON or structure errors: all mean a damaged checkpoint
+        raise ValueError(f"checkpoint {path} is unreadable or corrupted ({type(error).__name__}: {error}); delete it "
+                         "to start the run over") from error

@@ -78,6 +78,20 @@ class ReinforceConfig(AgentConfig):
     """clip standardised inputs to [-input_clip, input_clip]"""
 
 
+@dataclasses.dataclass
+class Window:
+    """The steps since the last policy update: their normalised inputs (B, K, d) and what their actions were drawn
+    as (B, K), and the sum of their rewards."""
+
+    inputs: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    actions: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    total_return: float = 0.0
+    steps: int = 0
+
+    def clear(self) -> None:
+        self.inputs, self.actions, self.total_return, self.steps = [], [], 0.0, 0
+
+
 class TeacherSelector(nn.Module):
     """``sigmoid(w . s_k + b_k)``: one logistic unit shared by the K teachers plus a bias per teacher.
 
@@ -132,6 +146,7 @@ class ReinforceAgent(Agent):
         self.input_stats = RunningMeanStd(shape=(input_size,))
         self.baseline, self.return_var, self.updates, self.credit_var = 0.0, 1.0, 0, 1.0
         self.metrics: dict[str, float] = {}
+        self.window = Window()
 
     # -- state and policy
     def _normalise(self, states: np.ndarray) -> torch.Tensor:
@@ -226,44 +241,49 @@ class ReinforceAgent(Agent):
         self.baseline = decay * self.baseline + (1 - decay) * window_return
         self.metrics.update(baseline=self.baseline, window_return=window_return)
 
-    def learn(self, total_steps: int, callback=None) -> ReinforceAgent:
+    def learn(self, total_steps: int, callback=None, resume: bool = False) -> ReinforceAgent:
+        """Run ``total_steps`` env steps, updating the selector at the end of each window (module docstring);
+        ``callback(locals())`` after each step. ``resume``: continue a loaded :meth:`training_state` (the loop, the
+        open window, the action noise's generator) exactly; see :class:`~agents.base.Agent`."""
         cfg = self.config
-        obs, _ = self.env.reset(seed=cfg.seed)
-        window_inputs, window_actions, window_return, window_steps = [], [], 0.0, 0
-        for step in range(total_steps):
+        self._begin(total_steps, resume)
+        if not resume:
+            self.window = Window()
+        window = self.window
+        while self.loop.step < total_steps:
+            step = self.loop.step
             if cfg.anneal_lr:
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.learning_rate * (1.0 - step / total_steps)
-            states = self.states(obs)
+            states = self.states(self._observation())
             self.input_stats.update(states.reshape(-1, states.shape[-1]))
             inputs = self._normalise(states)
             if step < cfg.warmup_steps:
                 action = np.ones(self.batch_shape, dtype=np.int8 if self.select_mode else np.float32)
             else:
                 action, taken = self._sample(inputs)
-                window_inputs.append(inputs)
-                window_actions.append(taken)
+                window.inputs.append(inputs)
+                window.actions.append(taken)
             obs, reward, terminated, truncated, info = self.env.step(action)
+            self._advance(obs, terminated, truncated)
             if cfg.advantage == "credit":
                 if step >= cfg.warmup_steps:
                     self._credit_update(inputs, taken, info["credit"])
-                window_inputs, window_actions = [], []  # the window return is only used for the baseline metric
-            window_return += float(reward)
-            window_steps += 1
+                window.inputs, window.actions = [], []  # the window return is only used for the baseline metric
+            window.total_return += float(reward)
+            window.steps += 1
             measured = info.get("reward_measured", True)
-            if (measured and window_steps >= cfg.update_interval) or terminated or truncated:
+            if (measured and window.steps >= cfg.update_interval) or terminated or truncated:
                 if not self.updates and "baseline" not in self.metrics:  # the first return sets the baseline's level
-                    self.baseline = window_return
-                    self.metrics.update(baseline=self.baseline, window_return=window_return)
-                elif window_inputs:
-                    self._update(window_inputs, window_actions, window_return)
+                    self.baseline = window.total_return
+                    self.metrics.update(baseline=self.baseline, window_return=window.total_return)
+                elif window.inputs:
+                    self._update(window.inputs, window.actions, window.total_return)
                 else:
-                    self._fit_baseline(window_return)
-                window_inputs, window_actions, window_return, window_steps = [], [], 0.0, 0
+                    self._fit_baseline(window.total_return)
+                window.clear()
             if callback is not None and callback(locals()) is False:
                 break
-            if (terminated or truncated) and step < total_steps - 1:  # keep the trained student after the last step
-                obs, _ = self.env.reset()
         return self
 
     # -- persistence
@@ -272,6 +292,21 @@ class ReinforceAgent(Agent):
                 "input_mean": self.input_stats.mean, "input_var": self.input_stats.var,
                 "input_count": self.input_stats.count, "baseline": self.baseline, "return_var": self.return_var,
                 "updates": self.updates, "credit_var": self.credit_var}
+
+    def training_state(self) -> dict[str, Any]:
+        """The loop and the agent's rng (:class:`~agents.base.Agent`), the action noise's generator, the open window
+        (its normalised inputs and actions, return and length) and the running metrics (the first window's return
+        sets the baseline only while ``metrics`` has none)."""
+        window = self.window
+        return {**super().training_state(), "generator": self.generator.get_state(), "metrics": dict(self.metrics),
+                "window": {"inputs": list(window.inputs), "actions": list(window.actions),
+                           "total_return": window.total_return, "steps": window.steps}}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        super().load_training_state(state)
+        self.generator.set_state(state["generator"])
+        self.metrics = dict(state["metrics"])
+        self.window = Window(**state["window"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])

@@ -31,6 +31,13 @@ keywords) the SB3 model sees ``VecNormalize(InstanceVecEnv)``: observations stan
 (updated while learning, frozen in :meth:`SB3Agent.predict`, which applies the same standardisation) and, with
 ``norm_reward``, rewards divided by a running std of the discounted return. The statistics are part of
 ``state_dict``. The Config fields ``normalize_obs`` / ``normalize_reward`` override the yml.
+
+Resuming (``learn(total_steps, resume=True)`` after :meth:`SB3Agent.load_training_state`, see
+:class:`~agents.base.Agent`) is approximate: the networks, their optimizers, the VecNormalize statistics and SB3's
+step and update counters (so its learning-rate schedule and target-network updates) continue from the checkpoint,
+and the env continues exactly, without a reset; the rollout being collected (PPO, A2C), the replay buffer (SAC,
+TD3) and SB3's random streams (torch's and numpy's global generators, which SB3 samples actions from) start afresh.
+A resumed SB3 run is a run of the same budget, but not bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -62,7 +69,8 @@ class _LearnCallback(BaseCallback):
 
     def __init__(self, agent: SB3Agent, total_steps: int, callback=None) -> None:
         super().__init__()
-        self.agent, self.total_steps, self.user_callback, self.steps = agent, total_steps, callback, 0
+        self.agent, self.total_steps, self.user_callback = agent, total_steps, callback
+        self.start = agent.loop.step  # env steps done before this model.learn() (> 0 when resuming)
         model = agent.model
         # Env steps per SB3 collection phase: SB3 stops by itself at a phase boundary; inside a phase we stop it
         # (the partial phase is then not trained on).
@@ -75,13 +83,14 @@ class _LearnCallback(BaseCallback):
                 self.agent.metrics[key.removeprefix("train/")] = float(value)
 
     def _on_step(self) -> bool:
-        self.steps += 1
+        loop = self.agent.loop  # InstanceVecEnv resets the env by itself when an episode ends: no reset pending
+        loop.step, loop.obs, loop.needs_reset = loop.step + 1, self.agent.vec_env.env_obs, False
         self._copy_metrics()
         if self.user_callback is not None:
-            local = {"self": self.agent, "step": self.steps - 1, **self.agent.vec_env.last_step}
+            local = {"self": self.agent, "step": loop.step - 1, **self.agent.vec_env.last_step}
             if self.user_callback(local) is False:
                 return False
-        return self.steps < self.total_steps or self.steps % self.phase == 0
+        return loop.step < self.total_steps or (loop.step - self.start) % self.phase == 0
 
     def _on_rollout_end(self) -> None:
         self._copy_metrics()
@@ -206,6 +215,7 @@ class SB3Agent(Agent):
                              "use action_type='weights' or a selector that supports it ('ppo', 'a2c', 'reinforce')")
         self.vec_env = InstanceVecEnv(env, self.config.view)
         self.metrics: dict[str, float] = {}
+        self._episode_starts = np.ones(self.vec_env.num_envs, dtype=bool)  # for a resumed learn() (training_state)
         self.hyperparams = self._hyperparams()
         normalize = self.hyperparams.pop("normalize")
         #: VecNormalize around ``vec_env`` (what the model learns on), or None
@@ -272,13 +282,34 @@ class SB3Agent(Agent):
         actions, _ = self.model.predict(instance_obs, deterministic=deterministic)
         return self.vec_env.env_action(actions)
 
-    def learn(self, total_steps: int, callback=None) -> SB3Agent:
-        if total_steps <= 0:
+    def learn(self, total_steps: int, callback=None, resume: bool = False) -> SB3Agent:
+        """Run ``total_steps`` env steps of SB3's ``learn``; ``callback(locals())`` after each step. ``resume``:
+        continue a loaded :meth:`training_state`, approximately (see the module docstring)."""
+        self._begin(total_steps, resume)
+        remaining = total_steps - self.loop.step
+        if remaining <= 0:
             return self
-        self.vec_env.seed(self.config.seed)  # the first reset of learn() uses the agent's seed, like the base loop
-        self.model.learn(total_timesteps=total_steps * self.vec_env.num_envs,
+        resuming = resume and self.loop.obs is not None
+        if resuming:
+            self._continue_from(self.loop.obs)
+        else:
+            self.vec_env.seed(self.config.seed)  # the first reset of learn() uses the agent's seed, like the base loop
+        self.model.learn(total_timesteps=remaining * self.vec_env.num_envs, reset_num_timesteps=not resuming,
                          callback=_LearnCallback(self, total_steps, callback))
         return self
+
+    def _continue_from(self, obs: dict[str, np.ndarray]) -> None:
+        """Make SB3's next ``learn(reset_num_timesteps=False)`` act on ``obs`` instead of resetting the env. These
+        attributes are what SB3's own ``_setup_learn`` sets on a reset."""
+        raw = self.vec_env.instance_obs(obs)
+        self.vec_env.env_obs = obs
+        if self.normalizer is not None:
+            self.normalizer.old_obs = raw
+            self.model._last_original_obs = raw  # what off-policy algorithms store in their replay buffer
+            self.model._last_obs = self.normalizer.normalize_obs(raw)
+        else:
+            self.model._last_obs = raw
+        self.model._last_episode_starts = np.asarray(self._episode_starts, dtype=bool)
 
     def state_dict(self) -> dict[str, Any]:
         """The SB3 model as the bytes of SB3's own zip (``model.save``: policy, optimizers, hyperparameters) and the
@@ -291,6 +322,26 @@ class SB3Agent(Agent):
             state["normalizer"] = {f"{name}.{stat}": np.array(getattr(getattr(self.normalizer, name), stat))
                                    for name in _RMS for stat in ("mean", "var", "count")}
         return state
+
+    def training_state(self) -> dict[str, Any]:
+        """The loop (:class:`~agents.base.Agent`), the latest SB3 metrics, SB3's step and update counters, whether
+        each sub-env starts an episode at the next step, and VecNormalize's running discounted returns."""
+        model = self.model
+        starts = model._last_episode_starts
+        state = {**super().training_state(), "metrics": dict(self.metrics), "num_timesteps": int(model.num_timesteps),
+                 "n_updates": int(model._n_updates),
+                 "episode_starts": np.asarray(starts if starts is not None else np.ones(self.vec_env.num_envs), bool)}
+        if self.normalizer is not None:
+            state["normalizer_returns"] = np.array(self.normalizer.returns)
+        return state
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        super().load_training_state(state)
+        self.metrics = dict(state["metrics"])
+        self.model.num_timesteps, self.model._n_updates = int(state["num_timesteps"]), int(state["n_updates"])
+        self._episode_starts = np.asarray(state["episode_starts"], dtype=bool)
+        if self.normalizer is not None and "normalizer_returns" in state:
+            self.normalizer.returns = np.array(state["normalizer_returns"], dtype=np.float64)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` into this agent's model. Only the zip's tensors are read (SB3's

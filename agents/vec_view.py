@@ -44,6 +44,8 @@ class InstanceVecEnv(VecEnv):
         observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (size,), np.float32)
         action_space = spaces.MultiBinary(per_env) if self.select else spaces.Box(-1.0, 1.0, (per_env,), np.float32)
         self.last_step: dict[str, Any] = {}
+        #: the real env's latest observation (after a done step: the next episode's first), for checkpoints
+        self.env_obs: dict[str, np.ndarray] | None = None
         self._actions: np.ndarray | None = None
         super().__init__(num_envs, observation_space, action_space)
 
@@ -70,6 +72,7 @@ class InstanceVecEnv(VecEnv):
         self._reset_seeds()
         self._reset_options()
         self.reset_infos = [info for _ in range(self.num_envs)]
+        self.env_obs = obs
         return self.instance_obs(obs)
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -81,6 +84,7 @@ class InstanceVecEnv(VecEnv):
         self.last_step = {"action": action, "reward": reward, "terminated": terminated, "truncated": truncated,
                           "info": info}
         done = terminated or truncated  # SB3 bootstraps through a time limit flagged below
+        self.env_obs = obs
         flat = self.instance_obs(obs)
         infos = [dict(info) for _ in range(self.num_envs)]
         if done:

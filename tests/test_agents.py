@@ -9,6 +9,8 @@ update each action shaped.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets
 import gymnasium as gym
 import numpy as np
@@ -63,6 +65,7 @@ def data() -> KDData:
 
 def make_env(data: KDData, **options) -> gym.Env:
     config = {"data": data, "batch_size": BATCH, "reward": "dev_loss_delta", "reward_interval": 1, "alpha": 0.2,
+              "gold_labels": None,
               "episode_steps": 100, "dev_subset": 256, "device": "cpu", **options}
     return gym.make("kd_gym/TeacherSelectionLite-v0", **config)
 
@@ -256,3 +259,116 @@ def test_reinforce_policy_gradient_matches_the_hand_computed_one(data):
     np.testing.assert_allclose(agent.policy.teacher_bias.grad.numpy(), dz, rtol=1e-5)
     s = states[0, 0].numpy()  # (K, d)
     np.testing.assert_allclose(agent.policy.linear.weight.grad.numpy()[0], dz @ s, rtol=1e-5, atol=1e-7)
+
+
+# -- checkpoints: learn() continued from a saved state
+def _checkpoint(env: gym.Env, agent: agents.Agent, path) -> dict:
+    """What a run checkpoint holds of the env and the agent, written to ``path`` and read back (data only)."""
+    from agents.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(path, {"env": env.unwrapped.state_dict(), "agent": agent.state_dict(),
+                           "training": agent.training_state()})
+    return load_checkpoint(path)
+
+
+def _restore(data: KDData, name: str, kwargs: dict, saved: dict, **env_options) -> tuple[gym.Env, agents.Agent]:
+    env = make_env(data, **env_options)
+    env.reset(seed=0)  # the wrappers' order check wants one reset; the state below replaces what it drew
+    env.unwrapped.load_state_dict(saved["env"])
+    agent = agents.make(name, env, **kwargs)
+    agent.load_state_dict(saved["agent"])
+    agent.load_training_state(saved["training"])
+    return env, agent
+
+
+@pytest.mark.parametrize("stop_after", [14, 20])  # 14: inside a window; 20: an episode ends, its reset to come
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("random", {}),
+    ("reinforce", {"warmup_steps": 4, "update_interval": 3}),
+    ("reinforce", {"warmup_steps": 4, "action_mode": "prob", "anneal_lr": True}),
+])
+def test_learn_resumed_from_a_checkpoint_continues_exactly(data, name, kwargs, stop_after, tmp_path):
+    steps, options = 30, {"episode_steps": 10, "reward_interval": 3}
+    straight_env = make_env(data, **options)
+    rewards: list[float] = []
+    straight = agents.make(name, straight_env, seed=2, **kwargs).learn(
+        steps, callback=lambda local: rewards.append(local["reward"]))
+
+    env = make_env(data, **options)
+    first = agents.make(name, env, seed=2, **kwargs).learn(steps, callback=lambda local: local["step"] < stop_after - 1)
+    assert first.loop.step == stop_after
+    env, resumed = _restore(data, name, {"seed": 2, **kwargs}, _checkpoint(env, first, tmp_path / "c.safetensors"),
+                            **options)
+    after: list[float] = []
+    resumed.learn(steps, callback=lambda local: after.append(local["reward"]), resume=True)
+    assert after == rewards[stop_after:]
+    assert env.unwrapped.student_steps == straight_env.unwrapped.student_steps == 10
+    for key, value in straight_env.unwrapped.student_state_dict().items():
+        assert torch.equal(value, env.unwrapped.student_state_dict()[key]), key
+    assert_same(straight.state_dict(), resumed.state_dict())
+    assert_same(straight.training_state(), resumed.training_state())  # loop, random streams, open window
+
+
+def assert_same(a, b, where: str = "state") -> None:
+    """Nested dicts / lists of tensors, arrays and plain values are exactly equal."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}.{i}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, torch.as_tensor(b)), where
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    else:
+        assert a == b, where
+
+
+def test_resuming_past_the_budget_is_an_error(data, tmp_path):
+    env = make_env(data)
+    agent = agents.make("uniform", env).learn(6)
+    env, resumed = _restore(data, "uniform", {}, _checkpoint(env, agent, tmp_path / "c.safetensors"))
+    with pytest.raises(ValueError, match="has done 6 steps, more than total_steps=4"):
+        resumed.learn(4, resume=True)
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("ppo", {"n_steps": 8, "minibatch_size": 64, "normalize_obs": True, "normalize_reward": True}),
+    ("sac", {"learning_starts": 3, "train_freq": 2}),
+])
+def test_sb3_agents_resume_their_networks_and_counters_without_resetting_the_student(data, name, kwargs, tmp_path):
+    env = make_env(data)
+    first = agents.make(name, env, seed=0, **kwargs).learn(20, callback=lambda local: local["step"] < 11)
+    updates = first.model._n_updates
+    assert first.loop.step == 12 and updates > 0
+    env, resumed = _restore(data, name, {"seed": 0, **kwargs}, _checkpoint(env, first, tmp_path / "c.safetensors"))
+    for key, value in first.model.policy.state_dict().items():
+        assert torch.equal(value, resumed.model.policy.state_dict()[key]), key
+    if name == "ppo":
+        np.testing.assert_array_equal(resumed.normalizer.obs_rms.mean, first.normalizer.obs_rms.mean)
+    seen: list[int] = []
+    resumed.learn(20, callback=lambda local: seen.append(local["step"]), resume=True)
+    assert seen == list(range(12, 20))
+    assert env.unwrapped.student_steps == 20  # the student went on from step 12: no reset
+    assert resumed.model.num_timesteps == 20 * resumed.vec_env.num_envs and resumed.model._n_updates > updates
+
+
+def test_a_checkpoint_write_that_dies_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    from agents import checkpoint
+
+    path = tmp_path / "checkpoint.safetensors"
+    checkpoint.save_checkpoint(path, {"step": 10, "weights": torch.arange(4.0), "rng": {"state": 2**100 + 1}})
+
+    def dies_half_way(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half a file")
+        raise KeyboardInterrupt  # the process is killed while writing
+
+    monkeypatch.setattr(checkpoint, "save_file", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(path, {"step": 20, "weights": torch.zeros(4)})
+    saved = checkpoint.load_checkpoint(path)
+    assert saved["step"] == 10 and saved["rng"] == {"state": 2**100 + 1}
+    assert torch.equal(saved["weights"], torch.arange(4.0))

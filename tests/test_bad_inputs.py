@@ -1,10 +1,15 @@
 """Bad inputs, one row each: the error type, a message that names the bad value (and what is valid), and nothing
 already computed is lost (the cache files and the running student are exactly as before the bad call).
+
+Command-line rows run ``kd-gym`` in-process (:func:`kd_gym_cli`): a bad input must end it with exit code 2 and an
+error line (argparse's usage error, or ``kd-gym <command>: error: ...``), never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -16,9 +21,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 import agents
 import kd_gym  # noqa: F401 - registers the ids
+from agents.experiments.resume import CHECKPOINT_FILE
+from agents.experiments.run import TrainingMonitor
+from agents.experiments.sweep_check import check_sweep
+from kd_gym.cli import main
 from kd_gym.tasks import load_task
 from kd_gym.teachers import TeacherPool
 
@@ -81,6 +91,84 @@ def step(world, action):
     return world["env"].step(action)
 
 
+class CommandFailed(Exception):
+    """A kd-gym command ended with a non-zero exit code; the message is ``exit <code>: <its last stderr line>``."""
+
+
+def kd_gym_cli(world, *argv: str) -> None:
+    """Run ``kd-gym <argv>`` in-process; raise :class:`CommandFailed` unless it exits with 0. A traceback on stderr
+    (a caught exception printed whole) fails the test; an uncaught one propagates and fails it too."""
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_info:
+            code = exit_info.code
+    text = stderr.getvalue()
+    assert "Traceback" not in text, text
+    if code:
+        raise CommandFailed(f"exit {code}: {text.strip().splitlines()[-1]}")
+
+
+def tiny(world) -> list[str]:
+    """The flags that point a run at the world's tiny task, pool, encoder and cache."""
+    kw = world["kwargs"]
+    return ["--task", kw["task"], "--teachers", ",".join(kw["teachers"]), "--student-checkpoint",
+            kw["student_checkpoint"], "--batch-size", "8", "--dev-subset", "20", "--max-length", "16",
+            "--device", "cpu", "--reward-interval", "3", "--cache-dir", kw["cache_dir"]]
+
+
+def train(world, *flags: str) -> None:
+    kd_gym_cli(world, "train", *flags, *tiny(world))
+
+
+class _Crash(Exception):
+    pass
+
+
+def _interrupted_run(world) -> str:
+    """A run folder holding the checkpoint of ``kd-gym train --steps 6 --checkpoint-every 3`` crashed at step 4."""
+    out = world["root"] / "interrupted-run"
+    if not (out / CHECKPOINT_FILE).exists():
+        original = TrainingMonitor.step
+
+        def crash(self, action):
+            if self.steps == 4:
+                raise _Crash
+            return original(self, action)
+
+        TrainingMonitor.step = crash
+        try:
+            with pytest.raises(_Crash):
+                train(world, "--steps", "6", "--checkpoint-every", "3", "--out", str(out))
+        finally:
+            TrainingMonitor.step = original
+    return str(out)
+
+
+def _corrupt_checkpoint(world) -> str:
+    out = world["root"] / "corrupt-run"
+    out.mkdir(exist_ok=True)
+    (out / CHECKPOINT_FILE).write_bytes(b"\x00 not a safetensors file")
+    return str(out)
+
+
+def _sweep_file(world, parameter: str) -> Path:
+    path = world["root"] / "bad_sweep.yaml"
+    path.write_text(yaml.safe_dump({
+        "program": "kd_gym/cli.py", "method": "random", "metric": {"name": "dev_metric", "goal": "maximize"},
+        "parameters": {parameter: {"values": [0.01, 0.1]}},
+        "command": ["${env}", "${interpreter}", "-m", "kd_gym.cli", "train", "--agent", "reinforce",
+                    "${args_no_boolean_flags}"]}))
+    return path
+
+
+def _resume_past_the_budget(world):
+    agent = agents.make("uniform", world["env"])
+    agent.loop.step = 8  # as if a training state of 8 steps had been loaded
+    return agent.learn(5, resume=True)
+
+
 CASES: list[Case] = [
     # -- env options: rejected at make time, with the value and the valid range
     ("temperature zero", ValueError, r"temperature=0.*> 0", lambda w: make_env(w, temperature=0)),
@@ -140,6 +228,41 @@ CASES: list[Case] = [
     ("corrupted agent state", ValueError, r"corrupted.*save it again", lambda w: agents.load(_corrupt_agent(w), w["env"])),
     ("agent file naming a non-agent", ValueError, r"'os:system'.*not an agents\.Agent",
      lambda w: agents.load(_hostile_agent(w), w["env"])),
+    ("resume past the budget", ValueError, r"done 8 steps, more than total_steps=5", _resume_past_the_budget),
+    # -- the command line: refused at the door, one error line, exit code 2
+    ("cli negative seed", CommandFailed, r"exit 2: .*argument --seed: -1 is invalid; use an integer >= 0",
+     lambda w: train(w, "--seed", "-1")),
+    ("cli zero steps", CommandFailed, r"exit 2: .*argument --steps: 0 is invalid; use an integer >= 1",
+     lambda w: train(w, "--steps", "0")),
+    ("cli steps not a number", CommandFailed, r"exit 2: .*argument --steps: 'many' is not an integer",
+     lambda w: train(w, "--steps", "many")),
+    ("cli zero checkpoint interval", CommandFailed, r"exit 2: .*argument --checkpoint-every.*: 0 is invalid",
+     lambda w: train(w, "--checkpoint-every", "0")),
+    ("cli unknown agent", CommandFailed, r"exit 2: .*unknown agent 'reinfroce'.*reinforce",
+     lambda w: train(w, "--agent", "reinfroce")),
+    ("cli bench unknown agent", CommandFailed, r"exit 2: .*unknown agent 'unifrom'.*uniform",
+     lambda w: kd_gym_cli(w, "bench", "--agents", "no_kd,unifrom", *tiny(w))),
+    ("cli bench negative seed", CommandFailed, r"exit 2: .*argument --seeds: seed '-2' in '0,-2' is invalid",
+     lambda w: kd_gym_cli(w, "bench", "--seeds", "0,-2", *tiny(w))),
+    ("cli env option", CommandFailed, r"exit 2: kd-gym train: error: temperature=0\.0 is invalid; use a number > 0",
+     lambda w: train(w, "--temperature", "0")),
+    ("cli env option choice", CommandFailed, r"exit 2: kd-gym bench: error: action_type='soft' is invalid.*select",
+     lambda w: kd_gym_cli(w, "bench", "--action-type", "soft", *tiny(w))),
+    ("cli task column", CommandFailed, r"exit 2: kd-gym train: error: .*column 'review' is missing.*text_column",
+     lambda w: train(w, "--text-column", "review")),
+    ("cli task fraction", CommandFailed, r"exit 2: kd-gym train: error: dev_fraction=1\.5 is out of range",
+     lambda w: train(w, "--dev-fraction", "1.5")),
+    ("cli checkpoint of another command", CommandFailed,
+     r"exit 2: kd-gym train: error: the checkpoint .*checkpoint\.safetensors \(step 3 of 6\) was made by another "
+     r"command: steps: 6 in the checkpoint, 8 now.*--out",
+     lambda w: train(w, "--steps", "8", "--checkpoint-every", "3", "--out", _interrupted_run(w))),
+    ("cli corrupted checkpoint", CommandFailed, r"exit 2: .*corrupt-run/checkpoint\.safetensors is unreadable or "
+     r"corrupted.*delete it", lambda w: train(w, "--steps", "6", "--out", _corrupt_checkpoint(w))),
+    ("sweep parameter that is no flag", ValueError,
+     r"bad_sweep\.yaml: parameter 'learnig_rate' is not a flag of kd-gym train; did you mean 'learning_rate'",
+     lambda w: check_sweep(_sweep_file(w, "learnig_rate"))),
+    ("sweep parameter of another agent", ValueError, r"parameter 'clip_range' does not apply to agent 'reinforce'",
+     lambda w: check_sweep(_sweep_file(w, "clip_range"))),
 ]
 
 
@@ -179,4 +302,4 @@ def test_bad_input_is_a_clear_error_and_loses_nothing(world, name, error, patter
 
 
 def test_the_suite_is_large_enough():
-    assert len(CASES) >= 30
+    assert len(CASES) >= 45

@@ -234,3 +234,161 @@ def test_bench_passes_a_custom_agents_flag_only_to_that_agent(tiny_env_kwargs, t
                            text=True, timeout=300)
     assert wrong.returncode == 2
     assert "unrecognized arguments: --teacher-index 2" in wrong.stderr
+
+
+# -- resumable runs
+class Interrupted(Exception):
+    """Stands for a crash of the run between two checkpoints."""
+
+
+def _crash_at(monkeypatch, step: int):
+    """Make runs raise :class:`Interrupted` before their student update number ``step + 1``; returns the undo."""
+    from agents.experiments.run import TrainingMonitor
+
+    original = TrainingMonitor.step
+
+    def crashing_step(self, action):
+        if self.steps == step:
+            raise Interrupted(f"crash at step {step}")
+        return original(self, action)
+
+    monkeypatch.setattr(TrainingMonitor, "step", crashing_step)
+    return lambda: monkeypatch.setattr(TrainingMonitor, "step", original)
+
+
+def _last_line(text: str) -> dict:
+    """The final JSON line without what differs between any two runs (wall time, run folder)."""
+    line = json.loads(text.strip().splitlines()[-1])
+    return {k: v for k, v in line.items() if k not in ("wall_s", "out")}
+
+
+def _same_run_files(a: Path, b: Path) -> None:
+    pd.testing.assert_frame_equal(pd.read_csv(a / "history.csv"), pd.read_csv(b / "history.csv"))
+    results = [json.loads((folder / "result.json").read_text()) for folder in (a, b)]
+    assert [{k: v for k, v in r.items() if k != "wall_s"} for r in results] == [
+        {k: v for k, v in results[0].items() if k != "wall_s"}] * 2
+    assert (a / "student.safetensors").read_bytes() == (b / "student.safetensors").read_bytes()
+    assert (a / "agent" / "state.json").read_text() == (b / "agent" / "state.json").read_text()
+
+
+@pytest.mark.parametrize("agent", ["uniform", "random", "reinforce"])
+def test_an_interrupted_train_resumes_to_the_same_final_line(agent, tiny_env_kwargs, tmp_path, capsys, monkeypatch):
+    from agents.checkpoint import load_checkpoint
+
+    # 30 steps in episodes of one run; checkpoints after steps 10 and 20; REINFORCE updates its selector from step
+    # 5 on, in windows of 3 steps (reward_interval), so a checkpoint falls inside an open window.
+    command = ["train", "--agent", agent, "--seed", "3", "--steps", "30", "--checkpoint-every", "10",
+               *tiny_flags(tiny_env_kwargs), *(["--warmup-steps", "5"] if agent == "reinforce" else [])]
+    assert main([*command, "--out", str(tmp_path / "straight")]) == 0
+    straight = _last_line(capsys.readouterr().out)
+    assert not (tmp_path / "straight" / "checkpoint.safetensors").exists()  # removed once the results are written
+
+    out = tmp_path / "interrupted"
+    no_more_crashes = _crash_at(monkeypatch, 25)
+    with pytest.raises(Interrupted):
+        main([*command, "--out", str(out)])
+    saved = load_checkpoint(out / "checkpoint.safetensors")
+    assert saved["step"] == 20 and saved["config"]["agent"] == agent
+    no_more_crashes()
+    assert main([*command, "--out", str(out)]) == 0
+    assert _last_line(capsys.readouterr().out) == straight
+    _same_run_files(tmp_path / "straight", out)
+    assert not (out / "checkpoint.safetensors").exists()
+
+
+def test_an_interrupted_ppo_train_resumes_from_its_checkpoint(tiny_env_kwargs, tmp_path, capsys, monkeypatch):
+    """SB3 agents resume approximately (see agents/sb3.py): the run goes on from the checkpoint to the full budget."""
+    from agents.checkpoint import load_checkpoint
+
+    out = tmp_path / "ppo"
+    command = ["train", "--agent", "ppo", "--n-steps", "4", "--minibatch-size", "48", "--steps", "16",
+               "--checkpoint-every", "6", "--out", str(out), *tiny_flags(tiny_env_kwargs)]
+    no_more_crashes = _crash_at(monkeypatch, 14)
+    with pytest.raises(Interrupted):
+        main(command)
+    saved = load_checkpoint(out / "checkpoint.safetensors")
+    assert saved["step"] == 12 and saved["agent_training"]["num_timesteps"] == 12 * 8 * 3  # B * K sub-envs
+    no_more_crashes()
+    assert main(command) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["steps"] == 16 and 0.0 <= line["test_metric"] <= 1.0
+    history = pd.read_csv(out / "history.csv")
+    assert history["student_step"].is_monotonic_increasing and history["student_step"].iloc[-1] == 16
+
+
+def test_a_train_killed_with_sigkill_resumes_in_a_new_process(tiny_env_kwargs, tmp_path, capsys):
+    """kill -9 right after step 17 (checkpoints every 5): the rerun redoes steps 16 and 17 and ends the same."""
+    command = ["train", "--agent", "reinforce", "--warmup-steps", "4", "--seed", "1", "--steps", "24",
+               "--checkpoint-every", "5", *tiny_flags(tiny_env_kwargs)]
+    assert main([*command, "--out", str(tmp_path / "straight")]) == 0
+    straight = _last_line(capsys.readouterr().out)
+    out = tmp_path / "killed"
+    kill_at = textwrap.dedent("""
+        import os, signal, sys
+        from agents.experiments.run import TrainingMonitor
+        from kd_gym.cli import main
+
+        step = TrainingMonitor.step
+
+        def step_then_die(self, action):
+            result = step(self, action)
+            if self.steps == 17:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return result
+
+        TrainingMonitor.step = step_then_die
+        sys.exit(main(sys.argv[1:]))
+    """)
+    killed = subprocess.run([sys.executable, "-c", kill_at, *command, "--out", str(out)], capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / "checkpoint.safetensors").exists() and not (out / "result.json").exists()
+    assert not list(out.glob("*.tmp"))
+    resumed = subprocess.run([*KD_GYM, *command, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _last_line(resumed.stdout) == straight
+    _same_run_files(tmp_path / "straight", out)
+
+
+def test_train_reads_a_custom_task_through_the_task_flags(tiny_csv, tiny_env_kwargs, tmp_path, capsys):
+    """A csv whose columns are 'review' and 'sentiment': the task flags name them, through train and bench."""
+    frame = pd.read_csv(tiny_csv).rename(columns={"text": "review", "label": "sentiment"})
+    csv = tmp_path / "reviews.csv"
+    frame.to_csv(csv, index=False)
+    flags = tiny_flags({**tiny_env_kwargs, "task": str(csv)})
+    assert main(["train", "--steps", "4", "--out", str(tmp_path / "plain"), *flags]) == 2
+    assert "column 'text' is missing" in capsys.readouterr().err  # without the flags: a one-line error
+    custom = ["--text-column", "review", "--label-column", "sentiment"]
+    assert main(["train", "--steps", "4", "--out", str(tmp_path / "run"), *flags, *custom]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["task"] == str(csv) and line["steps"] == 4 and 0.0 <= line["test_metric"] <= 1.0
+    assert main(["bench", "--agents", "uniform", "--seeds", "0", "--steps", "3", "--out", str(tmp_path / "bench"),
+                 *flags, *custom]) == 0
+    assert len(pd.read_csv(tmp_path / "bench" / "results.csv")) == 1
+
+
+def test_an_agent_whose_learn_takes_no_resume_trains_unchecked(tiny_env_kwargs, tmp_path, capsys, monkeypatch):
+    import agents
+
+    class OldStyle(agents.Agent):
+        """A plug-in written before learn() took ``resume``: it loops by itself."""
+
+        name = "old_style"
+
+        def predict(self, obs, deterministic=False):
+            return np.ones(self.batch_shape, np.float32)
+
+        def learn(self, total_steps, callback=None):
+            obs, _ = self.env.reset(seed=self.config.seed)
+            for _ in range(total_steps):
+                obs, *_ = self.env.step(self.predict(obs))
+            return self
+
+    monkeypatch.setitem(agents._REGISTERED, "old_style", OldStyle)
+    out = tmp_path / "run"
+    assert main(["train", "--agent", "old_style", "--steps", "6", "--checkpoint-every", "2", "--out", str(out),
+                 *tiny_flags(tiny_env_kwargs)]) == 0
+    captured = capsys.readouterr()
+    assert "agent 'old_style' is not checkpointed: its learn() takes no 'resume'" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["steps"] == 6
+    assert not (out / "checkpoint.safetensors").exists()

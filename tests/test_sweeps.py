@@ -38,10 +38,12 @@ def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_sweep_file_is_valid_and_its_parameters_are_real_flags(path):
+    from agents.experiments.sweep_check import check_sweep
     from sweeps import schema_violations_from_proposed_config
 
     config = yaml.safe_load(path.read_text())
     assert schema_violations_from_proposed_config(config) == []
+    assert check_sweep(path) == config  # the checker kd-gym ships agrees (its refusals: tests/test_bad_inputs.py)
     assert {"program", "method", "metric", "parameters", "command"} <= set(config)
     assert "${args_no_boolean_flags}" in config["command"]
     options = _options(_train_parser())
@@ -57,6 +59,18 @@ def test_sweep_file_is_valid_and_its_parameters_are_real_flags(path):
         if any(isinstance(v, bool) for v in values):
             # ${args_no_boolean_flags} omits false booleans, so false must be the flag's default
             assert options[f"--{name}"].default in (None, False), f"{name}: a swept boolean must default to false"
+
+
+def test_the_sweep_checker_refuses_tuning_on_the_test_split(tmp_path):
+    from agents.experiments.sweep_check import check_sweep, main
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "kd.yaml").read_text())
+    path = tmp_path / "on_test.yaml"
+    path.write_text(yaml.safe_dump({**config, "metric": {"name": "test_metric", "goal": "maximize"}}))
+    with pytest.raises(ValueError, match=r"metric 'test_metric' cannot be swept \(tuning on it would select on the "
+                                         r"test split\); use one the run logs: dev_metric"):
+        check_sweep(path)
+    assert main([str(p) for p in SWEEPS]) == 0 and main([str(path)]) == 1
 
 
 def read_offline_summary(path: Path) -> dict:

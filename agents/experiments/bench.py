@@ -19,11 +19,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from agents.experiments.common import agent_kwargs_from, env_kwargs_from, run_one
+from agents.experiments.common import agent_kwargs_from, check_env_options, env_kwargs_from, run_one
+from kd_gym.cli import task_kwargs_from
 from kd_gym.prepare.cache import fingerprint
 
-BENCH_DEFAULTS = {"agents": "uniform,confidence,reinforce,ppo,sac", "seeds": "0,1,2,3,4", "out": "runs/bench"}
-DEMO_DEFAULTS = {"agents": "no_kd,uniform,best_teacher,confidence,reinforce,ppo", "seeds": "0,1,2",
+BENCH_DEFAULTS = {"agents": "no_kd,uniform,best_teacher,confidence,reinforce,ppo", "seeds": "0,1,2,3,4",
+                  "out": "runs/bench"}
+DEMO_DEFAULTS = {"agents": "no_kd,uniform,best_teacher,confidence,oracle,reinforce,ppo", "seeds": "0,1,2",
                  "out": "runs/demo"}
 
 
@@ -102,8 +104,9 @@ def bench(args: argparse.Namespace) -> int:
     from agents.experiments.report import bench_report
 
     started = time.perf_counter()
+    check_env_options(args)  # before any cell runs or any file is written
     args.scenario = args.scenario or "default"
-    if args.oracle and args.scenario != "default" and "oracle" not in _split(args.agents):
+    if args.oracle and "oracle" not in _split(args.agents):  # every scenario has one (kd_gym.regime, scenarios)
         args.agents += ",oracle"
     frame = run_bench(args)
     out = Path(args.out)
@@ -124,21 +127,23 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def ensure_default_pool(task: str) -> None:
+def ensure_default_pool(task: str, split_seed: int = 0, task_kwargs: dict | None = None) -> None:
     """Build the default teacher pool of ``task`` if it is not there yet (once; minutes on a CPU); print its
     manifest.
 
     :param task: a task name, as ``kd-gym teachers build --task`` takes it.
+    :param split_seed: the seed of the task's split (the env option ``split_seed``).
+    :param task_kwargs: how to read a custom task (the task flags, :class:`kd_gym.tasks.TaskOptions`).
     """
     from kd_gym.defaults import default_pool_dir
     from kd_gym.prepare.pool_build import build_default_pool, format_manifest
 
-    manifest_path = default_pool_dir(task) / "pool.json"
+    manifest_path = default_pool_dir(task, split_seed, **(task_kwargs or {})) / "pool.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
     else:
         print(f"building the default teacher pool for {task!r} (once; a few minutes on a CPU) ...")
-        manifest = build_default_pool(task)
+        manifest = build_default_pool(task, seed=split_seed, task_kwargs=task_kwargs)
     print(format_manifest(manifest), "\n")
 
 
@@ -148,6 +153,7 @@ def demo(args: argparse.Namespace) -> int:
 
     :param args: parsed ``kd-gym demo`` flags (those of bench, with :data:`DEMO_DEFAULTS`).
     """
+    check_env_options(args)  # before minutes of building teachers
     if not args.teachers:
-        ensure_default_pool(args.task)
+        ensure_default_pool(args.task, args.split_seed or 0, task_kwargs_from(args))
     return bench(args)

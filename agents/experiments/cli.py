@@ -13,13 +13,15 @@ from pathlib import Path
 
 from agents.experiments.bench import BENCH_DEFAULTS, DEMO_DEFAULTS, bench, demo
 from agents.experiments.common import add_run_command, run_one
+from agents.experiments.flags import non_negative_int, positive_int, seed_list
 
 
 def _train(args: argparse.Namespace) -> int:
     from agents.experiments.tracking import run_name
 
     out = Path(args.out) if args.out else Path("runs") / "train" / run_name(args.task, args.agent, args.seed)
-    result = run_one(args, args.agent, args.seed, out)
+    every = args.checkpoint_every or max(1, args.steps // 10)
+    result = run_one(args, args.agent, args.seed, out, checkpoint_every=every)
     line = {k: v for k, v in result.summary().items() if k != "agent_metrics"}
     print(json.dumps({**line, "out": str(out)}))
     return 0
@@ -30,8 +32,17 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--agent", default="uniform",
                         help=f"agent: {', '.join(available_agents())}, or a package.module:Class path")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the student init, batch order and agent")
-    parser.add_argument("--out", default=None, help="run folder (default: runs/train/<task>__<agent>__<seed>__<time>)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of the student init, batch order and agent")
+    parser.add_argument("--out", default=None,
+                        help="run folder (default: runs/train/<task>__<agent>__<seed>__<time>); rerun a killed "
+                             "command with the same --out to resume it from its last checkpoint")
+    parser.add_argument("--checkpoint-every", "--checkpoint_every", type=positive_int, default=None,
+                        metavar="STEPS",
+                        help="checkpoint the run into --out every this many student updates (default: steps / 10). "
+                             "Fixed agents and reinforce resume exactly (the same final line); SB3 agents (ppo, a2c, "
+                             "sac, td3) resume approximately: the student and the networks continue, their rollout "
+                             "or replay buffer and random streams start afresh")
 
 
 def add_train_command(commands: argparse._SubParsersAction) -> None:
@@ -40,7 +51,8 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
         commands, "train", _train, help="train one student under one agent and report dev/test metrics",
         description="Train one student for --steps updates while the agent chooses the teacher weights (and learns); "
                     "evaluate the final student on dev and test; print one JSON line and write it, with the agent "
-                    "and student checkpoints, to the run folder.",
+                    "and student checkpoints, to the run folder. The run checkpoints into its folder as it goes: "
+                    "the same command run again after a crash resumes from the last checkpoint.",
         own_flags=_train_flags, agents_dest="agent",
     )
 
@@ -51,7 +63,8 @@ def _bench_flags(defaults: dict[str, str]):
     def add(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--agents", default=defaults["agents"],
                             help="comma-separated agent names (any --agent of kd-gym train)")
-        parser.add_argument("--seeds", default=defaults["seeds"], help="comma-separated seeds")
+        parser.add_argument("--seeds", type=seed_list, default=defaults["seeds"],
+                            help="comma-separated seeds (integers >= 0)")
         parser.add_argument("--out", default=defaults["out"],
                             help="output folder (rerun with the same folder to resume)")
         parser.add_argument("--no-oracle", dest="oracle", action="store_false",

@@ -16,7 +16,10 @@ from agents.experiments.flags import (
     collect,
     env_flag_fields,
     flag,
+    non_negative_int,
+    positive_int,
 )
+from kd_gym.cli import add_task_flags, task_kwargs_from
 from kd_gym.config import EnvConfig
 
 
@@ -139,13 +142,14 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     docs = {name: doc.replace("%", "%%") for name, doc in EnvConfig.field_docs().items()}
     parser.add_argument("--env", default="lite", choices=["lite", "full"], help=docs["student"])
     parser.add_argument("--task", default="tweets", help=docs["task"])
-    parser.add_argument("--steps", type=int, default=1500, help=f"sets episode_steps: {docs['episode_steps']}")
+    parser.add_argument("--steps", type=positive_int, default=1500,
+                        help=f"sets episode_steps: {docs['episode_steps']}")
     parser.add_argument("--teachers", default=None, help=docs["teachers"])
     parser.add_argument("--track", action="store_true", help="log to Weights & Biases (offline without an API key)")
     parser.add_argument("--wandb-project", default="kd-gym", help="W&B project")
     parser.add_argument("--wandb-entity", default=None, help="W&B entity (team or user)")
     parser.add_argument("--wandb-group", default=None, help="W&B group")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="torch CPU threads (0: 1 for the lite env on a CPU, whose tiny matmuls only lose from "
                              "more; torch's default otherwise)")
 
@@ -170,18 +174,29 @@ def add_run_command(commands: argparse._SubParsersAction, name: str, func, help:
     own_flags(parser)
     add_run_flags(parser)
     add_env_flags(parser)
+    add_task_flags(parser)
     parser.add_agent_classes(installed_agent_classes(), skip_clashes=True)
     parser.set_defaults(func=func)
     return parser
 
 
 def env_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:
-    """Env options given on the command line (unset flags keep the env's defaults); ``episode_steps`` aside."""
+    """Env options given on the command line (unset flags keep the env's defaults); ``episode_steps`` aside. The
+    task flags (``--text-column``, ...) become the option ``task_kwargs``."""
     kwargs = collect(args, [f.name for f in env_flag_fields()])
     kwargs["task"] = args.task
     if args.teachers:
         kwargs["teachers"] = [t for t in args.teachers.split(",") if t]
+    task_kwargs = task_kwargs_from(args)
+    if task_kwargs:
+        kwargs["task_kwargs"] = task_kwargs
     return kwargs
+
+
+def check_env_options(args: argparse.Namespace) -> None:
+    """Validate the env options of the command before anything is built or written (``ValueError`` naming the
+    option, its value and what is valid)."""
+    EnvConfig(**env_kwargs_from(args), episode_steps=args.steps, student=args.env).validate()
 
 
 def agent_kwargs_from(args: argparse.Namespace, agent: str) -> dict[str, Any]:
@@ -201,14 +216,18 @@ def set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(1)
 
 
-def run_one(args: argparse.Namespace, agent: str, seed: int, out_dir: Path, built_env=None, progress: bool = True):
+def run_one(args: argparse.Namespace, agent: str, seed: int, out_dir: Path, built_env=None, progress: bool = True,
+            checkpoint_every: int | None = None):
     """One tracked (agent, seed) run; returns the :class:`~agents.experiments.run.RunResult`.
 
     :param built_env: an env built from the same flags with ``episode_steps=args.steps``, reused across runs.
+    :param checkpoint_every: checkpoint into ``out_dir`` every this many steps and resume from a checkpoint there
+        (:mod:`agents.experiments.resume`); None: neither.
     """
     from agents.experiments.run import train_student
     from agents.experiments.tracking import Tracker, run_name
 
+    check_env_options(args)
     set_threads(args)
     agent_kwargs = agent_kwargs_from(args, agent)
     env_kwargs = env_kwargs_from(args)
@@ -217,7 +236,8 @@ def run_one(args: argparse.Namespace, agent: str, seed: int, out_dir: Path, buil
                       name=run_name(args.task, agent, seed), config=config, directory=out_dir)
     result = train_student(agent, env=args.env, steps=args.steps, seed=seed, env_kwargs=env_kwargs,
                            agent_kwargs=agent_kwargs, out_dir=out_dir, built_env=built_env, progress=progress,
-                           on_record=lambda record: tracker.log(record, step=record["student_step"]))
+                           on_record=lambda record: tracker.log(record, step=record["student_step"]),
+                           checkpoint_every=checkpoint_every)
     tracker.finish({"dev_metric": result.dev_metric, "test_metric": result.test_metric, "wall_s": result.wall_s,
                     **{f"agent/{k}": v for k, v in result.extra.get("agent_metrics", {}).items()}})
     return result

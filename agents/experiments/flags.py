@@ -34,6 +34,26 @@ def flag_type(annotation: Any) -> type:
     return annotation if annotation in FLAG_TYPES else str
 
 
+class _ExplicitNone:
+    """What ``--option none`` parses to: an explicit None, told apart from an unset flag (which is None)."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+EXPLICIT_NONE = _ExplicitNone()
+
+
+def none_or(kind: type):
+    """An argparse type for an optional option: ``none`` gives :data:`EXPLICIT_NONE`, anything else ``kind(text)``."""
+
+    def parse(text: str):
+        return EXPLICIT_NONE if text.strip().lower() == "none" else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def flag(name: str) -> str:
     """The flag of field ``name``: ``learning_rate`` -> ``--learning-rate``."""
     return "--" + name.replace("_", "-")
@@ -56,6 +76,43 @@ def add_typed_flag(group, name: str, kind: type, help_text: str) -> None:
                            metavar=kind.__name__.upper())
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a budget, an interval)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid; use an integer >= 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0 (a seed, a thread count)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is invalid; use an integer >= 0")
+    return value
+
+
+def seed_list(text: str) -> str:
+    """An argparse type: comma-separated seeds (integers >= 0), kept as the text given (``0,1,2``)."""
+    seeds = [part for part in text.split(",") if part.strip()]
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r} names no seed; use comma-separated integers >= 0, e.g. 0,1,2")
+    for part in seeds:
+        try:
+            non_negative_int(part.strip())
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"seed {part.strip()!r} in {text!r} is invalid; use comma-separated "
+                                             "integers >= 0, e.g. 0,1,2") from None
+    return text
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
 def _default(field: dataclasses.Field) -> Any:
     if field.default is not dataclasses.MISSING:
         return field.default
@@ -74,8 +131,13 @@ def add_env_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("environment (see docs/env.md)")
     docs, hints = EnvConfig.field_docs(), typing.get_type_hints(EnvConfig)
     for field in env_flag_fields():
-        add_typed_flag(group, field.name, flag_type(hints[field.name]),
-                       f"{docs.get(field.name, '')} (default: {_default(field)})")
+        kind = flag_type(hints[field.name])
+        optional = type(None) in typing.get_args(hints[field.name]) and _default(field) is not None
+        if optional:  # e.g. --gold-labels none: every label (the default is a number)
+            add_typed_flag(group, field.name, none_or(kind),
+                           f"{docs.get(field.name, '')} (default: {_default(field)}; 'none' for None)")
+        else:
+            add_typed_flag(group, field.name, kind, f"{docs.get(field.name, '')} (default: {_default(field)})")
 
 
 def agent_fields(agent_classes: list[type]) -> dict[str, tuple[type, str, list[str]]]:
@@ -102,8 +164,9 @@ def agent_fields_of(agent_class: type) -> list[str]:
 
 
 def collect(args: argparse.Namespace, names) -> dict[str, Any]:
-    """The flags among ``names`` that were given (not None)."""
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    """The flags among ``names`` that were given (not None); ``--x none`` gives ``x=None``."""
+    given = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return {n: (None if value is EXPLICIT_NONE else value) for n, value in given.items()}
 
 
 def hyperparameter_table(config_class: type) -> str:

@@ -53,5 +53,34 @@ def bench_report(frame: pd.DataFrame, command: str, title: str, reference: str =
             delta, p = f"{100 * d:+.2f}", f"{pv:.3f}"
         lines.append(f"| {agent} | {test_mean:.2f} ± {test_std:.2f} | [{test_mean - half:.2f}, {test_mean + half:.2f}] "
                      f"| {dev_mean:.2f} ± {dev_std:.2f} | {len(group)} | {delta} | {p} | {group['wall_s'].mean():.1f} |")
+    lines += headroom_lines(frame)
     lines += ["", f"Command: `{command}`", ""]
     return "\n".join(lines)
+
+
+FIXED_WEIGHTINGS = ("uniform", "best_teacher", "confidence")
+
+
+def headroom_lines(frame: pd.DataFrame) -> list[str]:
+    """The three margins that say whether a benchmark can rank agents (test points, means over seeds), for the
+    agents present: distillation pays (best fixed weighting - no_kd), the choice of weighting pays
+    (max(oracle, best fixed) - uniform), per-instance choice pays (oracle - best fixed). The best fixed weighting is
+    the best mean of uniform, best_teacher and confidence."""
+    means = {agent: 100 * group["test_metric"].mean() for agent, group in frame.groupby("agent", sort=False)}
+    fixed = {agent: means[agent] for agent in FIXED_WEIGHTINGS if agent in means}
+    if not fixed:
+        return []
+    best_name = max(fixed, key=fixed.get)
+    best = fixed[best_name]
+    rows = []
+    if "no_kd" in means:
+        rows.append(("distillation pays", f"best fixed ({best_name}) - no_kd", best - means["no_kd"]))
+    if "uniform" in means:
+        top = max(best, means.get("oracle", best))
+        rows.append(("the choice of weighting pays", "max(oracle, best fixed) - uniform", top - means["uniform"]))
+    if "oracle" in means:
+        rows.append(("per-instance choice pays", f"oracle - best fixed ({best_name})", means["oracle"] - best))
+    if not rows:
+        return []
+    return ["", "| margin | definition | test points |", "|---|---|---|",
+            *(f"| {name} | {definition} | {value:+.2f} |" for name, definition, value in rows)]

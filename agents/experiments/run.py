@@ -7,6 +7,7 @@ It touches the env only through its public surface (``evaluate``, ``student_stat
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,18 @@ class TrainingMonitor(gym.Wrapper):
         if self.on_record is not None:
             self.on_record(record)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The records, the running sums since the last record and the kept student, for a run checkpoint."""
+        return {"history": self.history, "steps": self.steps, "weights_sum": self._weights_sum.copy(),
+                "reward_sum": self._reward_sum, "window": self._window, "final_student": self.final_student}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (the records so far are not passed to ``on_record`` again)."""
+        self.history = list(state["history"])
+        self.steps, self._window, self._reward_sum = int(state["steps"]), int(state["window"]), state["reward_sum"]
+        self._weights_sum = np.array(state["weights_sum"], dtype=np.float64)
+        self.final_student = state["final_student"]
+
 
 @dataclass
 class RunResult:
@@ -119,6 +132,7 @@ def train_student(
     on_record=None,
     progress: bool = True,
     built_env: gym.Env | None = None,
+    checkpoint_every: int | None = None,
 ) -> RunResult:
     """Train one student for ``steps`` updates under agent ``agent_name``; evaluate it on dev and test.
 
@@ -136,22 +150,33 @@ def train_student(
     :param on_record: called with each record of the dev curve (a dict).
     :param progress: show a progress bar.
     :param built_env: reuse an env already built with ``episode_steps=steps`` (a bench builds one for all cells).
+    :param checkpoint_every: checkpoint into ``out_dir`` every this many student updates and, when ``out_dir``
+        holds a checkpoint of the same run, resume from it (:mod:`agents.experiments.resume`); None: neither.
     """
     import agents
     import kd_gym  # noqa: F401  (registers the env ids)
+    from agents.experiments.resume import RunCheckpoint, run_config, supports_resume
 
     if env not in ENVS:
         raise ValueError(f"env must be one of {sorted(ENVS)}, got {env!r}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    started = time.perf_counter()
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} is invalid; use an integer >= 1 (student updates)")
+    interval = eval_interval or max(1, steps // 20)
+    checkpoint, saved = None, None
+    if checkpoint_every is not None:
+        if out_dir is None:
+            raise ValueError(f"checkpoint_every={checkpoint_every} needs a run folder to write to; pass out_dir")
+        config = run_config(agent_name, seed, env, steps, interval, env_kwargs or {}, agent_kwargs or {})
+        checkpoint = RunCheckpoint(out_dir, config, checkpoint_every)
+        saved = checkpoint.load()  # before anything is built: a checkpoint of another run is an error at the door
+    started = time.perf_counter() - (saved["wall_s"] if saved else 0.0)
     base = built_env if built_env is not None else gym.make(ENVS[env], **{**(env_kwargs or {}), "episode_steps": steps})
     if base.unwrapped.config.episode_steps != steps:
         raise ValueError(f"built_env has episode_steps={base.unwrapped.config.episode_steps} but steps={steps}; "
                          f"build it with gym.make(..., episode_steps={steps}) or pass "
                          f"steps={base.unwrapped.config.episode_steps}")
-    interval = eval_interval or max(1, steps // 20)
-    bar = tqdm(total=steps, desc=f"{agent_name} seed {seed}", unit="step", leave=False, disable=not progress)
+    bar = tqdm(total=steps, initial=saved["step"] if saved else 0, desc=f"{agent_name} seed {seed}", unit="step",
+               leave=False, disable=not progress)
     made: list = []  # the agent, once built: each record also carries its latest losses (SB3's logger values too)
 
     def record_with_agent_metrics(record: dict[str, Any]) -> None:
@@ -163,7 +188,20 @@ def train_student(
     monitored = TrainingMonitor(base, interval, on_record=record_with_agent_metrics, progress=bar)
     agent = agents.make(agent_name, monitored, **{"seed": seed, **(agent_kwargs or {})})
     made.append(agent)
-    agent.learn(steps)
+    save_if_due, resume = None, {}
+    if checkpoint is not None and not supports_resume(agent):
+        print(f"kd-gym: agent {agent_name!r} is not checkpointed: its learn() takes no 'resume' (see agents.Agent)",
+              file=sys.stderr)
+    elif checkpoint is not None:
+        if saved is not None:
+            checkpoint.restore(saved, monitored, agent, seed)
+            resume = {"resume": True}
+
+        def save_if_due(local: dict[str, Any]) -> None:
+            if checkpoint.due(monitored.steps, steps):
+                checkpoint.save(monitored.steps, monitored, agent, monitored, time.perf_counter() - started)
+
+    agent.learn(steps, callback=save_if_due, **resume)
     bar.close()
     student_env = monitored.unwrapped
     if monitored.final_student is not None:
@@ -174,6 +212,8 @@ def train_student(
     result.extra["agent_metrics"] = {k: float(v) for k, v in getattr(agent, "metrics", {}).items()}
     if out_dir is not None:
         _write_run(Path(out_dir), result, agent, student_env)
+    if checkpoint is not None:
+        checkpoint.remove()
     return result
 
 

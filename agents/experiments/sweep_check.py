@@ -1,0 +1,107 @@
+"""Check a W&B sweep file against the command it drives, before a sweep spends hours on runs that fail.
+
+    python -m agents.experiments.sweep_check sweeps/*.yaml
+
+A sweep file (``program``, ``method``, ``metric``, ``parameters``, ``command``) must run ``kd-gym train`` with its
+parameters passed through ``${args}`` or ``${args_no_boolean_flags}``; every parameter must be a flag of
+``kd-gym train`` that applies to the swept agent (one of its ``Config`` fields, an env option or a task option),
+and the metric must be a dev-split key that the run logs (``dev_metric`` ...; tuning on ``test_metric`` would
+select on the test split, which agents never see).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REQUIRED_KEYS = ("program", "method", "metric", "parameters", "command")
+ARGS_MACROS = ("${args}", "${args_no_boolean_flags}")
+LOGGED_METRICS = ("dev_metric", "dev_loss", "reward")  # logged per record and (dev_metric) in the summary
+LOGGED_PREFIXES = ("agent/", "weight/", "train/")
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    from kd_gym.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["train"]
+
+
+def _applicable_fields(agent: str) -> set[str]:
+    """The sweepable names for ``agent``: its Config fields, the env options and the task options."""
+    from agents import resolve
+    from kd_gym.config import EnvConfig
+    from kd_gym.tasks import TaskOptions
+
+    agent_class, _ = resolve(agent)
+    return ({f.name for f in dataclasses.fields(agent_class.Config)} | {f.name for f in EnvConfig.cli_fields()}
+            | {f.name for f in dataclasses.fields(TaskOptions)})
+
+
+def check_sweep(path: str | Path) -> dict[str, Any]:
+    """The sweep config of ``path``, checked (see the module docstring).
+
+    :raises ValueError: naming the file, the bad key or parameter and what to write instead.
+    """
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping with keys {list(REQUIRED_KEYS)}, got {type(config).__name__}")
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing}; a sweep file needs {list(REQUIRED_KEYS)}")
+    command = [str(part) for part in config["command"]]
+    if "train" not in command or not any(macro in command for macro in ARGS_MACROS):
+        raise ValueError(f"{path}: the command must run `kd-gym train` and pass the parameters with one of "
+                         f"{list(ARGS_MACROS)}; got {command}")
+    if "--agent" not in command[:-1]:
+        raise ValueError(f"{path}: the command names no agent; add `--agent <name>` (e.g. reinforce) to it")
+    agent = command[command.index("--agent") + 1]
+    options = {option for action in _train_parser()._actions for option in action.option_strings}
+    try:
+        applicable = _applicable_fields(agent)
+    except ValueError as error:  # an unknown agent name or path
+        raise ValueError(f"{path}: {error}") from error
+    for name in config["parameters"] or {}:
+        if f"--{name}" not in options:
+            close = difflib.get_close_matches(f"--{name}", sorted(options), n=1)
+            hint = f"; did you mean {close[0].removeprefix('--')!r}?" if close else ""
+            raise ValueError(f"{path}: parameter {name!r} is not a flag of kd-gym train{hint} (sweep parameters are "
+                             "flag names with underscores, e.g. learning_rate; see kd-gym train --help)")
+        if name not in applicable and name not in {"steps", "seed", "env", "task", "teachers"}:
+            raise ValueError(f"{path}: parameter {name!r} does not apply to agent {agent!r}; sweep its own "
+                             "hyperparameters, env options or task options")
+    metric = (config["metric"] or {}).get("name", "")
+    if metric not in LOGGED_METRICS and not metric.startswith(LOGGED_PREFIXES):
+        why = " (tuning on it would select on the test split)" if metric == "test_metric" else ""
+        raise ValueError(f"{path}: metric {metric!r} cannot be swept{why}; use one the run logs: "
+                         f"{', '.join(LOGGED_METRICS)} or a key under {', '.join(LOGGED_PREFIXES)}")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check W&B sweep files against kd-gym train.")
+    parser.add_argument("files", nargs="+", type=Path, help="sweep YAML files")
+    args = parser.parse_args(argv)
+    failed = 0
+    for path in args.files:
+        try:
+            check_sweep(path)
+            print(f"ok: {path}")
+        except (ValueError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
