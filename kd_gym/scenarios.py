@@ -3,7 +3,7 @@
 Each scenario documents its oracle weighting (the per-instance weights one would choose knowing how the pool was
 made); where one exists, ``oracle_weights`` gives it per instance, so benchmarks can report it as a reference row.
 
-- ``default``: the pool as built. No oracle.
+- ``default``: the pool as built; its oracle is the gold-label one of :mod:`kd_gym.regime` (set by the env).
 - ``noisy-teacher``: one extra teacher that is wrong on purpose: the pool's best teacher (by dev metric) with its
   labels rotated (class c is reported as class c+1 mod C), so it is as confident as the best teacher and always
   wrong. Oracle: equal weights over the original teachers, 0 on the noisy one.

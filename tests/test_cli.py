@@ -93,7 +93,8 @@ def test_env_flags_are_generated_from_env_config():
 
 def test_bench_writes_tables_plots_and_resumes_without_duplicates(tiny_env_kwargs, tmp_path):
     out = tmp_path / "bench"
-    args = ["bench", "--agents", "uniform,confidence", "--steps", "6", "--out", str(out), *tiny_flags(tiny_env_kwargs)]
+    args = ["bench", "--agents", "uniform,confidence", "--steps", "6", "--out", str(out), "--no-oracle",
+            *tiny_flags(tiny_env_kwargs)]
     assert main([*args, "--seeds", "0,1"]) == 0
     first = pd.read_csv(out / "results.csv")
     assert len(first) == 4
@@ -111,13 +112,18 @@ def test_bench_writes_tables_plots_and_resumes_without_duplicates(tiny_env_kwarg
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_adds_the_oracle_row_for_scenarios_that_have_one(tiny_env_kwargs, tmp_path):
+@pytest.mark.parametrize("scenario", ["default", "noisy-teacher"])
+def test_bench_adds_the_oracle_row_and_the_margins(tiny_env_kwargs, tmp_path, scenario):
     out = tmp_path / "bench"
-    assert main(["bench", "--agents", "uniform", "--seeds", "0", "--steps", "4", "--out", str(out),
-                 "--scenario", "noisy-teacher", *tiny_flags(tiny_env_kwargs)]) == 0
+    assert main(["bench", "--agents", "no_kd,uniform", "--seeds", "0", "--steps", "4", "--out", str(out),
+                 "--scenario", scenario, *tiny_flags(tiny_env_kwargs)]) == 0
     frame = pd.read_csv(out / "results.csv")
-    assert set(frame["agent"]) == {"uniform", "oracle"}
-    assert set(frame["scenario"]) == {"noisy-teacher"}
+    assert set(frame["agent"]) == {"no_kd", "uniform", "oracle"}
+    assert set(frame["scenario"]) == {scenario}
+    report = (out / "results.md").read_text()
+    means = frame.groupby("agent")["test_metric"].mean() * 100
+    expected = f"| per-instance choice pays | oracle - best fixed (uniform) | {means['oracle'] - means['uniform']:+.2f} |"
+    assert expected in report and "| distillation pays |" in report
 
 
 def test_demo_is_a_bench_preset_with_its_own_defaults(tiny_env_kwargs, tmp_path, capsys):
@@ -125,20 +131,20 @@ def test_demo_is_a_bench_preset_with_its_own_defaults(tiny_env_kwargs, tmp_path,
 
     defaults = _subparser("demo").parse_args([])
     assert (defaults.agents, defaults.seeds, defaults.out) == (DEMO_DEFAULTS["agents"], "0,1,2", "runs/demo")
-    assert defaults.agents.split(",") == ["no_kd", "uniform", "best_teacher", "confidence", "reinforce", "ppo"]
+    assert defaults.agents.split(",") == ["no_kd", "uniform", "best_teacher", "confidence", "oracle", "reinforce", "ppo"]
     out = tmp_path / "demo"
     args = ["demo", "--agents", "no_kd,uniform", "--seeds", "0", "--steps", "4", "--out", str(out),
             *tiny_flags(tiny_env_kwargs)]
     assert main(args) == 0
     frame = pd.read_csv(out / "results.csv")
-    assert set(frame["agent"]) == {"no_kd", "uniform"} and set(frame["metric"]) == {"accuracy"}
+    assert set(frame["agent"]) == {"no_kd", "uniform", "oracle"} and set(frame["metric"]) == {"accuracy"}
     report = (out / "results.md").read_text()
     assert report.startswith("# kd-gym demo:") and "test accuracy (%)" in report
     assert f"Command: `kd-gym demo --agents no_kd,uniform --seeds 0 --steps 4 --out {out}" in report
     capsys.readouterr()
     assert main(args) == 0  # resumes like bench: nothing left to run
-    assert "2 cells, 2 already done, 0 to run" in capsys.readouterr().err
-    assert len(pd.read_csv(out / "results.csv")) == 2
+    assert "3 cells, 3 already done, 0 to run" in capsys.readouterr().err
+    assert len(pd.read_csv(out / "results.csv")) == 3
 
 
 def test_train_student_refuses_a_built_env_of_another_length(tiny_env_kwargs):
@@ -363,7 +369,7 @@ def test_train_reads_a_custom_task_through_the_task_flags(tiny_csv, tiny_env_kwa
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["task"] == str(csv) and line["steps"] == 4 and 0.0 <= line["test_metric"] <= 1.0
     assert main(["bench", "--agents", "uniform", "--seeds", "0", "--steps", "3", "--out", str(tmp_path / "bench"),
-                 *flags, *custom]) == 0
+                 "--no-oracle", *flags, *custom]) == 0
     assert len(pd.read_csv(tmp_path / "bench" / "results.csv")) == 1
 
 

@@ -32,3 +32,15 @@ def test_the_custom_policy_of_extending_md_is_short_and_works(monkeypatch):
     assert weights[WRONG] < 0.5 * weights[:WRONG].mean()  # it reads teacher_ce and down-weights the wrong teacher
     obs, _ = env.reset(seed=0)
     assert env.action_space.contains(agent.predict(obs)) and np.isfinite(agent.predict(obs)).all()
+
+
+def test_the_sweep_of_extending_md_passes_the_sweep_checker(tmp_path, monkeypatch):
+    from agents.experiments.sweep_check import check_sweep
+
+    (tmp_path / "my_agents.py").write_text(python_blocks(DOCS / "extending.md")[0])
+    sweep = re.findall(r"```yaml\n(.*?)```", (DOCS / "extending.md").read_text(), flags=re.DOTALL)[0]
+    (tmp_path / "sharp.yaml").write_text(sweep)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_agents", raising=False)
+    config = check_sweep(tmp_path / "sharp.yaml")
+    assert "sharpness" in config["parameters"]

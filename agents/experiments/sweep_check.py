@@ -66,11 +66,13 @@ def check_sweep(path: str | Path) -> dict[str, Any]:
     if "--agent" not in command[:-1]:
         raise ValueError(f"{path}: the command names no agent; add `--agent <name>` (e.g. reinforce) to it")
     agent = command[command.index("--agent") + 1]
-    options = {option for action in _train_parser()._actions for option in action.option_strings}
     try:
         applicable = _applicable_fields(agent)
     except ValueError as error:  # an unknown agent name or path
         raise ValueError(f"{path}: {error}") from error
+    options = {option for action in _train_parser()._actions for option in action.option_strings}
+    # a plug-in agent (module:Class) gets its Config fields as flags once named, like the built-ins
+    options |= {f"--{name}" for name in applicable} | {f"--{name.replace('_', '-')}" for name in applicable}
     for name in config["parameters"] or {}:
         if f"--{name}" not in options:
             close = difflib.get_close_matches(f"--{name}", sorted(options), n=1)

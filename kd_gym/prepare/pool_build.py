@@ -1,7 +1,8 @@
 """Build the default teacher pool of a task (``kd-gym teachers build``).
 
 The pool is complementary on purpose, so that choosing among its teachers per instance matters: two generalists
-fine-tuned from the first layers of the packaged MiniLM (a 3-layer one on 3,000 rows, a 1-layer one on 1,000), and
+fine-tuned from the first layers of the packaged MiniLM (a 3-layer one on every teacher row, a 1-layer one on
+1,000), and
 one TF-IDF + logistic-regression specialist per tweet topic, trained on that topic's rows only. Teachers train only
 on the teacher rows: a seeded :data:`TEACHER_SHARE` of the train split; the student learns from the other train
 rows (listed by exclusion in ``training_rows.txt``), so teacher rows, student rows, dev and test are disjoint. The
