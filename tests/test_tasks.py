@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kd_gym.tasks import SPLITS, TWEET_TOPICS, Task, available_tasks, load_task, tweet_topic
+from kd_gym.task_sources import TWEET_TOPICS, tweet_topic
+from kd_gym.tasks import SPLITS, Task, available_tasks, load_task
 
 # ---------------------------------------------------------------------------------------------- the embedded tweets
 

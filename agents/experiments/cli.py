@@ -92,7 +92,8 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
         help="the main job: build the default teachers if needed, then compare teacher weightings",
         description="A preset of kd-gym bench: build the default teacher pool if it is not cached, then train lite "
                     "students on the task under fixed weightings (no KD, equal weights, the best single teacher, "
-                    "per-instance confidence) and learned ones (REINFORCE, PPO) for the same number of student "
-                    "steps; write and print the bench's tables and plots (resumable, like bench).",
+                    "per-instance confidence), the privileged oracle, and learned ones (REINFORCE, PPO) for the "
+                    "same number of student steps; write and print the bench's tables, margins and plots "
+                    "(resumable, like bench).",
         own_flags=_bench_flags(DEMO_DEFAULTS), agents_dest="agents",
     )
