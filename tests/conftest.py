@@ -103,3 +103,15 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def env_cache(tmp_path_factory):
+    """One cache folder per test module: teacher logits and embeddings are computed once, not once per test."""
+    return tmp_path_factory.mktemp("env_cache")
+
+
+@pytest.fixture()
+def env_kwargs(tiny_env_kwargs, env_cache) -> dict:
+    """tiny_env_kwargs with the module's shared cache folder."""
+    return {**tiny_env_kwargs, "cache_dir": str(env_cache)}
