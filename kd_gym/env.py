@@ -243,6 +243,16 @@ class TeacherSelectionEnv(gym.Env):
         self._logits, self._representation = self.trainer.forward(self._batch, grad=True)
         return metrics
 
+    def pair_credit(self) -> np.ndarray:
+        """(B, K) first-order credit of each (instance, teacher) pair of the current batch, before any action: how
+        fast a gradient step on instance i's distillation term toward teacher k alone would lower the student's loss
+        on the reward's dev subset (nats per unit step; positive helps). What ``info["credit"]`` reports after a
+        step with ``credit=True``, available here before acting (meta-gradient agents weight teachers by it). Costs
+        one dev-subset backward pass and one double-backward over the batch; changes nothing."""
+        if self._batch is None:
+            raise RuntimeError("call reset() before pair_credit()")
+        return self.trainer.pair_credit(self._batch, self.dev_indices).cpu().numpy()
+
     def teacher_dev_metrics(self) -> list[float]:
         """Each teacher's primary metric on the whole dev split (from the cached logits), in teacher order."""
         return self.trainer.data.teacher_metrics("dev")
