@@ -60,6 +60,9 @@ class Agent:
 
     Config: ClassVar[type[AgentConfig]] = AgentConfig
     name: ClassVar[str] = "agent"
+    learns: ClassVar[bool] = True
+    """False for a policy that learns nothing from rewards (the fixed weightings): the train-eval protocol then
+    skips its training phase, which would only cost student steps."""
 
     def __init__(self, env: gym.Env, **kwargs: Any) -> None:
         fields = {f.name for f in dataclasses.fields(self.Config)}

@@ -19,6 +19,8 @@ TEACHER_ENTROPY = TEACHER_FEATURES.index("teacher_entropy")
 class FixedAgent(Agent):
     """A policy that never learns; subclasses define :meth:`weights`."""
 
+    learns = False
+
     def weights(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
 

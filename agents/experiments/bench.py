@@ -19,7 +19,13 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from agents.experiments.common import agent_kwargs_from, check_env_options, env_kwargs_from, run_one
+from agents.experiments.common import (
+    agent_kwargs_from,
+    check_env_options,
+    env_kwargs_from,
+    protocol_kwargs_from,
+    run_one,
+)
 from kd_gym.cli import task_kwargs_from
 from kd_gym.prepare.cache import fingerprint
 
@@ -34,6 +40,9 @@ def cell_config_hash(args: argparse.Namespace, agent: str) -> str:
     the env and agent options given on the command line."""
     config = {"agent": agent, "env": args.env, "steps": args.steps, "scenario": args.scenario or "default",
               "env_kwargs": env_kwargs_from(args), "agent_kwargs": agent_kwargs_from(args, agent)}
+    protocol = protocol_kwargs_from(args)
+    if protocol["protocol"] != "online":  # online cells keep the hashes they had before protocols existed
+        config["protocol"] = protocol
     return fingerprint(config)[:12]
 
 
@@ -115,8 +124,12 @@ def bench(args: argparse.Namespace) -> int:
     metric = frame["metric"].dropna().iloc[0] if "metric" in frame and frame["metric"].notna().any() else "metric"
     name = getattr(args, "command", "bench")
     command = "kd-gym " + shlex.join(getattr(args, "argv", [name]))
+    protocol = protocol_kwargs_from(args)
     title = (f"kd-gym {name}: {args.task}, {args.env} env, scenario {args.scenario}, "
              f"{args.steps} student steps")
+    if protocol["protocol"] != "online":
+        title += (f", train-eval protocol ({protocol['train_students']} training students, "
+                  f"{protocol['eval_students']} evaluation students per seed)")
     report = bench_report(frame, command=command, title=title, metric_label=metric)
     _write_atomic(out / "results.md", report)
     histories = _histories(frame, out)

@@ -149,6 +149,15 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb-project", default="kd-gym", help="W&B project")
     parser.add_argument("--wandb-entity", default=None, help="W&B entity (team or user)")
     parser.add_argument("--wandb-group", default=None, help="W&B group")
+    parser.add_argument("--protocol", default="online", choices=["online", "train-eval"],
+                        help="online: the agent learns while it trains the one student that is the result (the "
+                             "paper); train-eval: it learns over --train-students students, then its frozen policy "
+                             "trains --eval-students fresh students on unseen seeds, whose mean is the result")
+    parser.add_argument("--train-students", "--train_students", type=positive_int, default=4, metavar="N",
+                        help="train-eval: students (episodes of --steps updates) the agent learns over; agents that "
+                             "learn nothing skip this phase")
+    parser.add_argument("--eval-students", "--eval_students", type=positive_int, default=2, metavar="M",
+                        help="train-eval: fresh students the frozen policy trains; the result is their mean")
     parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="torch CPU threads (0: 1 for the lite env on a CPU, whose tiny matmuls only lose from "
                              "more; torch's default otherwise)")
@@ -206,6 +215,14 @@ def agent_kwargs_from(args: argparse.Namespace, agent: str) -> dict[str, Any]:
     return {k: v for k, v in collect(args, args._agent_flag_owners).items() if k in accepted}
 
 
+def protocol_kwargs_from(args: argparse.Namespace) -> dict[str, Any]:
+    """``protocol`` and, for train-eval, ``train_students`` and ``eval_students`` (:mod:`agents.experiments.protocol`)."""
+    protocol = getattr(args, "protocol", "online")
+    if protocol == "online":
+        return {"protocol": protocol}
+    return {"protocol": protocol, "train_students": args.train_students, "eval_students": args.eval_students}
+
+
 def set_threads(args: argparse.Namespace) -> None:
     """Apply --threads (see its help)."""
     import torch
@@ -231,13 +248,14 @@ def run_one(args: argparse.Namespace, agent: str, seed: int, out_dir: Path, buil
     set_threads(args)
     agent_kwargs = agent_kwargs_from(args, agent)
     env_kwargs = env_kwargs_from(args)
-    config = {"agent": agent, "seed": seed, "env": args.env, "steps": args.steps, **env_kwargs, **agent_kwargs}
+    config = {"agent": agent, "seed": seed, "env": args.env, "steps": args.steps, **env_kwargs, **agent_kwargs,
+              **protocol_kwargs_from(args)}
     tracker = Tracker(args.track, project=args.wandb_project, entity=args.wandb_entity, group=args.wandb_group,
                       name=run_name(args.task, agent, seed), config=config, directory=out_dir)
     result = train_student(agent, env=args.env, steps=args.steps, seed=seed, env_kwargs=env_kwargs,
                            agent_kwargs=agent_kwargs, out_dir=out_dir, built_env=built_env, progress=progress,
-                           on_record=lambda record: tracker.log(record, step=record["student_step"]),
-                           checkpoint_every=checkpoint_every)
+                           on_record=lambda record: tracker.log(record, step=record["env_step"]),
+                           checkpoint_every=checkpoint_every, **protocol_kwargs_from(args))
     tracker.finish({"dev_metric": result.dev_metric, "test_metric": result.test_metric, "wall_s": result.wall_s,
                     **{f"agent/{k}": v for k, v in result.extra.get("agent_metrics", {}).items()}})
     return result

@@ -71,7 +71,8 @@ class TrainingMonitor(gym.Wrapper):
     def _record(self, info: dict) -> None:
         dev = self.unwrapped.evaluate("dev", subset=True)
         window = max(self._window, 1)
-        record = {"student_step": info["student_steps"], "dev_metric": dev["metric"], "dev_loss": dev["loss"],
+        record = {"student_step": info["student_steps"], "env_step": self.steps,
+                  "dev_metric": dev["metric"], "dev_loss": dev["loss"],
                   "reward": self._reward_sum / window,
                   **{f"weight/{name}": float(w) / window for name, w in zip(self.unwrapped.teacher_names,
                                                                            self._weights_sum)}}
@@ -133,11 +134,16 @@ def train_student(
     progress: bool = True,
     built_env: gym.Env | None = None,
     checkpoint_every: int | None = None,
+    protocol: str = "online",
+    train_students: int = 4,
+    eval_students: int = 2,
 ) -> RunResult:
     """Train one student for ``steps`` updates under agent ``agent_name``; evaluate it on dev and test.
 
-    The agent learns online while it trains the student (one episode of ``steps`` updates). The student at the end
-    of that episode is the one evaluated and saved.
+    ``protocol="online"`` (the paper): the agent learns while it trains the student (one episode of ``steps``
+    updates); the student at the end of that episode is the one evaluated and saved. ``protocol="train-eval"``: the
+    agent learns over ``train_students`` episodes (a fresh student each), then its frozen policy trains
+    ``eval_students`` fresh students on unseen seeds; the result is their mean (:mod:`agents.experiments.protocol`).
 
     :param agent_name: a name :func:`agents.make` knows (``reinforce``, ``single:2``, ``pkg.mod:Class``, ...).
     :param env: "lite" or "full".
@@ -152,17 +158,27 @@ def train_student(
     :param built_env: reuse an env already built with ``episode_steps=steps`` (a bench builds one for all cells).
     :param checkpoint_every: checkpoint into ``out_dir`` every this many student updates and, when ``out_dir``
         holds a checkpoint of the same run, resume from it (:mod:`agents.experiments.resume`); None: neither.
+        Online runs only: a train-eval run is not checkpointed.
+    :param protocol: "online" or "train-eval".
+    :param train_students: train-eval: students (episodes of ``steps`` updates) the agent learns over.
+    :param eval_students: train-eval: fresh students its frozen policy then trains; the result is their mean.
     """
     import agents
     import kd_gym  # noqa: F401  (registers the env ids)
+    from agents.experiments.protocol import check_protocol, eval_seeds, evaluate_policy, summarize_eval
     from agents.experiments.resume import RunCheckpoint, run_config, supports_resume
 
     if env not in ENVS:
         raise ValueError(f"env must be one of {sorted(ENVS)}, got {env!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r} is invalid; use an integer >= 1 (student updates)")
+    check_protocol(protocol, train_students, eval_students)
     interval = eval_interval or max(1, steps // 20)
     checkpoint, saved = None, None
+    if protocol == "train-eval" and checkpoint_every is not None:
+        print("kd-gym: a train-eval run is not checkpointed (online runs are); it starts afresh if killed",
+              file=sys.stderr)
+        checkpoint_every = None
     if checkpoint_every is not None:
         if out_dir is None:
             raise ValueError(f"checkpoint_every={checkpoint_every} needs a run folder to write to; pass out_dir")
@@ -176,7 +192,7 @@ def train_student(
                          f"build it with gym.make(..., episode_steps={steps}) or pass "
                          f"steps={base.unwrapped.config.episode_steps}")
     bar = tqdm(total=steps, initial=saved["step"] if saved else 0, desc=f"{agent_name} seed {seed}", unit="step",
-               leave=False, disable=not progress)
+               leave=False, disable=not progress)  # train-eval: the total is set once the agent is built
     made: list = []  # the agent, once built: each record also carries its latest losses (SB3's logger values too)
 
     def record_with_agent_metrics(record: dict[str, Any]) -> None:
@@ -201,24 +217,43 @@ def train_student(
             if checkpoint.due(monitored.steps, steps):
                 checkpoint.save(monitored.steps, monitored, agent, monitored, time.perf_counter() - started)
 
-    agent.learn(steps, callback=save_if_due, **resume)
-    bar.close()
     student_env = monitored.unwrapped
-    if monitored.final_student is not None:
-        student_env.load_student_state_dict(monitored.final_student)
-    dev, test = student_env.evaluate("dev"), student_env.evaluate("test")
-    result = RunResult(agent_name, seed, dev["metric"], test["metric"], steps, time.perf_counter() - started,
-                       student_env.task_name, env, student_env.metric_name, history=monitored.history)
+    if protocol == "online":
+        agent.learn(steps, callback=save_if_due, **resume)
+        if monitored.final_student is not None:
+            student_env.load_student_state_dict(monitored.final_student)
+        dev, test = student_env.evaluate("dev")["metric"], student_env.evaluate("test")["metric"]
+        history, extra = monitored.history, {}
+    else:
+        learn_steps = train_students * steps if getattr(agent, "learns", True) else 0
+        bar.reset(total=learn_steps + eval_students * steps)
+        if learn_steps:
+            agent.learn(learn_steps)
+        seeds = eval_seeds(seed, eval_students)
+        monitors = [TrainingMonitor(base, interval, progress=bar) for _ in seeds]
+        scores = summarize_eval(evaluate_policy(agent, monitors, steps, seeds))
+        dev, test = scores["dev_metric"], scores["test_metric"]
+        history = monitors[0].history  # the dev curve of the frozen policy's first evaluation student
+        extra = {"protocol": protocol, "train_student_steps": learn_steps, "eval_students": eval_students,
+                 "eval_test_std": round(scores["eval_test_std"], 6)}
+    bar.close()
+    result = RunResult(agent_name, seed, dev, test, steps, time.perf_counter() - started,
+                       student_env.task_name, env, student_env.metric_name, extra=extra, history=history)
     result.extra["agent_metrics"] = {k: float(v) for k, v in getattr(agent, "metrics", {}).items()}
     if out_dir is not None:
         _write_run(Path(out_dir), result, agent, student_env)
+        if protocol == "train-eval" and monitored.history:
+            import pandas as pd
+
+            pd.DataFrame(monitored.history).to_csv(Path(out_dir) / "train_history.csv", index=False)
     if checkpoint is not None:
         checkpoint.remove()
     return result
 
 
 def _write_run(out: Path, result: RunResult, agent, student_env) -> None:
-    """``result.json``, ``history.csv``, ``agent/`` and ``student.safetensors`` in ``out``."""
+    """``result.json``, ``history.csv``, ``agent/`` and ``student.safetensors`` (the evaluated student; train-eval:
+    the last evaluation student) in ``out``."""
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
