@@ -17,7 +17,13 @@ from gymnasium import spaces
 
 from kd_gym.config import EnvConfig, default_config
 from kd_gym.data import KDData
-from kd_gym.features import FEATURE_BOUND, TEACHER_FEATURES, instance_feature_names, observation_features
+from kd_gym.features import (
+    FEATURE_BOUND,
+    TEACHER_FEATURES,
+    instance_feature_names,
+    row_features,
+    step_features,
+)
 from kd_gym.losses import KDLoss
 from kd_gym.regime import gold_oracle_weights, student_regime
 from kd_gym.rewards import make_reward
@@ -152,6 +158,10 @@ class TeacherSelectionEnv(gym.Env):
         self.action_space = (spaces.Box(0.0, 1.0, (b, k), np.float32) if cfg.action_type == "weights"
                              else spaces.MultiBinary((b, k)))
         self.reward_fn = make_reward(cfg.reward)
+        train = self.trainer.split("train")
+        # the student-independent part of every row's observation, once: a step gathers its rows
+        self._row_features = row_features(train.teacher_logits, train.labels, train.lengths, cfg.temperature,
+                                          train.labelled)
         dev_size = len(data.splits["dev"])
         #: the fixed dev subset of rewards: the same for every episode, seed and agent
         self.dev_indices = np.sort(np.random.default_rng(cfg.split_seed).permutation(dev_size)[: cfg.dev_subset])
@@ -177,6 +187,9 @@ class TeacherSelectionEnv(gym.Env):
         self._batch_indices = self._next_indices() if indices is None else indices
         self._rng_before_batch = self.trainer.rng_state()  # a checkpoint replays this batch's dropout exactly
         self._batch = self.trainer.split("train").batch(self._batch_indices)
+        rows = torch.as_tensor(self._batch_indices, device=self._batch["labels"].device)
+        self._rows = [part[rows] for part in self._row_features]  # teacher_rows, teacher_probs, instance_rows
+        self._batch["teacher_probs"] = self._rows[1]  # the loss reads the teachers' softened distributions
         # The forward pass made for the observation keeps its graph and is reused by the update in step().
         self._logits, self._representation = self.trainer.forward(self._batch, grad=True)
 
@@ -184,9 +197,8 @@ class TeacherSelectionEnv(gym.Env):
         batch = self._batch
         representation = self._representation if self.config.include_representation else None
         embedding = batch["inputs"]["embeddings"] if self.config.include_embedding else None
-        teacher_features, instance_features = observation_features(
-            batch["teacher_logits"], self._logits, batch["labels"], batch["lengths"], self.config.temperature,
-            representation, batch.get("labelled"), embedding)
+        teacher_features, instance_features = step_features(*self._rows, self._logits, batch["labels"],
+                                                            self.config.temperature, representation, embedding)
         parts = {"teacher_features": teacher_features,
                  "instance_features": instance_features,
                  "teacher_logits": batch["teacher_logits"].clamp(-LOGIT_BOUND, LOGIT_BOUND),

@@ -7,6 +7,8 @@ cached teacher logits and the student's logits, in one pass, and clipped to ``[-
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -90,4 +92,55 @@ def observation_features(
     if embedding is not None:
         columns.append(embedding.float())
     per_instance = torch.cat(columns, dim=1)  # (B, S)
+    return per_teacher.clamp(-FEATURE_BOUND, FEATURE_BOUND), per_instance.clamp(-FEATURE_BOUND, FEATURE_BOUND)
+
+
+def row_features(teacher_logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, temperature: float,
+                 labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the observation (and the loss) needs that does not depend on the student, for every row of a split,
+    computed once: an env step gathers its batch's rows instead of recomputing them.
+
+    :param teacher_logits: (N, K, C); :param labels: (N,); :param lengths: (N,); :param labelled: (N,) bool or None.
+    :return: ``teacher_rows`` (N, K, 4): ``teacher_ce``, ``teacher_entropy``, ``teacher_correct`` (as in
+        :func:`observation_features`, masked on hidden labels) and the teacher's ``sum p log p`` at T (nats);
+        ``teacher_probs`` (N, K, C): the teachers' distributions at T; ``instance_rows`` (N, 3):
+        ``teacher_agreement``, ``length``, ``labelled``.
+    """
+    n, k, c = teacher_logits.shape
+    dummy_student = torch.zeros(n, c, device=teacher_logits.device)
+    per_teacher, per_instance = observation_features(teacher_logits, dummy_student, labels, lengths, temperature,
+                                                     labelled=labelled)
+    log_t = F.log_softmax(teacher_logits.float() / temperature, -1)
+    teacher_probs = log_t.exp()
+    neg_entropy = (teacher_probs * log_t).sum(-1, keepdim=True)
+    teacher_rows = torch.cat([per_teacher[..., :3], neg_entropy], dim=-1)
+    return teacher_rows.contiguous(), teacher_probs.contiguous(), per_instance[:, [0, 3, 4]].contiguous()
+
+
+def step_features(teacher_rows: torch.Tensor, teacher_probs: torch.Tensor, instance_rows: torch.Tensor,
+                  student_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+                  representation: torch.Tensor | None = None,
+                  embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`observation_features` of a batch from its rows of :func:`row_features` and the student's logits: the
+    same values (up to float rounding) with the student-independent part read, not recomputed.
+
+    :param teacher_rows: (B, K, 4); :param teacher_probs: (B, K, C); :param instance_rows: (B, 3);
+    :param student_logits: (B, C); :param labels: (B,).
+    """
+    c = student_logits.shape[-1]
+    student_logits = student_logits.detach().float()
+    known = instance_rows[:, 2]
+    student_log_t = F.log_softmax(student_logits / temperature, -1)
+    # KL(p_k || q) = sum p_k log p_k - sum p_k log q, the first term read from the rows
+    kl = teacher_rows[..., 3] - torch.bmm(teacher_probs, student_log_t.unsqueeze(-1)).squeeze(-1)  # (B, K)
+    per_teacher = torch.cat([teacher_rows[..., :3], kl.unsqueeze(-1)], dim=-1)
+    student_log = F.log_softmax(student_logits, -1)
+    student_ce = -student_log.gather(-1, labels.view(-1, 1)).squeeze(-1) * known
+    student_entropy = -(student_log.exp() * student_log).sum(-1) / math.log(max(c, 2))
+    columns = [torch.stack([instance_rows[:, 0], student_ce, student_entropy, instance_rows[:, 1], known], dim=1)]
+    if representation is not None:
+        columns.append(representation.detach().float())
+    if embedding is not None:
+        columns.append(embedding.float())
+    per_instance = torch.cat(columns, dim=1) if len(columns) > 1 else columns[0]
     return per_teacher.clamp(-FEATURE_BOUND, FEATURE_BOUND), per_instance.clamp(-FEATURE_BOUND, FEATURE_BOUND)

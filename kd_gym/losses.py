@@ -36,18 +36,19 @@ class KDLoss:
     per_instance: torch.Tensor
 
 
-def teacher_mixture(teacher_logits: torch.Tensor, weights: torch.Tensor, temperature: float) -> torch.Tensor:
+def teacher_mixture(teacher_logits: torch.Tensor, weights: torch.Tensor, temperature: float,
+                    teacher_probs: torch.Tensor | None = None) -> torch.Tensor:
     """The weighted mixture of the teachers' softened distributions.
 
     :param teacher_logits: (B, K, C) raw teacher logits.
     :param weights: (B, K) non-negative weights; each row is normalised to sum 1 (all-zero rows give zeros).
     :param temperature: softening temperature T > 0.
+    :param teacher_probs: (B, K, C) ``softmax(teacher_logits / T)`` when already known (then not recomputed).
     :return: (B, C) mixture probabilities; rows whose weights are all zero are all zero.
     """
-    probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
-    total = weights.sum(dim=1, keepdim=True)
-    normalised = weights / total.clamp_min(1e-12)
-    return (normalised.unsqueeze(-1) * probs).sum(dim=1)
+    probs = F.softmax(teacher_logits.float() / temperature, dim=-1) if teacher_probs is None else teacher_probs
+    normalised = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return torch.bmm(normalised.unsqueeze(1), probs).squeeze(1)
 
 
 def multi_teacher_kd_loss(
@@ -58,6 +59,7 @@ def multi_teacher_kd_loss(
     alpha: float = 0.5,
     temperature: float = 2.0,
     labelled: torch.Tensor | None = None,
+    teacher_probs: torch.Tensor | None = None,
 ) -> KDLoss:
     """Weighted multi-teacher KD loss (see the module docstring for the formula).
 
@@ -68,28 +70,29 @@ def multi_teacher_kd_loss(
     :param alpha: weight of the gold-label CE term, in [0, 1].
     :param temperature: softening temperature T > 0.
     :param labelled: (B,) bool, which instances have a gold label (None: all); ``labels`` of the others are ignored.
+    :param teacher_probs: (B, K, C) ``softmax(teacher_logits / T)`` when already known (the env gathers it).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     student_logits = student_logits.float()
-    # Only the student learns from this loss: a differentiable policy's weights or a live teacher get no gradient.
-    teacher_logits = teacher_logits.detach()
-    weights = weights.detach().to(student_logits.dtype)
+    with torch.no_grad():  # what does not depend on the student: the mixture and each row's coefficients
+        # Only the student learns from this loss: a differentiable policy's weights or a live teacher get no gradient.
+        weights = weights.to(student_logits.dtype)
+        mixture = teacher_mixture(teacher_logits, weights, temperature, teacher_probs)
+        mixture_neg_entropy = torch.xlogy(mixture, mixture).sum(dim=-1)  # 0 * log 0 = 0
+        has_teacher = (weights.sum(dim=1) > 0).to(student_logits.dtype)
+        known = torch.ones_like(has_teacher) if labelled is None else labelled.to(student_logits.dtype)
+        # per instance: ce_coef * CE + kd_coef * KD; labelled: alpha, 1 - alpha (CE alone without a teacher);
+        # transfer: 0, 1 (nothing without a teacher)
+        ce_coef = known * (1.0 - has_teacher * (1.0 - alpha))
+        kd_coef = has_teacher * (1.0 - known * alpha)
     ce = F.cross_entropy(student_logits, labels, reduction="none")
-    mixture = teacher_mixture(teacher_logits, weights, temperature)
-    log_student_t = F.log_softmax(student_logits / temperature, dim=-1)
-    # KL(p || q) = sum p (log p - log q); xlogy makes 0 * log 0 = 0 for zero-probability classes.
-    kl = (torch.xlogy(mixture, mixture) - mixture * log_student_t).sum(dim=-1)
-    kd = temperature**2 * kl
-    has_teacher = weights.sum(dim=1) > 0
-    per_instance = torch.where(has_teacher, alpha * ce + (1.0 - alpha) * kd, ce)
-    if labelled is not None:  # transfer rows: the teachers' mixture alone, nothing without a teacher
-        per_instance = torch.where(labelled, per_instance, torch.where(has_teacher, kd, torch.zeros_like(kd)))
-        ce_mean = (ce * labelled).sum() / labelled.sum().clamp_min(1)
-    else:
-        ce_mean = ce.mean()
-    n_kd = has_teacher.sum()
-    kd_mean = (kd * has_teacher).sum() / n_kd.clamp_min(1)
+    # KL(p || q) = sum p log p - sum p log q
+    cross = torch.bmm(mixture.unsqueeze(1), F.log_softmax(student_logits / temperature, dim=-1).unsqueeze(2))
+    kd = temperature**2 * (mixture_neg_entropy - cross.view(-1))
+    per_instance = ce_coef * ce + kd_coef * kd
+    ce_mean = torch.dot(ce, known) / known.sum().clamp_min(1)
+    kd_mean = torch.dot(kd, has_teacher) / has_teacher.sum().clamp_min(1)
     return KDLoss(loss=per_instance.mean(), ce=ce_mean, kd=kd_mean, per_instance=per_instance)

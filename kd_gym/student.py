@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +112,7 @@ class StudentTrainer:
         self.device = resolve_device(device)
         # bf16 pays off on CUDA; on CPU the student's small matmuls are faster and exactly reproducible in fp32.
         self.dtype = autocast_dtype(self.device, precision) if (precision != "auto" or self.device.type == "cuda") else None
-        self.model = model.to(self.device)
+        self.model = model.to(self.device).train()  # every submodule in one mode (from_pretrained leaves eval)
         self.data = data.to(self.device)
         self.lr, self.weight_decay = lr, weight_decay
         self.alpha, self.temperature, self.grad_clip = alpha, temperature, grad_clip
@@ -161,19 +161,22 @@ class StudentTrainer:
 
     def forward(self, batch: dict, *, grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Student (logits (B, C), representation (B, H)) on a batch; in train mode when ``grad``."""
-        self.model.train(grad)
+        if self.model.training != grad:
+            self.model.train(grad)
+        precision = autocast(self.device, self.dtype) if self.dtype is not None else nullcontext()
         if grad:  # dropout draws from the student's own stream
-            with self.own_rng(), torch.enable_grad(), autocast(self.device, self.dtype):
+            with self.own_rng(), torch.enable_grad(), precision:
                 logits, representation = self.model(**batch["inputs"])
         else:
-            with torch.no_grad(), autocast(self.device, self.dtype):
+            with torch.no_grad(), precision:
                 logits, representation = self.model(**batch["inputs"])
         return logits.float(), representation.float()
 
     def train_step(self, batch: dict, weights: torch.Tensor | np.ndarray, logits: torch.Tensor | None = None) -> KDLoss:
         """One optimizer update on ``batch`` with per-instance teacher weights.
 
-        :param batch: from ``SplitTensors.batch``; must hold ``teacher_logits`` (B, K, C).
+        :param batch: from ``SplitTensors.batch``; must hold ``teacher_logits`` (B, K, C); may hold
+            ``teacher_probs`` (B, K, C), their softmax at the trainer's temperature (then not recomputed).
         :param weights: (B, K) non-negative weights; rows are normalised inside the loss, all-zero rows learn from
             the gold label alone.
         :param logits: (B, C) student logits of this batch computed by :meth:`forward` with ``grad=True`` since the
@@ -184,7 +187,8 @@ class StudentTrainer:
         if logits is None:
             logits, _ = self.forward(batch, grad=True)
         result = multi_teacher_kd_loss(logits, batch["teacher_logits"], weights, batch["labels"],
-                                       alpha=self.alpha, temperature=self.temperature, labelled=batch.get("labelled"))
+                                       alpha=self.alpha, temperature=self.temperature, labelled=batch.get("labelled"),
+                                       teacher_probs=batch.get("teacher_probs"))
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         if self.grad_clip:

@@ -1,0 +1,51 @@
+"""The observation's features: the per-step path (rows computed once, then gathered) gives what the reference
+computation gives, and the reference's values are the documented ones."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kd_gym.features import observation_features, row_features, step_features
+
+
+def _inputs(n: int = 64, k: int = 4, c: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(n, k, c, generator=g) * 3
+    student = torch.randn(n, c, generator=g) * 2
+    labels = torch.randint(0, c, (n,), generator=g)
+    lengths = torch.randint(1, 40, (n,), generator=g)
+    labelled = torch.rand(n, generator=g) < 0.3
+    return teacher, student, labels, lengths, labelled
+
+
+@pytest.mark.parametrize("labelled_rows", [True, False])
+def test_step_features_equal_the_reference_on_a_gathered_batch(labelled_rows):
+    teacher, student, labels, lengths, labelled = _inputs()
+    labelled = labelled if labelled_rows else None
+    teacher_rows, teacher_probs, instance_rows = row_features(teacher, labels, lengths, 2.0, labelled)
+    batch = torch.tensor([5, 0, 63, 17, 17, 30])
+    representation, embedding = torch.randn(6, 5), torch.randn(6, 7)
+    fast = step_features(teacher_rows[batch], teacher_probs[batch], instance_rows[batch], student[batch], labels[batch], 2.0,
+                         representation, embedding)
+    reference = observation_features(teacher[batch], student[batch], labels[batch], lengths[batch], 2.0,
+                                     representation, None if labelled is None else labelled[batch], embedding)
+    for got, expected in zip(fast, reference):
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reference_features_by_hand_on_one_instance():
+    teacher = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 0.0, 3.0]]])  # (1, K=2, C=3)
+    student = torch.tensor([[0.0, 1.0, 0.0]])
+    per_teacher, per_instance = observation_features(teacher, student, torch.tensor([0]), torch.tensor([32]), 1.0)
+    p0 = torch.softmax(teacher[0, 0], -1)
+    q = torch.softmax(student[0], -1)
+    assert per_teacher[0, 0, 0].item() == pytest.approx(-math.log(p0[0].item()), abs=1e-6)  # teacher_ce
+    assert per_teacher[0, :, 2].tolist() == [1.0, 0.0]  # teacher_correct: teacher 0 predicts the gold label 0
+    assert per_teacher[0, 0, 3].item() == pytest.approx((p0 * (p0.log() - q.log())).sum().item(), abs=1e-6)
+    assert per_instance[0, 0].item() == 0.0  # the two teachers disagree
+    assert per_instance[0, 1].item() == pytest.approx(-math.log(q[0].item()), abs=1e-6)  # student_ce
+    assert per_instance[0, 3].item() == 0.5 and per_instance[0, 4].item() == 1.0  # length / 64, labelled
