@@ -51,15 +51,15 @@ class SplitTensors:
         return SplitTensors({k: v[index] for k, v in self.inputs.items()}, self.labels[index], self.lengths[index],
                             pick(self.teacher_logits), pick(self.oracle_weights), pick(self.labelled))
 
-    def batch(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
-        """The rows ``indices`` (host array) as a batch dict on the split's device.
+    def batch(self, indices: np.ndarray | slice) -> dict[str, torch.Tensor]:
+        """The rows ``indices`` (host array, or a slice: then views, no copy) as a batch dict on the split's device.
 
         Token inputs are trimmed to the longest row of the batch, a width read from a host copy of the lengths
         (no device-to-host copy).
         """
         if self._host_lengths is None:
             self._host_lengths = self.lengths.cpu().numpy()
-        device_indices = torch.as_tensor(indices, device=self.labels.device)
+        device_indices = indices if isinstance(indices, slice) else torch.as_tensor(indices, device=self.labels.device)
         inputs = {k: v[device_indices] for k, v in self.inputs.items()}
         if "attention_mask" in inputs:
             width = int(self._host_lengths[indices].max())

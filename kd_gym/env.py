@@ -20,9 +20,10 @@ from kd_gym.data import KDData
 from kd_gym.features import (
     FEATURE_BOUND,
     TEACHER_FEATURES,
+    assemble_features,
     instance_feature_names,
     row_features,
-    step_features,
+    student_columns,
 )
 from kd_gym.losses import KDLoss
 from kd_gym.regime import gold_oracle_weights, student_regime
@@ -32,6 +33,7 @@ from kd_gym.student import FullStudent, LiteStudent, StudentTrainer
 
 LOGIT_BOUND = 50.0
 RESET_OPTIONS = ("keep_student",)
+DEV_SUBSET = "dev_subset"  # the trainer's name for the reward's fixed dev rows
 
 
 def _build_data(config: EnvConfig) -> tuple[KDData, set[str] | None]:
@@ -160,11 +162,13 @@ class TeacherSelectionEnv(gym.Env):
         self.reward_fn = make_reward(cfg.reward)
         train = self.trainer.split("train")
         # the student-independent part of every row's observation, once: a step gathers its rows
-        self._row_features = row_features(train.teacher_logits, train.labels, train.lengths, cfg.temperature,
-                                          train.labelled)
+        self._rows = row_features(train.teacher_logits, train.labels, train.lengths, cfg.temperature, train.labelled)
+        self._host_embeddings = train.inputs["embeddings"].cpu().numpy() if cfg.include_embedding else None
         dev_size = len(data.splits["dev"])
         #: the fixed dev subset of rewards: the same for every episode, seed and agent
         self.dev_indices = np.sort(np.random.default_rng(cfg.split_seed).permutation(dev_size)[: cfg.dev_subset])
+        # the reward's dev rows, gathered once: every reward, lookahead and credit reads this split whole
+        self.trainer.data.splits[DEV_SUBSET] = self.trainer.split("dev").select(self.dev_indices)
         self._order = np.empty(0, dtype=np.int64)
         self._cursor = 0
         self._t = 0
@@ -188,28 +192,26 @@ class TeacherSelectionEnv(gym.Env):
         self._rng_before_batch = self.trainer.rng_state()  # a checkpoint replays this batch's dropout exactly
         self._batch = self.trainer.split("train").batch(self._batch_indices)
         rows = torch.as_tensor(self._batch_indices, device=self._batch["labels"].device)
-        self._rows = [part[rows] for part in self._row_features]  # teacher_rows, teacher_probs, instance_rows
-        self._batch["teacher_probs"] = self._rows[1]  # the loss reads the teachers' softened distributions
+        self._batch["teacher_probs"] = self._rows.teacher_probs[rows]  # for the loss and the observation's KL
         # The forward pass made for the observation keeps its graph and is reused by the update in step().
         self._logits, self._representation = self.trainer.forward(self._batch, grad=True)
 
     def _get_obs(self) -> dict[str, np.ndarray]:
-        batch = self._batch
-        representation = self._representation if self.config.include_representation else None
-        embedding = batch["inputs"]["embeddings"] if self.config.include_embedding else None
-        teacher_features, instance_features = step_features(*self._rows, self._logits, batch["labels"],
-                                                            self.config.temperature, representation, embedding)
-        parts = {"teacher_features": teacher_features,
-                 "instance_features": instance_features,
-                 "teacher_logits": batch["teacher_logits"].clamp(-LOGIT_BOUND, LOGIT_BOUND),
-                 "student_logits": self._logits.detach().clamp(-LOGIT_BOUND, LOGIT_BOUND)}
-        # one device-to-host copy for the whole observation, then views into it
-        flat = torch.cat([part.float().reshape(-1) for part in parts.values()]).cpu().numpy()
-        obs, start = {}, 0
-        for name, part in parts.items():
-            obs[name] = flat[start : start + part.numel()].reshape(part.shape)
-            start += part.numel()
-        return obs
+        batch, indices = self._batch, self._batch_indices
+        # one device-to-host copy of what depends on the student; the rest is gathered from host rows
+        student = [student_columns(self._logits, batch["labels"], batch["teacher_probs"], self.config.temperature)]
+        if self.config.include_representation:
+            student.append(self._representation.detach().float())
+        host = torch.cat(student, dim=1).cpu().numpy() if len(student) > 1 else student[0].cpu().numpy()
+        k, c = self.num_teachers, self.num_labels
+        extra = [host[:, k + 2 + c :]] if self.config.include_representation else []
+        if self._host_embeddings is not None:
+            extra.append(self._host_embeddings[indices])
+        teacher_features, instance_features = assemble_features(self._rows, indices, host, extra)
+        return {"teacher_features": teacher_features,
+                "instance_features": instance_features,
+                "teacher_logits": self._rows.teacher_logits[indices],
+                "student_logits": np.clip(host[:, k + 2 : k + 2 + c], -LOGIT_BOUND, LOGIT_BOUND)}
 
     def _get_info(self, loss: KDLoss | None = None, weights: np.ndarray | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {"step": self._t, "student_steps": self.trainer.steps}
@@ -233,7 +235,7 @@ class TeacherSelectionEnv(gym.Env):
     def dev_metrics(self) -> dict[str, float]:
         """The student's metrics on the fixed dev subset (``metric`` = the task's primary metric, ``loss``); the
         values reported in ``info["dev_metric"]`` / ``info["dev_loss"]`` from then on."""
-        self._last_dev = self.trainer.evaluate("dev", self.dev_indices)
+        self._last_dev = self.trainer.evaluate(DEV_SUBSET)
         return self._last_dev
 
     def evaluate(self, split: str = "dev", subset: bool = False) -> dict[str, float]:
@@ -241,13 +243,13 @@ class TeacherSelectionEnv(gym.Env):
         changing anything; for reports, never for rewards."""
         if split not in ("dev", "test"):
             raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
-        return self.trainer.evaluate(split, self.dev_indices if subset and split == "dev" else None)
+        return self.trainer.evaluate(DEV_SUBSET if subset and split == "dev" else split)
 
     def lookahead_dev(self, weights: np.ndarray) -> dict[str, float]:
         """The student's metrics on the reward's dev subset after a trial update on the current batch with
         ``weights`` (B, K), from the current student and with the same dropout as the real update; changes nothing.
         Costs one extra update and one dev-subset evaluation (what the paired reward pays per step)."""
-        metrics = self.trainer.lookahead(self._batch, self._validate_action(weights), "dev", self.dev_indices,
+        metrics = self.trainer.lookahead(self._batch, self._validate_action(weights), DEV_SUBSET, None,
                                          rng_state=self._rng_before_batch)
         # The trial restored the weights in place, which invalidates the batch's saved graph: redo its forward pass
         # (same random stream, so the same dropout and the same logits).
@@ -263,7 +265,7 @@ class TeacherSelectionEnv(gym.Env):
         one dev-subset backward pass and one double-backward over the batch; changes nothing."""
         if self._batch is None:
             raise RuntimeError("call reset() before pair_credit()")
-        return self.trainer.pair_credit(self._batch, self.dev_indices).cpu().numpy()
+        return self.trainer.pair_credit(self._batch, None, DEV_SUBSET).cpu().numpy()
 
     def teacher_dev_metrics(self) -> list[float]:
         """Each teacher's primary metric on the whole dev split (from the cached logits), in teacher order."""
@@ -357,7 +359,7 @@ class TeacherSelectionEnv(gym.Env):
         if self._batch is None:
             raise RuntimeError("call reset() before step()")
         weights = self._validate_action(action)
-        credit = self.trainer.pair_credit(self._batch, self.dev_indices) if self.config.credit else None
+        credit = self.trainer.pair_credit(self._batch, None, DEV_SUBSET) if self.config.credit else None
         self.reward_fn.before_update(self, weights)
         loss = self.trainer.train_step(self._batch, weights, logits=self._logits)
         self._t += 1

@@ -8,7 +8,9 @@ cached teacher logits and the student's logits, in one pass, and clipped to ``[-
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -95,16 +97,31 @@ def observation_features(
     return per_teacher.clamp(-FEATURE_BOUND, FEATURE_BOUND), per_instance.clamp(-FEATURE_BOUND, FEATURE_BOUND)
 
 
+@dataclass
+class RowFeatures:
+    """The student-independent part of every row's observation, computed once per split (a step gathers its
+    batch's rows instead of recomputing them): host arrays for the observation, and the teachers' softened
+    distributions on the device for the loss and the KL column.
+
+    :param teacher: (N, K, 3) ``teacher_ce``, ``teacher_entropy``, ``teacher_correct`` (masked on hidden labels).
+    :param teacher_neg_entropy: (N, K) ``sum p log p`` of each teacher at T (nats).
+    :param instance: (N, 3) ``teacher_agreement``, ``length``, ``labelled``.
+    :param teacher_logits: (N, K, C) clipped to +-FEATURE_BOUND.
+    :param teacher_probs: (N, K, C) the teachers' distributions at T, on the device of the logits.
+    """
+
+    teacher: np.ndarray
+    teacher_neg_entropy: np.ndarray
+    instance: np.ndarray
+    teacher_logits: np.ndarray
+    teacher_probs: torch.Tensor
+
+
 def row_features(teacher_logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, temperature: float,
-                 labelled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What the observation (and the loss) needs that does not depend on the student, for every row of a split,
-    computed once: an env step gathers its batch's rows instead of recomputing them.
+                 labelled: torch.Tensor | None = None) -> RowFeatures:
+    """The :class:`RowFeatures` of a split's N rows (the same values :func:`observation_features` computes).
 
     :param teacher_logits: (N, K, C); :param labels: (N,); :param lengths: (N,); :param labelled: (N,) bool or None.
-    :return: ``teacher_rows`` (N, K, 4): ``teacher_ce``, ``teacher_entropy``, ``teacher_correct`` (as in
-        :func:`observation_features`, masked on hidden labels) and the teacher's ``sum p log p`` at T (nats);
-        ``teacher_probs`` (N, K, C): the teachers' distributions at T; ``instance_rows`` (N, 3):
-        ``teacher_agreement``, ``length``, ``labelled``.
     """
     n, k, c = teacher_logits.shape
     dummy_student = torch.zeros(n, c, device=teacher_logits.device)
@@ -112,35 +129,48 @@ def row_features(teacher_logits: torch.Tensor, labels: torch.Tensor, lengths: to
                                                      labelled=labelled)
     log_t = F.log_softmax(teacher_logits.float() / temperature, -1)
     teacher_probs = log_t.exp()
-    neg_entropy = (teacher_probs * log_t).sum(-1, keepdim=True)
-    teacher_rows = torch.cat([per_teacher[..., :3], neg_entropy], dim=-1)
-    return teacher_rows.contiguous(), teacher_probs.contiguous(), per_instance[:, [0, 3, 4]].contiguous()
+    host = (lambda t: np.ascontiguousarray(t.float().cpu().numpy()))  # noqa: E731
+    return RowFeatures(teacher=host(per_teacher[..., :3]), teacher_neg_entropy=host((teacher_probs * log_t).sum(-1)),
+                       instance=host(per_instance[:, [0, 3, 4]]),
+                       teacher_logits=host(teacher_logits.clamp(-FEATURE_BOUND, FEATURE_BOUND)),
+                       teacher_probs=teacher_probs.contiguous())
 
 
-def step_features(teacher_rows: torch.Tensor, teacher_probs: torch.Tensor, instance_rows: torch.Tensor,
-                  student_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
-                  representation: torch.Tensor | None = None,
-                  embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`observation_features` of a batch from its rows of :func:`row_features` and the student's logits: the
-    same values (up to float rounding) with the student-independent part read, not recomputed.
+def student_columns(student_logits: torch.Tensor, labels: torch.Tensor, teacher_probs: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    """What the observation needs from the student, in one (B, K + 2 + C) tensor (one host copy): per teacher
+    ``sum_c p_kc log q_c`` at T (the KL's cross term), then ``student_ce`` (unmasked), ``student_entropy`` and the
+    student's logits.
 
-    :param teacher_rows: (B, K, 4); :param teacher_probs: (B, K, C); :param instance_rows: (B, 3);
-    :param student_logits: (B, C); :param labels: (B,).
+    :param student_logits: (B, C); :param labels: (B,); :param teacher_probs: (B, K, C) at T.
     """
     c = student_logits.shape[-1]
-    student_logits = student_logits.detach().float()
-    known = instance_rows[:, 2]
-    student_log_t = F.log_softmax(student_logits / temperature, -1)
-    # KL(p_k || q) = sum p_k log p_k - sum p_k log q, the first term read from the rows
-    kl = teacher_rows[..., 3] - torch.bmm(teacher_probs, student_log_t.unsqueeze(-1)).squeeze(-1)  # (B, K)
-    per_teacher = torch.cat([teacher_rows[..., :3], kl.unsqueeze(-1)], dim=-1)
-    student_log = F.log_softmax(student_logits, -1)
-    student_ce = -student_log.gather(-1, labels.view(-1, 1)).squeeze(-1) * known
-    student_entropy = -(student_log.exp() * student_log).sum(-1) / math.log(max(c, 2))
-    columns = [torch.stack([instance_rows[:, 0], student_ce, student_entropy, instance_rows[:, 1], known], dim=1)]
-    if representation is not None:
-        columns.append(representation.detach().float())
-    if embedding is not None:
-        columns.append(embedding.float())
-    per_instance = torch.cat(columns, dim=1) if len(columns) > 1 else columns[0]
-    return per_teacher.clamp(-FEATURE_BOUND, FEATURE_BOUND), per_instance.clamp(-FEATURE_BOUND, FEATURE_BOUND)
+    logits = student_logits.detach().float()
+    cross = torch.bmm(teacher_probs, F.log_softmax(logits / temperature, -1).unsqueeze(-1)).squeeze(-1)  # (B, K)
+    log_q = F.log_softmax(logits, -1)
+    ce = -log_q.gather(-1, labels.view(-1, 1))
+    entropy = -(log_q.exp() * log_q).sum(-1, keepdim=True) / math.log(max(c, 2))
+    return torch.cat([cross, ce, entropy, logits], dim=1)
+
+
+def assemble_features(rows: RowFeatures, indices: np.ndarray, student: np.ndarray,
+                      extra: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``teacher_features`` (B, K, P) and ``instance_features`` (B, S) on the host, as :func:`observation_features`
+    gives them, from the rows ``indices`` of ``rows`` and the :func:`student_columns` of the batch.
+
+    :param student: (B, K + 2 + C) host copy of :func:`student_columns`.
+    :param extra: host (B, ·) arrays appended to ``instance_features`` (the student's representation, the
+        embedding), in that order.
+    """
+    k = rows.teacher.shape[1]
+    teacher = np.empty((len(indices), k, len(TEACHER_FEATURES)), dtype=np.float32)
+    teacher[..., :3] = rows.teacher[indices]
+    teacher[..., 3] = rows.teacher_neg_entropy[indices] - student[:, :k]
+    static = rows.instance[indices]
+    known = static[:, 2]
+    columns = [static[:, :1], student[:, k : k + 1] * known[:, None], student[:, k + 1 : k + 2], static[:, 1:],
+               *(extra or [])]
+    instance = np.concatenate(columns, axis=1, dtype=np.float32)
+    np.clip(teacher, -FEATURE_BOUND, FEATURE_BOUND, out=teacher)
+    np.clip(instance, -FEATURE_BOUND, FEATURE_BOUND, out=instance)
+    return teacher, instance

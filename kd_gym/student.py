@@ -225,7 +225,7 @@ class StudentTrainer:
         self.steps = steps
         return metrics
 
-    def pair_credit(self, batch: dict, dev_indices: np.ndarray) -> torch.Tensor:
+    def pair_credit(self, batch: dict, dev_indices: np.ndarray | None, split: str = "dev") -> torch.Tensor:
         """(B, K) first-order credit of each (instance, teacher) pair: how fast one gradient step on instance i's
         distillation term toward teacher k alone would lower the student's dev loss on ``dev_indices``, in nats per
         unit step: ``<J_i G, g_ik>`` with ``G`` the dev-loss gradient, ``J_i`` the Jacobian of instance i's logits
@@ -236,7 +236,7 @@ class StudentTrainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.eval()
         with torch.enable_grad(), autocast(self.device, self.dtype):
-            dev = self.split("dev").batch(np.asarray(dev_indices))
+            dev = self.split(split).batch(slice(None) if dev_indices is None else np.asarray(dev_indices))
             dev_loss = torch.nn.functional.cross_entropy(self.model(**dev["inputs"])[0].float(), dev["labels"])
             dev_grad = torch.autograd.grad(dev_loss, params)
             logits = self.model(**batch["inputs"])[0].float()  # (B, C)
@@ -255,10 +255,14 @@ class StudentTrainer:
     def predict(self, split: str, indices: np.ndarray | None = None) -> torch.Tensor:
         """(N, C) student logits on ``split`` (or its rows ``indices``), in eval mode."""
         tensors = self.split(split)
-        rows = np.arange(len(tensors)) if indices is None else np.asarray(indices)
-        out = [self.forward(tensors.batch(rows[i : i + self.eval_batch_size]), grad=False)[0]
-               for i in range(0, len(rows), self.eval_batch_size)]
-        return torch.cat(out)
+        if indices is None:  # the whole split: slices are views, nothing is gathered
+            n, size = len(tensors), self.eval_batch_size
+            out = [self.forward(tensors.batch(slice(i, i + size)), grad=False)[0] for i in range(0, n, size)]
+        else:
+            rows = np.asarray(indices)
+            out = [self.forward(tensors.batch(rows[i : i + self.eval_batch_size]), grad=False)[0]
+                   for i in range(0, len(rows), self.eval_batch_size)]
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     @torch.no_grad()
     def evaluate(self, split: str = "dev", indices: np.ndarray | None = None) -> dict[str, float]:

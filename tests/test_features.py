@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from kd_gym.features import observation_features, row_features, step_features
+from kd_gym.features import assemble_features, observation_features, row_features, student_columns
 
 
 def _inputs(n: int = 64, k: int = 4, c: int = 3, seed: int = 0):
@@ -22,19 +23,22 @@ def _inputs(n: int = 64, k: int = 4, c: int = 3, seed: int = 0):
 
 
 @pytest.mark.parametrize("labelled_rows", [True, False])
-def test_step_features_equal_the_reference_on_a_gathered_batch(labelled_rows):
+def test_gathered_rows_give_the_reference_features(labelled_rows):
     teacher, student, labels, lengths, labelled = _inputs()
     labelled = labelled if labelled_rows else None
-    teacher_rows, teacher_probs, instance_rows = row_features(teacher, labels, lengths, 2.0, labelled)
-    batch = torch.tensor([5, 0, 63, 17, 17, 30])
+    rows = row_features(teacher, labels, lengths, 2.0, labelled)
+    batch = np.array([5, 0, 63, 17, 17, 30])
     representation, embedding = torch.randn(6, 5), torch.randn(6, 7)
-    fast = step_features(teacher_rows[batch], teacher_probs[batch], instance_rows[batch], student[batch], labels[batch], 2.0,
-                         representation, embedding)
-    reference = observation_features(teacher[batch], student[batch], labels[batch], lengths[batch], 2.0,
-                                     representation, None if labelled is None else labelled[batch], embedding)
+    index = torch.as_tensor(batch)
+    columns = student_columns(student[index], labels[index], rows.teacher_probs[index], 2.0).numpy()
+    fast = assemble_features(rows, batch, columns, [representation.numpy(), embedding.numpy()])
+    reference = observation_features(teacher[index], student[index], labels[index], lengths[index], 2.0,
+                                     representation, None if labelled is None else labelled[index], embedding)
     for got, expected in zip(fast, reference):
-        assert got.shape == expected.shape
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(columns[:, -3:], student[index].numpy())  # the student's logits ride along
+    np.testing.assert_array_equal(rows.teacher_logits[batch], teacher[index].clamp(-50, 50).numpy())
 
 
 def test_reference_features_by_hand_on_one_instance():
