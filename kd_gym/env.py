@@ -199,19 +199,19 @@ class TeacherSelectionEnv(gym.Env):
     def _get_obs(self) -> dict[str, np.ndarray]:
         batch, indices = self._batch, self._batch_indices
         # one device-to-host copy of what depends on the student; the rest is gathered from host rows
-        student = [student_columns(self._logits, batch["labels"], batch["teacher_probs"], self.config.temperature)]
+        student = [student_columns(self._logits, batch["teacher_probs"], self.config.temperature)]
         if self.config.include_representation:
-            student.append(self._representation.detach().float())
-        host = torch.cat(student, dim=1).cpu().numpy() if len(student) > 1 else student[0].cpu().numpy()
+            student.append(self._representation.detach())
+        host = (torch.cat(student, dim=1) if len(student) > 1 else student[0]).cpu().numpy()
         k, c = self.num_teachers, self.num_labels
-        extra = [host[:, k + 2 + c :]] if self.config.include_representation else []
+        extra = [host[:, k + 2 * c :]] if self.config.include_representation else []
         if self._host_embeddings is not None:
             extra.append(self._host_embeddings[indices])
         teacher_features, instance_features = assemble_features(self._rows, indices, host, extra)
         return {"teacher_features": teacher_features,
                 "instance_features": instance_features,
                 "teacher_logits": self._rows.teacher_logits[indices],
-                "student_logits": np.clip(host[:, k + 2 : k + 2 + c], -LOGIT_BOUND, LOGIT_BOUND)}
+                "student_logits": np.clip(host[:, k + c : k + 2 * c], -LOGIT_BOUND, LOGIT_BOUND)}
 
     def _get_info(self, loss: KDLoss | None = None, weights: np.ndarray | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {"step": self._t, "student_steps": self.trainer.steps}

@@ -108,6 +108,7 @@ class RowFeatures:
     :param instance: (N, 3) ``teacher_agreement``, ``length``, ``labelled``.
     :param teacher_logits: (N, K, C) clipped to +-FEATURE_BOUND.
     :param teacher_probs: (N, K, C) the teachers' distributions at T, on the device of the logits.
+    :param labels: (N,) the gold labels (the observation masks them where hidden).
     """
 
     teacher: np.ndarray
@@ -115,6 +116,7 @@ class RowFeatures:
     instance: np.ndarray
     teacher_logits: np.ndarray
     teacher_probs: torch.Tensor
+    labels: np.ndarray
 
 
 def row_features(teacher_logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, temperature: float,
@@ -133,24 +135,18 @@ def row_features(teacher_logits: torch.Tensor, labels: torch.Tensor, lengths: to
     return RowFeatures(teacher=host(per_teacher[..., :3]), teacher_neg_entropy=host((teacher_probs * log_t).sum(-1)),
                        instance=host(per_instance[:, [0, 3, 4]]),
                        teacher_logits=host(teacher_logits.clamp(-FEATURE_BOUND, FEATURE_BOUND)),
-                       teacher_probs=teacher_probs.contiguous())
+                       teacher_probs=teacher_probs.contiguous(), labels=labels.cpu().numpy())
 
 
-def student_columns(student_logits: torch.Tensor, labels: torch.Tensor, teacher_probs: torch.Tensor,
-                    temperature: float) -> torch.Tensor:
-    """What the observation needs from the student, in one (B, K + 2 + C) tensor (one host copy): per teacher
-    ``sum_c p_kc log q_c`` at T (the KL's cross term), then ``student_ce`` (unmasked), ``student_entropy`` and the
-    student's logits.
+def student_columns(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """What the observation needs from the student, in one (B, K + 2C) tensor (one host copy): per teacher
+    ``sum_c p_kc log q_c`` at T (the KL's cross term), the student's log-probabilities at T = 1, and its logits.
 
-    :param student_logits: (B, C); :param labels: (B,); :param teacher_probs: (B, K, C) at T.
+    :param student_logits: (B, C); :param teacher_probs: (B, K, C) at T.
     """
-    c = student_logits.shape[-1]
-    logits = student_logits.detach().float()
+    logits = student_logits.detach()
     cross = torch.bmm(teacher_probs, F.log_softmax(logits / temperature, -1).unsqueeze(-1)).squeeze(-1)  # (B, K)
-    log_q = F.log_softmax(logits, -1)
-    ce = -log_q.gather(-1, labels.view(-1, 1))
-    entropy = -(log_q.exp() * log_q).sum(-1, keepdim=True) / math.log(max(c, 2))
-    return torch.cat([cross, ce, entropy, logits], dim=1)
+    return torch.cat([cross, F.log_softmax(logits, -1), logits], dim=1)
 
 
 def assemble_features(rows: RowFeatures, indices: np.ndarray, student: np.ndarray,
@@ -158,18 +154,20 @@ def assemble_features(rows: RowFeatures, indices: np.ndarray, student: np.ndarra
     """``teacher_features`` (B, K, P) and ``instance_features`` (B, S) on the host, as :func:`observation_features`
     gives them, from the rows ``indices`` of ``rows`` and the :func:`student_columns` of the batch.
 
-    :param student: (B, K + 2 + C) host copy of :func:`student_columns`.
+    :param student: (B, K + 2C) host copy of :func:`student_columns`.
     :param extra: host (B, ·) arrays appended to ``instance_features`` (the student's representation, the
         embedding), in that order.
     """
-    k = rows.teacher.shape[1]
+    k, c = rows.teacher.shape[1], rows.teacher_logits.shape[2]
     teacher = np.empty((len(indices), k, len(TEACHER_FEATURES)), dtype=np.float32)
     teacher[..., :3] = rows.teacher[indices]
     teacher[..., 3] = rows.teacher_neg_entropy[indices] - student[:, :k]
     static = rows.instance[indices]
-    known = static[:, 2]
-    columns = [static[:, :1], student[:, k : k + 1] * known[:, None], student[:, k + 1 : k + 2], static[:, 1:],
-               *(extra or [])]
+    log_q = student[:, k : k + c]
+    known = static[:, 2:3]
+    student_ce = -np.take_along_axis(log_q, rows.labels[indices, None], axis=1) * known
+    student_entropy = (np.exp(log_q) * log_q).sum(1, keepdims=True) * (-1.0 / math.log(max(c, 2)))
+    columns = [static[:, :1], student_ce, student_entropy, static[:, 1:], *(extra or [])]
     instance = np.concatenate(columns, axis=1, dtype=np.float32)
     np.clip(teacher, -FEATURE_BOUND, FEATURE_BOUND, out=teacher)
     np.clip(instance, -FEATURE_BOUND, FEATURE_BOUND, out=instance)

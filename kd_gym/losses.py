@@ -79,15 +79,20 @@ def multi_teacher_kd_loss(
     student_logits = student_logits.float()
     with torch.no_grad():  # what does not depend on the student: the mixture and each row's coefficients
         # Only the student learns from this loss: a differentiable policy's weights or a live teacher get no gradient.
-        weights = weights.to(student_logits.dtype)
+        weights = weights if weights.dtype == torch.float32 else weights.float()
         mixture = teacher_mixture(teacher_logits, weights, temperature, teacher_probs)
         mixture_neg_entropy = torch.xlogy(mixture, mixture).sum(dim=-1)  # 0 * log 0 = 0
-        has_teacher = (weights.sum(dim=1) > 0).to(student_logits.dtype)
-        known = torch.ones_like(has_teacher) if labelled is None else labelled.to(student_logits.dtype)
+        has_teacher = weights.sum(dim=1) > 0
         # per instance: ce_coef * CE + kd_coef * KD; labelled: alpha, 1 - alpha (CE alone without a teacher);
         # transfer: 0, 1 (nothing without a teacher)
-        ce_coef = known * (1.0 - has_teacher * (1.0 - alpha))
-        kd_coef = has_teacher * (1.0 - known * alpha)
+        if labelled is None:
+            known = torch.ones_like(mixture_neg_entropy)
+            kd_coef = has_teacher * (1.0 - alpha)
+        else:
+            known = labelled.float()
+            kd_coef = torch.where(labelled, 1.0 - alpha, 1.0) * has_teacher
+        ce_coef = torch.where(has_teacher, alpha, 1.0) * known
+        has_teacher = has_teacher.float()
     ce = F.cross_entropy(student_logits, labels, reduction="none")
     # KL(p || q) = sum p log p - sum p log q
     cross = torch.bmm(mixture.unsqueeze(1), F.log_softmax(student_logits / temperature, dim=-1).unsqueeze(2))

@@ -30,7 +30,7 @@ def test_gathered_rows_give_the_reference_features(labelled_rows):
     batch = np.array([5, 0, 63, 17, 17, 30])
     representation, embedding = torch.randn(6, 5), torch.randn(6, 7)
     index = torch.as_tensor(batch)
-    columns = student_columns(student[index], labels[index], rows.teacher_probs[index], 2.0).numpy()
+    columns = student_columns(student[index], rows.teacher_probs[index], 2.0).numpy()
     fast = assemble_features(rows, batch, columns, [representation.numpy(), embedding.numpy()])
     reference = observation_features(teacher[index], student[index], labels[index], lengths[index], 2.0,
                                      representation, None if labelled is None else labelled[index], embedding)
