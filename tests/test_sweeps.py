@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -143,3 +145,85 @@ def test_the_command_wandb_would_run_logs_the_metric(path, tiny_env_kwargs, tmp_
     summary = read_offline_summary(runs[0])
     assert config["metric"]["name"] in summary
     assert 0.0 <= summary[config["metric"]["name"]] <= 1.0
+
+
+def _tiny_bench_flags(kw: dict) -> list[str]:
+    return ["--task", kw["task"], "--teachers", ",".join(kw["teachers"]), "--student-checkpoint",
+            kw["student_checkpoint"], "--batch-size", "8", "--dev-subset", "20", "--max-length", "16",
+            "--device", "cpu", "--reward-interval", "3", "--steps", "6"]
+
+
+def test_a_bench_grid_runs_as_a_sweep_one_cell_per_run_and_reports_as_one_bench(tiny_env_kwargs, tmp_path, capsys):
+    """kd-gym bench --emit-sweep: a grid sweep that the checker and W&B's schema accept, whose W&B command runs one
+    cell into its own folder and logs the metric; kd-gym report over the cells gives the single-machine report."""
+    from agents.experiments.sweep_check import check_sweep
+    from kd_gym.cli import main
+    from sweeps import SweepConfig, next_run, schema_violations_from_proposed_config
+
+    out, sweep = tmp_path / "grid", tmp_path / "grid.yaml"
+    bench = ["bench", "--agents", "uniform,reinforce", "--seeds", "0,1", "--learning-rate", "0.05",
+             *_tiny_bench_flags(tiny_env_kwargs)]
+    assert main([*bench, "--out", str(out), "--emit-sweep", str(sweep)]) == 0
+    assert not out.exists()  # emitting runs nothing
+    config = yaml.safe_load(sweep.read_text())
+    assert schema_violations_from_proposed_config(config) == []
+    assert check_sweep(sweep) == config
+    assert config["method"] == "grid" and config["metric"]["name"] == "dev_metric"
+    cells = config["parameters"]["cell"]["values"]
+    assert cells == ["uniform@0", "uniform@1", "reinforce@0", "reinforce@1", "oracle@0", "oracle@1"]
+    assert "--emit-sweep" not in config["command"] and "--learning-rate" in config["command"]
+
+    # The first run of the grid, as wandb agent would start it.
+    run = next_run(SweepConfig(config), runs=[])
+    command = _wandb_command(config, run.config)
+    assert command[-1] == "--cell=uniform@0"
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    cell = out / "cells" / "uniform__0"
+    row = pd.read_csv(cell / "results.csv")
+    assert row[["agent", "seed", "scenario"]].values.tolist() == [["uniform", 0, "default"]]
+    assert not (out / "results.csv").exists()  # cells never write the shared table
+    summary = read_offline_summary(next(tmp_path.rglob("offline-run-*/run-*.wandb")))
+    assert summary[config["metric"]["name"]] == pytest.approx(row["dev_metric"].iloc[0], abs=1e-6)
+
+    # The other runs (in this process, as other machines would), then one report over the folder.
+    for value in cells[1:]:
+        assert main([*bench, "--out", str(out), "--cell", value]) == 0
+    assert main([*bench, "--out", str(out), "--cell", "uniform@0"]) == 0  # done: not run again
+    assert "cell uniform@0 already done" in capsys.readouterr().err
+    assert main(["report", str(out), "--out", str(out)]) == 0
+    single = tmp_path / "single"
+    assert main([*bench, "--out", str(single)]) == 0
+    # the same numbers in the same order; only the command and the wall-clock column (s / cell) differ
+    def strip(text: str) -> list[str]:
+        return [re.sub(r"\| [\d.]+ \|$", "|", line) for line in text.splitlines() if not line.startswith("Command: ")]
+
+    assert strip((out / "results.md").read_text()) == strip((single / "results.md").read_text())
+
+    # a cell outside the grid is refused before anything runs
+    assert main([*bench, "--out", str(out), "--cell", "uniform@7"]) == 2
+    assert "--cell uniform@7: seed 7 is not one of --seeds 0,1" in capsys.readouterr().err
+    assert not (out / "cells" / "uniform__7").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["parameters"]["cell"]["values"].append("ppo@0"), r"cell 'ppo@0' is not in the command's grid"),
+    (lambda c: c["parameters"].update(seed={"values": [3]}), r"a bench grid sweeps one parameter, 'cell'"),
+    (lambda c: c["command"].insert(-1, "--no-such-flag"), r"flags do not parse: .*--no-such-flag"),
+    (lambda c: c["metric"].update(name="test_metric"), r"metric 'test_metric' is not logged by a bench cell"),
+])
+def test_the_sweep_checker_refuses_a_broken_bench_grid(change, message, tmp_path):
+    from agents.experiments.sweep_check import check_sweep
+
+    config = {"program": "kd_gym/cli.py", "method": "grid", "metric": {"name": "dev_metric", "goal": "maximize"},
+              "parameters": {"cell": {"values": ["uniform@0", "oracle@1"]}},
+              "command": ["${env}", "${interpreter}", "-m", "kd_gym.cli", "bench", "--agents", "uniform,oracle",
+                          "--seeds", "0,1", "--out", "runs/grid", "--track", "${args}"]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert check_sweep(path) == config
+    change(config)
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=message):
+        check_sweep(path)

@@ -26,6 +26,7 @@ from agents.experiments.common import (
     protocol_kwargs_from,
     run_one,
 )
+from agents.experiments.grid import bench_row
 from kd_gym.cli import task_kwargs_from
 from kd_gym.prepare.cache import fingerprint
 
@@ -83,8 +84,7 @@ def run_bench(args: argparse.Namespace) -> pd.DataFrame:
     env = gym.make(ENVS[args.env], **env_kwargs_from(args), episode_steps=args.steps)
     for agent, seed, config_hash in tqdm(todo, desc="bench cells", unit="cell"):
         result = run_one(args, agent, seed, cell_folder(out, agent, seed), built_env=env)
-        row = {**{k: v for k, v in result.summary().items() if k != "agent_metrics"},
-               "scenario": args.scenario or "default", "config_hash": config_hash}
+        row = bench_row(args, result, config_hash)
         rows.append(row)
         _write_atomic(csv, pd.DataFrame(rows).to_csv(index=False))
         tqdm.write(f"{agent:>14} seed {seed}: dev {result.dev_metric:.4f}  test {result.test_metric:.4f}  "
@@ -110,13 +110,17 @@ def bench(args: argparse.Namespace) -> int:
         command recorded under the table.
     """
     from agents.experiments.plots import plot_curves, plot_weights
-    from agents.experiments.report import bench_report
+    from agents.experiments.report import bench_report, bench_title
 
     started = time.perf_counter()
     check_env_options(args)  # before any cell runs or any file is written
     args.scenario = args.scenario or "default"
     if args.oracle and "oracle" not in _split(args.agents):  # every scenario has one (kd_gym.regime, scenarios)
         args.agents += ",oracle"
+    if getattr(args, "emit_sweep", None) or getattr(args, "cell", None):  # a grid across machines
+        from agents.experiments.grid import emit_sweep, run_cell
+
+        return emit_sweep(args) if args.emit_sweep else run_cell(args)
     frame = run_bench(args)
     out = Path(args.out)
     current = {cell_config_hash(args, a) for a in _split(args.agents)}
@@ -125,11 +129,7 @@ def bench(args: argparse.Namespace) -> int:
     name = getattr(args, "command", "bench")
     command = "kd-gym " + shlex.join(getattr(args, "argv", [name]))
     protocol = protocol_kwargs_from(args)
-    title = (f"kd-gym {name}: {args.task}, {args.env} env, scenario {args.scenario}, "
-             f"{args.steps} student steps")
-    if protocol["protocol"] != "online":
-        title += (f", train-eval protocol ({protocol['train_students']} training students, "
-                  f"{protocol['eval_students']} evaluation students per seed)")
+    title = bench_title(name, args.task, args.env, args.scenario, args.steps, protocol)
     report = bench_report(frame, command=command, title=title, metric_label=metric)
     _write_atomic(out / "results.md", report)
     histories = _histories(frame, out)

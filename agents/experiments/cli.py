@@ -1,4 +1,4 @@
-"""``kd-gym train``, ``bench`` and ``demo``, plugged into the ``kd-gym`` command through the entry-point group
+"""``kd-gym train``, ``bench``, ``demo`` and ``report``, plugged into the ``kd-gym`` command through the entry-point group
 ``kd_gym.commands`` (so the environment library never imports agents).
 
 The parsers live here; the runs behind them in :mod:`agents.experiments.common` (one run) and
@@ -69,6 +69,14 @@ def _bench_flags(defaults: dict[str, str]):
                             help="output folder (rerun with the same folder to resume)")
         parser.add_argument("--no-oracle", dest="oracle", action="store_false",
                             help="do not add the scenario's oracle row")
+        parser.add_argument("--emit-sweep", "--emit_sweep", default=None, metavar="FILE",
+                            help="run nothing; write the (agent, seed) grid of this command as a W&B sweep file "
+                                 "(method grid, one cell per run, every flag of this command kept) for wandb sweep "
+                                 "+ wandb agent on any number of machines; merge the cells with kd-gym report")
+        parser.add_argument("--cell", default=None, metavar="AGENT@SEED",
+                            help="run only this cell of the grid (e.g. uniform@0) into OUT/cells/AGENT__SEED/ and "
+                                 "write its row to results.csv there, not to OUT/results.csv (what each run of an "
+                                 "--emit-sweep grid does); kd-gym report OUT merges the cells")
 
     return add
 
@@ -97,3 +105,29 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
                     "(resumable, like bench).",
         own_flags=_bench_flags(DEMO_DEFAULTS), agents_dest="agents",
     )
+
+
+def add_report_command(commands: argparse._SubParsersAction) -> None:
+    """``kd-gym report``: the tables and figures of finished cells merged from several places."""
+    parser = commands.add_parser(
+        "report", help="merge finished bench cells from several results.csv files or folders into one report",
+        description="Read the finished (agent, seed) cells of kd-gym bench runs (results.csv files, bench folders "
+                    "and the cell folders of --cell runs, e.g. a grid run with --emit-sweep on several machines) "
+                    "and write the results.md, curves.png and weights.png that one bench of those cells writes. "
+                    "Over several scenarios, results.md starts with the scores aggregated over them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="a results.csv file, or a bench's --out folder (its results.csv and cells/*/results.csv)")
+    parser.add_argument("--out", required=True,
+                        help="folder for results.md, curves.png, weights.png and results-merged.csv (the rows "
+                             "behind them, with the file each came from)")
+    parser.add_argument("--config-hash", "--config_hash", action="append", default=None, metavar="HASH",
+                        help="report only rows of this config_hash (repeat for several); needed when a results.csv "
+                             "keeps rows of an earlier config of the same agent")
+    parser.set_defaults(func=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from agents.experiments.grid import report
+
+    return report(args)

@@ -60,6 +60,10 @@ def check_sweep(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: missing key(s) {missing}; a sweep file needs {list(REQUIRED_KEYS)}")
     command = [str(part) for part in config["command"]]
+    if "train" not in command and ("bench" in command or "demo" in command):  # kd-gym bench --emit-sweep
+        from agents.experiments.grid import check_bench_grid
+
+        return check_bench_grid(path, config)
     if "train" not in command or not any(macro in command for macro in ARGS_MACROS):
         raise ValueError(f"{path}: the command must run `kd-gym train` and pass the parameters with one of "
                          f"{list(ARGS_MACROS)}; got {command}")

@@ -1,0 +1,358 @@
+"""A bench grid across machines: the (agent, seed) cells of a bench as a W&B sweep, one cell per run, and the
+report that merges finished cells from several places.
+
+- ``kd-gym bench ... --emit-sweep FILE`` writes the grid as a sweep file (:func:`emit_sweep`): ``method: grid`` over
+  one parameter, ``cell`` (``AGENT@SEED``), and a command that is the bench's own command line with
+  ``--cell=AGENT@SEED`` appended by W&B.
+- ``kd-gym bench ... --cell AGENT@SEED`` runs that one cell (:func:`run_cell`) into ``OUT/cells/<agent>__<seed>/``
+  and writes its row to ``results.csv`` there, never to ``OUT/results.csv``, so that runs on a shared folder do
+  not race.
+- ``kd-gym report PATH ... --out DIR`` (:func:`report`) reads the rows of benches' ``results.csv`` files and of
+  cell folders, and writes the ``results.md``, ``curves.png`` and ``weights.png`` that a bench of those cells on
+  one machine writes (and, over several scenarios, the table aggregated over them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+RESULTS = "results.csv"
+"""the rows of a bench (in its folder) or of one cell (in the cell's folder)"""
+SWEEP_PARAMETER = "cell"
+DROPPED_FLAGS = ("--emit-sweep", "--cell", "--agents", "--seeds", "--out")
+"""flags of the bench command line that the sweep command sets itself (each takes one value)"""
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_cell(text: str) -> tuple[str, int]:
+    """``AGENT@SEED`` -> (agent, seed); ``ValueError`` naming the text otherwise."""
+    agent, _, seed = text.rpartition("@")
+    if not agent or not seed.strip().isdigit():
+        raise ValueError(f"cell {text!r} is not AGENT@SEED (e.g. uniform@0)")
+    return agent.strip(), int(seed)
+
+
+def grid_cells(args: argparse.Namespace) -> list[str]:
+    """The cells of the bench, ``AGENT@SEED``, agent-major as the bench runs them."""
+    return [f"{agent}@{int(seed)}" for agent in _split(args.agents) for seed in _split(args.seeds)]
+
+
+def bench_row(args: argparse.Namespace, result, config_hash: str) -> dict:
+    """The ``results.csv`` row of a finished cell: the run's summary (agent metrics aside), its scenario and config
+    hash, and what the report needs to write the bench's results.md (the command, ``--task`` as given, the agents in
+    the bench's order, the protocol).
+
+    :param result: the cell's :class:`~agents.experiments.run.RunResult`.
+    """
+    from agents.experiments.common import protocol_kwargs_from
+
+    summary = {k: v for k, v in result.summary().items() if k != "agent_metrics"}
+    return {**summary, "scenario": args.scenario or "default", "config_hash": config_hash,
+            "bench_command": getattr(args, "command", "bench"), "bench_task": args.task, "bench_agents": args.agents,
+            **protocol_kwargs_from(args)}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def run_cell(args: argparse.Namespace) -> int:
+    """Run the one cell ``args.cell`` of the bench into ``cell_folder(args.out, agent, seed)`` and write its row to
+    ``results.csv`` there; a cell already there with the same config hash is not run again. Returns the exit code.
+
+    :raises ValueError: when the cell's agent is not in ``--agents`` or its seed not in ``--seeds``.
+    """
+    from agents.experiments.bench import cell_config_hash, cell_folder
+    from agents.experiments.common import run_one
+
+    agent, seed = parse_cell(args.cell)
+    agents, seeds = _split(args.agents), [int(s) for s in _split(args.seeds)]
+    if agent not in agents:
+        raise ValueError(f"--cell {args.cell}: agent {agent!r} is not one of --agents {','.join(agents)}; "
+                         "name a cell of the bench's grid")
+    if seed not in seeds:
+        raise ValueError(f"--cell {args.cell}: seed {seed} is not one of --seeds {args.seeds}; "
+                         "name a cell of the bench's grid")
+    folder = cell_folder(Path(args.out), agent, seed)
+    csv, config_hash = folder / RESULTS, cell_config_hash(args, agent)
+    if csv.exists() and config_hash in set(pd.read_csv(csv)["config_hash"].astype(str)):
+        print(f"cell {agent}@{seed} already done in {csv}", file=sys.stderr)
+        return 0
+    result = run_one(args, agent, seed, folder)
+    row = bench_row(args, result, config_hash)
+    _write_atomic(csv, pd.DataFrame([row]).to_csv(index=False))
+    print(json.dumps({**row, "out": str(folder)}))
+    print(f"merge finished cells with: kd-gym report {args.out} --out {args.out}", file=sys.stderr)
+    return 0
+
+
+def _strip_flags(argv: list[str], dropped: tuple[str, ...], options: set[str]) -> list[str]:
+    """``argv`` without the flags ``dropped`` (each with its value, as ``--flag value`` or ``--flag=value``, or an
+    abbreviation argparse accepted: a prefix of one dropped flag that is no flag of its own)."""
+    kept, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name, has_value, _ = token.partition("=")
+        prefix_of = [d for d in dropped if d.startswith(name)] if name.startswith("--") and name not in options else []
+        if name in dropped or len(prefix_of) == 1:
+            skip = not has_value
+            continue
+        kept.append(token)
+    return kept
+
+
+def _subcommand_parser(name: str) -> argparse.ArgumentParser:
+    from kd_gym.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices[name]
+
+
+def sweep_config(args: argparse.Namespace) -> dict:
+    """The W&B sweep of the bench's grid: ``method: grid`` over ``cell`` (every ``AGENT@SEED``), ``metric:
+    dev_metric`` (logged by every run; the grid optimises nothing), and the bench's command line (every env, agent
+    and task flag as given, ``--agents``, ``--seeds``, ``--out`` explicit, ``--track``) followed by ``${args}``.
+
+    :param args: parsed ``kd-gym bench`` flags, with ``args.argv`` (set by ``kd_gym.cli.main``).
+    """
+    name = getattr(args, "command", "bench")
+    argv = list(getattr(args, "argv", [name]))
+    options = {o for action in _subcommand_parser(name)._actions for o in action.option_strings}
+    flags = _strip_flags(argv[1:], DROPPED_FLAGS, options)
+    flags += ["--agents", args.agents, "--seeds", args.seeds, "--out", str(args.out)]
+    if "--track" not in flags:
+        flags.append("--track")
+    return {"program": "kd_gym/cli.py", "method": "grid", "metric": {"name": "dev_metric", "goal": "maximize"},
+            "parameters": {SWEEP_PARAMETER: {"values": grid_cells(args)}},
+            "command": ["${env}", "${interpreter}", "-m", "kd_gym.cli", name, *flags, "${args}"]}
+
+
+def emit_sweep(args: argparse.Namespace) -> int:
+    """Write :func:`sweep_config` to ``args.emit_sweep``, check it with the sweep checker, print how to run it;
+    run no cell. Returns the exit code."""
+    from agents.experiments.sweep_check import check_sweep
+
+    config = sweep_config(args)
+    path = Path(args.emit_sweep)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (f"# The (agent, seed) grid of: kd-gym {shlex.join(getattr(args, 'argv', []))}\n"
+              f"# {len(config['parameters'][SWEEP_PARAMETER]['values'])} runs, one cell each, into "
+              f"{args.out}/cells/; merge them with: kd-gym report {args.out} --out {args.out}\n")
+    path.write_text(header + yaml.safe_dump(config, sort_keys=False, width=10_000))
+    check_sweep(path)
+    print(f"wrote {path} ({len(config['parameters'][SWEEP_PARAMETER]['values'])} cells); run it with\n"
+          f"  wandb sweep --project {args.wandb_project} {path}\n  wandb agent <entity>/{args.wandb_project}/<id>   "
+          "# on every machine\nthen, with the cell folders gathered under one folder:\n"
+          f"  kd-gym report {args.out} --out {args.out}")
+    return 0
+
+
+def check_bench_grid(path: Path, config: dict) -> dict:
+    """Check a bench-grid sweep (:func:`sweep_config`): the command runs ``kd-gym bench`` (or ``demo``) with flags
+    that parse, ends with ``${args}``, the only parameter is ``cell`` and each of its values is a cell of the
+    command's ``--agents`` x ``--seeds``, and the metric is one the run logs. Called by
+    :func:`agents.experiments.sweep_check.check_sweep`.
+
+    :raises ValueError: naming the file, what is wrong and what to write instead.
+    """
+    from agents.experiments.sweep_check import ARGS_MACROS, LOGGED_METRICS, LOGGED_PREFIXES
+
+    command = [str(part) for part in config["command"]]
+    name = next(part for part in command if part in ("bench", "demo"))
+    if command[-1] not in ARGS_MACROS:
+        raise ValueError(f"{path}: a bench grid's command must end with ${{args}}, which W&B replaces with "
+                         f"--cell=AGENT@SEED; got {command[-1]!r}")
+    parameters = config["parameters"] or {}
+    if set(parameters) != {SWEEP_PARAMETER} or not parameters[SWEEP_PARAMETER].get("values"):
+        raise ValueError(f"{path}: a bench grid sweeps one parameter, {SWEEP_PARAMETER!r}, with values AGENT@SEED; "
+                         f"got {sorted(parameters)} (write it with kd-gym bench ... --emit-sweep FILE)")
+    flags = command[command.index(name) + 1:-1]
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            args = _subcommand_parser(name).parse_args(flags)
+    except SystemExit:
+        message = errors.getvalue().strip().splitlines()
+        raise ValueError(f"{path}: the command's kd-gym {name} flags do not parse: "
+                         f"{message[-1] if message else flags}") from None
+    agents = _split(args.agents) + (["oracle"] if args.oracle and "oracle" not in _split(args.agents) else [])
+    seeds = [int(s) for s in _split(args.seeds)]
+    for value in parameters[SWEEP_PARAMETER]["values"]:
+        agent, seed = parse_cell(str(value))
+        if agent not in agents or seed not in seeds:
+            raise ValueError(f"{path}: cell {value!r} is not in the command's grid --agents {','.join(agents)} x "
+                             f"--seeds {args.seeds}; add it there or drop the cell")
+    metric = (config["metric"] or {}).get("name", "")
+    if metric not in LOGGED_METRICS and not metric.startswith(LOGGED_PREFIXES):
+        raise ValueError(f"{path}: metric {metric!r} is not logged by a bench cell; use dev_metric")
+    return config
+
+
+def _cell_results(folder: Path) -> list[Path]:
+    return sorted(folder.glob(f"cells/*/{RESULTS}"))
+
+
+def result_files(paths: list[str | Path]) -> list[Path]:
+    """The ``results.csv`` files behind ``paths``: a file as given; a folder gives its ``results.csv`` (a bench)
+    and those of its cells (``cells/*/results.csv``, written by ``--cell`` runs).
+
+    :raises ValueError: naming a path that is neither.
+    """
+    files = []
+    for path in map(Path, paths):
+        found = [path] if path.is_file() else ([path / RESULTS] if (path / RESULTS).is_file() else [])
+        found += _cell_results(path) if path.is_dir() else []
+        if not found:
+            raise ValueError(f"{path} is neither a results.csv file nor a folder with results.csv or "
+                             f"cells/*/{RESULTS}; pass a bench's --out folder or its results.csv")
+        files += [f for f in found if f not in files]
+    return files
+
+
+def _history_path(csv: Path, agent: str, seed: int) -> Path:
+    """Where the dev curve of a cell read from ``csv`` lies: beside it for a cell's own results.csv, else in the
+    bench folder's ``cells/``."""
+    from agents.experiments.bench import cell_folder
+
+    own = cell_folder(csv.parent.parent.parent, agent, seed)
+    return csv.parent / "history.csv" if own == csv.parent else cell_folder(csv.parent, agent, seed) / "history.csv"
+
+
+def read_results(paths: list[str | Path], config_hashes: list[str] | None = None) -> pd.DataFrame:
+    """The finished cells of ``paths`` (see :func:`result_files`) as one frame, one row per (scenario, agent, seed,
+    config hash) (the first file wins), with ``source`` (the file) and ``history`` (the cell's ``history.csv``).
+
+    :param config_hashes: keep only rows of these configs (``config_hash``); None: all.
+    :raises ValueError: when an agent of a scenario has rows of more than one config (a results.csv keeps the rows
+        of earlier bench configs), naming them and how to choose.
+    """
+    frames = []
+    for csv in result_files(paths):
+        rows = pd.read_csv(csv)
+        missing = {"agent", "seed", "dev_metric", "test_metric", "config_hash"} - set(rows)
+        if missing:
+            raise ValueError(f"{csv} lacks the column(s) {sorted(missing)} of a kd-gym bench results.csv")
+        rows["source"] = str(csv)
+        rows["history"] = [str(_history_path(csv, a, int(s))) for a, s in zip(rows["agent"], rows["seed"])]
+        frames.append(rows)
+    frame = pd.concat(frames, ignore_index=True)
+    frame["config_hash"] = frame["config_hash"].astype(str)
+    frame["scenario"] = frame["scenario"].fillna("default") if "scenario" in frame else "default"
+    if config_hashes:
+        frame = frame[frame["config_hash"].isin(config_hashes)]
+        if frame.empty:
+            raise ValueError(f"no row has config hash {', '.join(config_hashes)}; see the config_hash column")
+    frame = frame.drop_duplicates(["scenario", "agent", "seed", "config_hash"]).reset_index(drop=True)
+    configs = frame.groupby(["scenario", "agent"], sort=False)["config_hash"].unique()
+    mixed = configs[configs.map(len) > 1]
+    if len(mixed):
+        (scenario, agent), hashes = next(iter(mixed.items()))
+        counts = ", ".join(f"{h} ({(frame['config_hash'] == h).sum()} rows, steps "
+                           f"{frame.loc[frame['config_hash'] == h, 'steps'].iloc[0]})" for h in hashes)
+        raise ValueError(f"scenario {scenario!r}, agent {agent!r}: rows of {len(hashes)} bench configs: {counts}; "
+                         "a results.csv keeps the rows of earlier configs, so pass --config-hash for the ones to "
+                         "report (one per agent)")
+    return frame
+
+
+def _first(rows: pd.DataFrame, column: str, default):
+    values = rows[column].dropna() if column in rows else []
+    return values.iloc[0] if len(values) else default
+
+
+def title_of(rows: pd.DataFrame) -> str:
+    """The heading a bench of these rows (one scenario) writes, from the columns :func:`bench_row` adds (older rows
+    without them: the task's name and the online protocol)."""
+    from agents.experiments.report import bench_title
+
+    protocol = {"protocol": _first(rows, "protocol", "online")}
+    if protocol["protocol"] != "online":
+        protocol.update(train_students=int(_first(rows, "train_students", 0)),
+                        eval_students=int(_first(rows, "eval_students", 0)))
+    return bench_title(_first(rows, "bench_command", "bench"), _first(rows, "bench_task", _first(rows, "task", "?")),
+                       _first(rows, "env", "?"), _first(rows, "scenario", "default"), int(_first(rows, "steps", 0)),
+                       protocol)
+
+
+def in_bench_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of one scenario with agents in the order of the bench's ``--agents`` (its ``bench_agents`` column;
+    agents it does not name after them, in order of first appearance), each agent's rows by seed: the order of the
+    bench's own results.md, whatever order the files were read in."""
+    named = _split(str(_first(rows, "bench_agents", "")))
+    order = {agent: i for i, agent in enumerate(named + [a for a in rows["agent"].drop_duplicates() if a not in named])}
+    return rows.assign(_order=rows["agent"].map(order)).sort_values(["_order", "seed"], kind="stable").drop(
+        columns="_order")
+
+
+def histories(frame: pd.DataFrame) -> dict[str, list[pd.DataFrame]]:
+    """The dev curves of the rows of ``frame`` (its ``history`` column), per agent; cells without one are left out."""
+    found: dict[str, list[pd.DataFrame]] = {}
+    for agent, path in zip(frame["agent"], frame["history"]):
+        if Path(path).exists():
+            found.setdefault(agent, []).append(pd.read_csv(path))
+    return found
+
+
+def write_report(frame: pd.DataFrame, out: Path, command: str) -> str:
+    """Write ``results.md``, the figures and ``results-merged.csv`` (the rows behind them) for the rows of
+    :func:`read_results`; return the markdown.
+
+    One scenario: the bench's own ``results.md``, ``curves.png``, ``weights.png``. Several: a table aggregated over
+    scenarios first (:func:`agents.experiments.report.aggregate_report`), then each scenario's tables, with figures
+    ``curves-<scenario>.png`` and ``weights-<scenario>.png``.
+    """
+    from agents.experiments.plots import plot_curves, plot_weights
+    from agents.experiments.report import aggregate_report, bench_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    scenarios = list(frame["scenario"].drop_duplicates())
+    parts = []
+    if len(scenarios) > 1:
+        parts += [f"# kd-gym report: {len(scenarios)} scenarios", "", aggregate_report(frame)]
+    for scenario in scenarios:
+        rows = in_bench_order(frame[frame["scenario"] == scenario])
+        metric = _first(rows, "metric", "metric")
+        one = len(scenarios) == 1
+        parts.append(bench_report(rows, command=command if one else None, title=title_of(rows), metric_label=metric,
+                                  heading="#" if one else "##"))
+        suffix = "" if one else f"-{scenario}"
+        found = histories(rows)
+        plot_curves(found, out / f"curves{suffix}.png", title=f"dev {metric}, {scenario}")
+        plot_weights(found, out / f"weights{suffix}.png")
+    if len(scenarios) > 1:
+        parts += [f"Command: `{command}`", ""]
+    text = "\n".join(parts)
+    _write_atomic(out / "results.md", text)
+    _write_atomic(out / "results-merged.csv", frame.to_csv(index=False))
+    return text
+
+
+def report(args: argparse.Namespace) -> int:
+    """``kd-gym report``: merge the finished cells of ``args.paths`` and write the bench's tables and figures into
+    ``args.out``. Returns the exit code."""
+    started = time.perf_counter()
+    frame = read_results(args.paths, args.config_hash)
+    command = "kd-gym " + shlex.join(getattr(args, "argv", ["report", *map(str, args.paths)]))
+    text = write_report(frame, Path(args.out), command)
+    print(text)
+    print(f"\n{len(frame)} cells from {frame['source'].nunique()} file(s); wrote {args.out}/results.md, "
+          f"results-merged.csv and the figures ({time.perf_counter() - started:.0f} s)")
+    return 0
