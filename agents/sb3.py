@@ -53,6 +53,7 @@ import yaml
 from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger, make_output_format
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.save_util import load_from_zip_file, recursive_setattr
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
@@ -222,6 +223,9 @@ class SB3Agent(Agent):
         self.normalizer = VecNormalize(self.vec_env, **normalize) if normalize else None
         self.model = self.algorithm(env=self.model_env, seed=self.config.seed, device=self.config.policy_device,
                                     verbose=self.config.verbose, **self.hyperparams)
+        if not self.hyperparams.get("tensorboard_log"):  # SB3's default logger leaves an empty /tmp/SB3-* folder
+            outputs = [make_output_format("stdout", "")] if self.config.verbose >= 1 else []
+            self.model.set_logger(Logger(folder=None, output_formats=outputs))
 
     @property
     def model_env(self) -> VecEnv:

@@ -372,3 +372,12 @@ def test_a_checkpoint_write_that_dies_leaves_the_previous_checkpoint(tmp_path, m
     saved = checkpoint.load_checkpoint(path)
     assert saved["step"] == 10 and saved["rng"] == {"state": 2**100 + 1}
     assert torch.equal(saved["weights"], torch.arange(4.0))
+
+
+def test_sb3_agents_leave_no_log_folder_behind(env_kwargs, tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where SB3's default logger would make SB3-<time>
+    env = gym.make("kd_gym/TeacherSelectionLite-v0", **{**env_kwargs, "episode_steps": 4})
+    agents.make("ppo", env, seed=0, n_steps=2).learn(4)
+    assert not list(tmp_path.glob("SB3-*"))
