@@ -107,7 +107,7 @@ def test_aggregate_over_scenarios_by_hand():
     assert table.loc["x", "improvement"] == pytest.approx((1.0 + 0.5) / 2)  # beats on default, ties on noisy
     text = aggregate_report(frame)
     assert text.startswith("## All scenarios: default, noisy-teacher (tasks: scenarios, runs: seeds)")
-    assert "| x | 2 | 4 | +25.0 | +25.0 [" in text
+    assert "| x | 2 / 4 | +25.0 | +25.0 [" in text
 
 
 def test_read_results_refuses_two_configs_of_one_agent(tmp_path):
@@ -158,6 +158,41 @@ def test_report_over_a_split_results_csv_is_the_single_machine_report(tiny_env_k
     assert main(["report", str(out), str(noisy), "--out", str(both)]) == 0
     text = (both / "results.md").read_text()
     assert "## All scenarios: default, noisy-teacher (tasks: scenarios, runs: seeds)" in text
-    assert "| agent | scenarios | runs |" in text
+    assert "| agent | scenarios / runs normalised |" in text
     assert text.count("## kd-gym bench: ") == 2
     assert (both / "curves-noisy-teacher.png").exists() and (both / "weights-default.png").exists()
+
+
+def test_the_new_flags_have_help(capsys):
+    from kd_gym.cli import main
+
+    for command, flags in ((["report"], ["--out", "--config-hash", "PATH"]), (["bench"], ["--emit-sweep", "--cell"])):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        text = capsys.readouterr().out
+        for flag in flags:
+            assert flag in text, f"{command[0]} --help lacks {flag}"
+    assert "W&B sweep file" in text and "AGENT@SEED" in text
+
+
+def test_the_report_heading_comes_from_the_rows():
+    from agents.experiments.grid import title_of
+    from agents.experiments.report import bench_title
+
+    protocol = {"protocol": "train-eval", "train_students": 4, "eval_students": 2}
+    rows = _frame(**BEATS).assign(bench_command="demo", bench_task="data/my.csv", task="my.csv", env="lite",
+                                  steps=300, **protocol)
+    assert title_of(rows) == bench_title("demo", "data/my.csv", "lite", "default", 300, protocol)
+    assert title_of(rows).endswith("300 student steps, train-eval protocol (4 training students, 2 evaluation "
+                                   "students per seed)")
+    older = _frame(**BEATS).assign(task="my.csv", env="lite", steps=300)  # rows written before these columns
+    assert title_of(older) == "kd-gym bench: my.csv, lite env, scenario default, 300 student steps"
+
+
+def test_the_sweep_command_drops_the_flags_it_sets_itself_in_any_spelling():
+    from agents.experiments.grid import DROPPED_FLAGS, _strip_flags
+
+    options = {"--out", "--agents", "--seeds", "--emit-sweep", "--cell", "--steps", "--scenario"}
+    argv = ["--agents", "a,b", "--emit", "g.yaml", "--steps", "6", "--out=runs/x", "--seeds=0,1", "--scenario",
+            "specialists", "--cell", "a@0"]
+    assert _strip_flags(argv, DROPPED_FLAGS, options) == ["--steps", "6", "--scenario", "specialists"]

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from agents.experiments.bench import BENCH_DEFAULTS, DEMO_DEFAULTS, bench, demo
-from agents.experiments.common import add_run_command, run_one
+from agents.experiments.common import HelpFormatter, add_run_command, run_one
 from agents.experiments.flags import non_negative_int, positive_int, seed_list
 
 
@@ -115,7 +115,7 @@ def add_report_command(commands: argparse._SubParsersAction) -> None:
                     "and the cell folders of --cell runs, e.g. a grid run with --emit-sweep on several machines) "
                     "and write the results.md, curves.png and weights.png that one bench of those cells writes. "
                     "Over several scenarios, results.md starts with the scores aggregated over them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="a results.csv file, or a bench's --out folder (its results.csv and cells/*/results.csv)")
     parser.add_argument("--out", required=True,

@@ -266,7 +266,7 @@ def read_results(paths: list[str | Path], config_hashes: list[str] | None = None
     if len(mixed):
         (scenario, agent), hashes = next(iter(mixed.items()))
         counts = ", ".join(f"{h} ({(frame['config_hash'] == h).sum()} rows, steps "
-                           f"{frame.loc[frame['config_hash'] == h, 'steps'].iloc[0]})" for h in hashes)
+                           f"{_first(frame[frame['config_hash'] == h], 'steps', '?')})" for h in hashes)
         raise ValueError(f"scenario {scenario!r}, agent {agent!r}: rows of {len(hashes)} bench configs: {counts}; "
                          "a results.csv keeps the rows of earlier configs, so pass --config-hash for the ones to "
                          "report (one per agent)")

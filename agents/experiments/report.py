@@ -103,14 +103,14 @@ def scores_table(scores: pd.DataFrame, reference: str, normalised: bool, improve
                  with_tasks: bool = False) -> list[str]:
     """Markdown rows of :func:`agents.experiments.scores.rliable_scores`: the normalised columns and/or the
     probability of improvement; ``with_tasks`` adds the scenarios and runs behind each row."""
-    header = ["agent", *(["scenarios", "runs"] if with_tasks else [])]
+    header = ["agent", *(["scenarios / runs normalised"] if with_tasks else [])]
     if normalised:
         header += ["normalised test score (%) mean", "IQM normalised (%) [95% CI]"]
     if improvement:
         header += [f"P(test > {reference}) [95% CI]"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in scores.itertuples():
-        cells = [row.agent, *([str(row.tasks), str(row.runs)] if with_tasks else [])]
+        cells = [row.agent, *([f"{row.tasks} / {row.runs}"] if with_tasks else [])]
         if normalised:
             cells += ["-" if np.isnan(row.normalised_mean) else f"{row.normalised_mean:+.1f}",
                       _interval(row.iqm, row.iqm_low, row.iqm_high, 1, sign="+")]
@@ -153,6 +153,9 @@ def scores_lines(frame: pd.DataFrame, reference: str = "uniform", top: str = TOP
         return ["", *notes]
     scores = rliable_scores(frame, reference, top)
     note = SCORES_NOTE.format(reference=reference, top=top, reps=BOOTSTRAP_REPS, seed=BOOTSTRAP_SEED)
+    if with_tasks:
+        note += (f" Over scenarios: the IQM pools the runs of every scenario counted in the second column; "
+                 f"P(test > {reference}) is the mean over every scenario with {reference} rows.")
     return ["", *scores_table(scores, reference, normalised, improvement, with_tasks), "", note, *notes]
 
 
