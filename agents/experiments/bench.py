@@ -31,9 +31,9 @@ from kd_gym.cli import task_kwargs_from
 from kd_gym.prepare.cache import fingerprint
 
 BENCH_DEFAULTS = {"agents": "no_kd,uniform,best_teacher,confidence,reinforce,ppo", "seeds": "0,1,2,3,4",
-                  "out": "runs/bench"}
+                  "out": "runs/bench", "protocol": "train-eval"}
 DEMO_DEFAULTS = {"agents": "no_kd,uniform,best_teacher,confidence,oracle,reinforce,ppo", "seeds": "0,1,2",
-                 "out": "runs/demo"}
+                 "out": "runs/demo", "protocol": "online"}  # online: the first demo stays within 15 minutes
 
 
 def cell_config_hash(args: argparse.Namespace, agent: str) -> str:

@@ -88,9 +88,12 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
         help="compare agents over seeds: results.csv/.md, curves.png, weights.png (resumable)",
         description="Train one student per (agent, seed) cell with the same budget and compare agents: mean ± std "
                     "and 95%% CI of the test metric, a paired comparison against uniform, learning curves and "
-                    "learned weights. Rerunning the same command skips finished cells.",
+                    "learned weights. By default each cell follows the train-eval protocol: a learning agent learns over "
+                    "--train-students students, then its frozen policy trains --eval-students fresh students on "
+                    "unseen seeds, whose mean is the cell's result (--protocol online: the paper's joint training). "
+                    "Rerunning the same command skips finished cells.",
         own_flags=_bench_flags(BENCH_DEFAULTS), agents_dest="agents",
-    )
+    ).set_defaults(protocol=BENCH_DEFAULTS["protocol"])
 
 
 def add_demo_command(commands: argparse._SubParsersAction) -> None:
@@ -102,9 +105,10 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
                     "students on the task under fixed weightings (no KD, equal weights, the best single teacher, "
                     "per-instance confidence), the privileged oracle, and learned ones (REINFORCE, PPO) for the "
                     "same number of student steps; write and print the bench's tables, margins and plots "
-                    "(resumable, like bench).",
+                    "(resumable, like bench). It uses the online protocol (the paper's joint training: one student per "
+                    "cell, quick) unless --protocol train-eval is given.",
         own_flags=_bench_flags(DEMO_DEFAULTS), agents_dest="agents",
-    )
+    ).set_defaults(protocol=DEMO_DEFAULTS["protocol"])
 
 
 def add_report_command(commands: argparse._SubParsersAction) -> None:
