@@ -5,9 +5,9 @@
     agent = agents.make("reinforce", env, seed=0)
     agent.learn(total_steps=1000)
 
-Names: ``reinforce``, ``ppo``, ``a2c``, ``sac``, ``td3``, ``uniform``, ``single:<k>``, ``best_teacher``,
-``confidence``, ``random``, ``no_kd``; third-party agents through the entry-point group ``kd_gym.agents`` or a
-``package.module:Class`` path.
+Names: ``reinforce``, ``ppo``, ``a2c``, ``sac``, ``td3``, ``metagrad`` (meta-gradient, no RL), ``uniform``,
+``single:<k>``, ``best_teacher``, ``confidence``, ``random``, ``no_kd``, ``oracle`` (privileged reference);
+third-party agents through the entry-point group ``kd_gym.agents`` or a ``package.module:Class`` path.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ BUILTIN: dict[str, str] = {
     "random": "agents.baselines:RandomAgent",
     "no_kd": "agents.baselines:NoKDAgent",
     "oracle": "agents.baselines:OracleAgent",
+    "metagrad": "agents.metagrad:MetaGradientAgent",
 }
 
 _REGISTERED: dict[str, type[Agent] | str] = {}
