@@ -39,7 +39,6 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from agents.base import Agent, AgentConfig
 
@@ -108,10 +107,7 @@ class MetaGradientAgent(Agent):
         last = self._last
         if last is not None and last[0] == step and np.array_equal(last[1], obs["teacher_logits"]):
             return last[2]
-        # The credit differentiates twice through the student; PyTorch's fused attention kernels (the full
-        # student's default) have no double backward, the math kernel has.
-        with sdpa_kernel(SDPBackend.MATH):
-            credit = np.asarray(self.unwrapped.pair_credit(), dtype=np.float64)
+        credit = np.asarray(self.unwrapped.pair_credit(), dtype=np.float64)
         if credit.shape != self.batch_shape:
             raise ValueError(f"metagrad: pair_credit() gave shape {credit.shape}, the action space is "
                              f"{self.batch_shape}; build the agent on the env whose observation it answers")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kd_gym.data import KDData, SplitTensors
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
@@ -235,7 +236,9 @@ class StudentTrainer:
         """
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.eval()
-        with torch.enable_grad(), autocast(self.device, self.dtype):
+        # The credit differentiates twice through the student; PyTorch's fused attention kernels (the full
+        # student's default) have no double backward, the math kernel has.
+        with torch.enable_grad(), autocast(self.device, self.dtype), sdpa_kernel(SDPBackend.MATH):
             dev = self.split(split).batch(slice(None) if dev_indices is None else np.asarray(dev_indices))
             dev_loss = torch.nn.functional.cross_entropy(self.model(**dev["inputs"])[0].float(), dev["labels"])
             dev_grad = torch.autograd.grad(dev_loss, params)

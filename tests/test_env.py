@@ -311,3 +311,14 @@ def test_registration_is_idempotent() -> None:
         assert spec.entry_point == "kd_gym.env:TeacherSelectionEnv" and spec.kwargs == {"student": student}
     n_ids = len(kd_gym.ENV_IDS) + len(kd_gym.FLAT_ENV_IDS)
     assert sum(env_id.startswith("kd_gym/") for env_id in gym.registry) == n_ids
+
+
+@ENV_IDS
+def test_pair_credit_before_acting_is_what_info_reports_after(env_id, env_kwargs) -> None:
+    # Credit differentiates twice through the student: the full student's attention must support that too.
+    env = make(env_id, env_kwargs, credit=True)
+    env.reset(seed=0)
+    before = env.unwrapped.pair_credit()
+    _, _, _, _, info = env.step(np.ones((B, K), dtype=np.float32))
+    assert before.shape == (B, K) and np.isfinite(before).all() and np.abs(before).max() > 0
+    np.testing.assert_allclose(info["credit"], before, rtol=1e-5, atol=1e-8)
