@@ -7,6 +7,7 @@ evaluation on the fixed subset every ``reward_interval`` steps, amortised).
 
     python scripts/bench_step.py                 # lite and full env, default pool (run `kd-gym teachers build` first)
     python scripts/bench_step.py --envs lite --steps 400
+    python scripts/bench_step.py --envs lite --threads 1 --dense   # also the paired reward and credit=True
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ def env_loop(env: gym.Env, steps: int, device: torch.device):
     return run
 
 
-def measure(env_name: str, steps: int, rounds: int, config: EnvConfig) -> list[tuple[str, float, float]]:
-    """(loop, ms per step, ratio to the plain step) for the plain loop and ``env.step`` under two rewards.
+def measure(env_name: str, steps: int, rounds: int, config: EnvConfig,
+            dense: bool = False) -> list[tuple[str, float, float]]:
+    """(loop, ms per step, ratio to the plain step) for the plain loop and ``env.step`` under two rewards (and, with
+    ``dense``, the paired reward and ``credit=True``).
 
     :param env_name: "lite" or "full".
     :param steps: steps per round of each loop.
@@ -120,9 +123,13 @@ def measure(env_name: str, steps: int, rounds: int, config: EnvConfig) -> list[t
     loops = {"plain PyTorch KD step": plain_kd_loop(model, train, batches, lr, config.alpha, config.temperature,
                                                    device, dtype)}
     options = {"device": config.device, "student_checkpoint": config.student_checkpoint, "data": data}
-    for reward in ("neg_ce", "dev_delta"):
-        env = gym.make(ENVS[env_name], reward=reward, episode_steps=10**9, **options)
-        loops[f"env.step (reward={reward})"] = env_loop(env, steps, device)
+    variants = [("reward=neg_ce", {"reward": "neg_ce"}), ("reward=dev_delta", {"reward": "dev_delta"})]
+    if dense:  # the dense signals of the learning agents: a paired trial update, per-pair credit
+        variants += [("reward=dev_loss_paired", {"reward": "dev_loss_paired"}),
+                     ("neg_ce, credit=True", {"reward": "neg_ce", "credit": True})]
+    for label, extra in variants:
+        env = gym.make(ENVS[env_name], episode_steps=10**9, **extra, **options)
+        loops[f"env.step ({label})"] = env_loop(env, steps, device)
     for run in loops.values():  # warm-up
         run()
     times = {name: [] for name in loops}
@@ -143,6 +150,8 @@ def main() -> None:
     parser.add_argument("--teachers", default=None, help="comma-separated teacher folders (default: the default pool)")
     parser.add_argument("--student-checkpoint", default=None, help="encoder folder (default: the packaged MiniLM)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--dense", action="store_true",
+                        help="also time the dense signals: reward=dev_loss_paired and credit=True")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -155,9 +164,9 @@ def main() -> None:
     for env_name in args.envs.split(","):
         steps = args.steps if env_name == "lite" else max(10, args.steps // 4)
         print(f"\n{env_name} env, batch {config.batch_size}, {steps} steps x {args.rounds} rounds")
-        print(f"{'loop':<32}{'ms / step':>12}{'ratio':>8}")
-        for loop, ms, ratio in measure(env_name, steps, args.rounds, config):
-            print(f"{loop:<32}{ms:>12.2f}{ratio:>8.2f}")
+        print(f"{'loop':<40}{'ms / step':>12}{'ratio':>8}")
+        for loop, ms, ratio in measure(env_name, steps, args.rounds, config, args.dense):
+            print(f"{loop:<40}{ms:>12.2f}{ratio:>8.2f}")
 
 
 if __name__ == "__main__":
