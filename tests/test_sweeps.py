@@ -227,3 +227,29 @@ def test_the_sweep_checker_refuses_a_broken_bench_grid(change, message, tmp_path
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match=message):
         check_sweep(path)
+
+
+def test_kd_gym_sweep_runs_a_sweep_file_locally_and_continues(tiny_env_kwargs, tmp_path):
+    """kd-gym sweep: W&B's search proposes each run, the command is the one wandb agent would run, a grid stops when
+    it is done, and a second call continues from sweep.csv."""
+    import shlex
+
+    from agents.experiments.sweep_local import run_sweep
+
+    sweep = {"program": "kd_gym/cli.py", "method": "grid", "metric": {"name": "dev_metric", "goal": "maximize"},
+             "parameters": {"learning_rate": {"values": [0.001, 0.05]}},
+             "command": ["${env}", "${interpreter}", "-m", "kd_gym.cli", "train", "--agent", "reinforce", "--steps",
+                         "6", "${args}"]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    extra = _tiny_bench_flags(tiny_env_kwargs)[:-2] + ["--out", str(tmp_path / "run")]
+    first = run_sweep(path, 1, tmp_path / "sweep", extra)
+    assert len(first) == 1
+    second = run_sweep(path, 5, tmp_path / "sweep", extra)  # one grid point left: it stops after it
+    assert sorted(second["learning_rate"]) == [0.001, 0.05]
+    assert second["dev_metric"].between(0, 1).all()
+    for command, rate in zip(second["command"], second["learning_rate"]):
+        assert f"--learning_rate={rate}" in shlex.split(command)
+    table = [line for line in (tmp_path / "sweep" / "sweep.md").read_text().splitlines() if line.startswith("| 0.")]
+    best = second.loc[second["dev_metric"].idxmax()]
+    assert table[0].startswith(f"| {best['learning_rate']} | {best['dev_metric']} |")  # ranked best first
