@@ -1,0 +1,229 @@
+"""N lite students as stacked tensors: one batched forward, backward and AdamW update for all of them.
+
+Student n of :class:`StackedLiteStudents` computes what a :class:`~kd_gym.student.StudentTrainer` over a
+:class:`~kd_gym.student.LiteStudent` computes, from its own state only:
+
+- the same initial weights for the same seed: the template module's own ``reset_parameters`` runs on a random stream
+  seeded like the trainer's (``StudentTrainer.reset``), and the result is copied into slot n;
+- the same dropout masks: one ``bernoulli_(1 - p)`` of shape (B, H) per training forward pass from the student's own
+  generator, which is what ``nn.Dropout`` draws on the CPU;
+- the same layers (``baddbmm`` per student is ``F.linear`` per student, bit for bit on the CPU), the same gradient
+  clipping of each student's global norm and the same AdamW arithmetic (``torch.optim.AdamW``'s single-tensor update,
+  elementwise, with each student's own step count).
+
+Only the loss's per-student reductions may differ from the single trainer's in the last bits of a float32 sum.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kd_gym.losses import KDLoss, multi_teacher_kd_loss, teacher_mixture
+from kd_gym.student import LiteStudent
+
+
+class StackedLiteStudents:
+    """N independent :class:`~kd_gym.student.LiteStudent` MLPs trained as one batched computation.
+
+    Parameters are stacked along a leading student axis (``body.0.weight`` (N, H, D), ``body.0.bias`` (N, H),
+    ``classifier.weight`` (N, C, H), ``classifier.bias`` (N, C); without a hidden layer only the classifier's), with
+    AdamW moments of the same shapes and a step count per student.
+
+    :param template: the architecture (its weights are not used: every student is drawn by :meth:`reset`).
+    :param num_students: N >= 1.
+    :param lr: AdamW learning rate; :param weight_decay: AdamW (decoupled) weight decay.
+    :param grad_clip: max global gradient norm of each student (0: no clipping).
+    :param device: where the parameters live.
+    :param dtype: autocast dtype of the forward pass (None: fp32), as the trainer's.
+    """
+
+    betas = (0.9, 0.999)  # torch.optim.AdamW's defaults, which the trainer uses
+    eps = 1e-8
+
+    def __init__(self, template: LiteStudent, num_students: int, *, lr: float, weight_decay: float,
+                 grad_clip: float, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> None:
+        if num_students < 1:
+            raise ValueError(f"num_students={num_students}; use an integer >= 1")
+        self.num_students = num_students
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
+        self.template = copy.deepcopy(template).to(self.device).train()
+        self.hidden = isinstance(self.template.body, nn.Sequential)
+        dropouts = [m for m in self.template.modules() if isinstance(m, nn.Dropout)]
+        self.dropout = dropouts[0].p if dropouts else 0.0
+        #: parameter names, as in ``LiteStudent.state_dict()``
+        self.names = [name for name, _ in self.template.named_parameters()]
+        self.params = [p.detach().unsqueeze(0).repeat(num_students, *[1] * p.dim()).requires_grad_()
+                       for p in self.template.parameters()]
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        #: (N,) updates of each student since it was drawn
+        self.steps = np.zeros(num_students, dtype=np.int64)
+        self.generators = [torch.Generator(device="cpu") for _ in range(num_students)]
+        self.device_generators = ([torch.Generator(device=self.device) for _ in range(num_students)]
+                                  if self.device.type == "cuda" else None)
+
+    # -- randomness
+    def _mask_generator(self, index: int) -> torch.Generator:
+        return self.generators[index] if self.device_generators is None else self.device_generators[index]
+
+    def reset(self, index: int, seed: int) -> None:
+        """Draw student ``index`` afresh from ``seed`` (what ``StudentTrainer.reset(seed)`` draws), with zero AdamW
+        moments and step count."""
+        cpu = self.generators[index]
+        cpu.manual_seed(seed)
+        devices = [self.device] if self.device_generators is not None else []
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(cpu.get_state())
+            if self.device_generators is not None:
+                self.device_generators[index].manual_seed(seed)
+                torch.cuda.set_rng_state(self.device_generators[index].get_state(), self.device)
+            for module in self.template.fresh_modules():
+                module.reset_parameters()
+            cpu.set_state(torch.get_rng_state())
+            if self.device_generators is not None:
+                self.device_generators[index].set_state(torch.cuda.get_rng_state(self.device))
+        with torch.no_grad():
+            for stacked, fresh, m, v in zip(self.params, self.template.parameters(), self.exp_avg, self.exp_avg_sq):
+                stacked[index].copy_(fresh)
+                m[index].zero_()
+                v[index].zero_()
+        self.steps[index] = 0
+
+    def dropout_masks(self, batch_size: int, draw: np.ndarray | None = None,
+                      previous: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(N, B, H) scaled dropout masks (``bernoulli(1 - p) / (1 - p)``), or None without dropout.
+
+        :param draw: (N,) bool, the students that draw a new mask from their generator (None: all); the others
+            keep their slice of ``previous`` (their current batch's mask, so its forward pass can be redone).
+        """
+        if not self.hidden or self.dropout == 0.0:
+            return None
+        keep = 1.0 - self.dropout
+        h = self.params[0].shape[1]
+        if draw is None or previous is None:
+            masks = torch.empty(self.num_students, batch_size, h, device=self.device)
+            rows = range(self.num_students) if draw is None else np.flatnonzero(draw)
+        else:
+            masks, rows = previous.clone(), np.flatnonzero(draw)
+        for n in rows:  # each student's stream, in the order and shape nn.Dropout draws it
+            masks[n].bernoulli_(keep, generator=self._mask_generator(int(n)))
+        if draw is None:
+            masks.div_(keep)
+        else:
+            for n in rows:
+                masks[n].div_(keep)
+        return masks
+
+    # -- computation
+    def forward(self, inputs: torch.Tensor, masks: torch.Tensor | None = None,
+                index: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (n, B, C) and representation (n, B, H) of the students ``index`` (None: all N) on ``inputs``.
+
+        :param inputs: (n, B, D) one batch per student, or (B, D) shared by all (e.g. the dev rows).
+        :param masks: (n, B, H) from :meth:`dropout_masks` (train mode), or None (eval mode: no dropout).
+        """
+        params = self.params if index is None else [p[torch.as_tensor(index, device=self.device)] for p in self.params]
+        n = params[0].shape[0]
+        x = inputs if inputs.dim() == 3 else inputs.expand(n, *inputs.shape)
+        with torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext():
+            if self.hidden:
+                w1, b1, w2, b2 = params
+                representation = F.gelu(torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2)))
+                if masks is not None:
+                    representation = representation * masks
+            else:
+                representation, (w2, b2) = x, params
+            logits = torch.baddbmm(b2.unsqueeze(1), representation, w2.transpose(1, 2))
+        return logits.float(), representation.float()
+
+    def update(self, loss: torch.Tensor) -> None:
+        """One AdamW update of every student from its loss.
+
+        :param loss: (N,) each student's loss; student n's depends on its parameters only, so one backward pass of
+            the sum gives every student its own gradient.
+        """
+        for p in self.params:
+            p.grad = None
+        loss.sum().backward()
+        grads = [p.grad for p in self.params]
+        if self.grad_clip:  # clip_grad_norm_ per student: the norm over all of that student's gradients
+            norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # (P, N)
+            coef = (self.grad_clip / (torch.linalg.vector_norm(norms, dim=0) + 1e-6)).clamp(max=1.0)
+            for g in grads:
+                g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
+        self.steps += 1
+        self._adamw(grads)
+
+    @torch.no_grad()
+    def _adamw(self, grads: list[torch.Tensor]) -> None:
+        """torch.optim.AdamW's single-tensor update, elementwise on the stacked tensors, per-student bias corrections."""
+        beta1, beta2 = self.betas
+        same = bool((self.steps == self.steps[0]).all())
+        steps = [float(self.steps[0])] if same else [float(s) for s in self.steps]
+        step_size = [self.lr / (1 - beta1**s) for s in steps]  # Python floats, computed as torch computes them
+        bias2_sqrt = [(1 - beta2**s) ** 0.5 for s in steps]
+        if not same:  # (N,) float32 tensors: the float32 values torch's kernels cast the Python floats to
+            step_size_t, bias2_sqrt_t = (torch.tensor(v, dtype=torch.float32, device=self.device)
+                                         for v in (step_size, bias2_sqrt))
+        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+            if self.weight_decay != 0:
+                p.mul_(1 - self.lr * self.weight_decay)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            if same:
+                denom = (v.sqrt() / bias2_sqrt[0]).add_(self.eps)
+                p.addcdiv_(m, denom, value=-step_size[0])
+            else:  # (-s * m) / d == -(s * m) / d exactly: the same numbers as value=-s
+                shape = (-1, *[1] * (p.dim() - 1))
+                denom = (v.sqrt() / bias2_sqrt_t.view(shape)).add_(self.eps)
+                p.addcdiv_(m * step_size_t.view(shape), denom, value=-1.0)
+
+    @torch.no_grad()
+    def predict(self, inputs: torch.Tensor, index: np.ndarray | None = None, chunk: int = 512) -> torch.Tensor:
+        """(n, M, C) eval-mode logits of the students ``index`` (None: all) on shared rows ``inputs`` (M, D), in
+        chunks of ``chunk`` rows (as ``StudentTrainer.predict``; per-row results do not depend on the chunking)."""
+        out = [self.forward(inputs[i : i + chunk], index=index)[0] for i in range(0, len(inputs), chunk)]
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
+
+    def state_dict(self, index: int) -> dict[str, torch.Tensor]:
+        """Student ``index``'s weights, with the keys of ``LiteStudent.state_dict()`` (loadable into one)."""
+        return {name: p[index].detach().clone() for name, p in zip(self.names, self.params)}
+
+
+def stacked_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,
+                    *, alpha: float, temperature: float, labelled: torch.Tensor | None = None,
+                    teacher_probs: torch.Tensor | None = None) -> KDLoss:
+    """:func:`~kd_gym.losses.multi_teacher_kd_loss` of N students at once, each a mean over its own B rows.
+
+    :param logits: (N, B, C); :param teacher_logits: (N, B, K, C); :param weights: (N, B, K); :param labels: (N, B);
+    :param labelled: (N, B) bool or None; :param teacher_probs: (N, B, K, C) or None.
+    :return: ``loss``, ``ce``, ``kd``: (N,) per student (as the single loss gives them for its batch);
+        ``per_instance``: (N, B).
+    """
+    n, b, c = logits.shape
+    k = teacher_logits.shape[2]
+    flat = (lambda t, *shape: None if t is None else t.reshape(n * b, *shape))  # noqa: E731
+    rows = multi_teacher_kd_loss(flat(logits, c), flat(teacher_logits, k, c), flat(weights, k), flat(labels),
+                                 alpha=alpha, temperature=temperature, labelled=flat(labelled),
+                                 teacher_probs=flat(teacher_probs, k, c))  # every row's loss is the single loss's row
+    per_instance = rows.per_instance.view(n, b)
+    with torch.no_grad():  # the reported parts per student: the single loss's CE and KD means over this student's rows
+        student = logits.detach().reshape(n * b, c).float()
+        ce = F.cross_entropy(student, labels.reshape(-1), reduction="none").view(n, b)
+        mixture = teacher_mixture(flat(teacher_logits, k, c), flat(weights, k).float(), temperature,
+                                  flat(teacher_probs, k, c))
+        cross = (mixture * F.log_softmax(student / temperature, dim=-1)).sum(-1)
+        kd = (temperature**2 * (torch.xlogy(mixture, mixture).sum(-1) - cross)).view(n, b)
+        known = torch.ones_like(ce) if labelled is None else labelled.float()
+        has_teacher = (weights.sum(-1) > 0).float()
+        ce_mean = (ce * known).sum(1) / known.sum(1).clamp_min(1)
+        kd_mean = (kd * has_teacher).sum(1) / has_teacher.sum(1).clamp_min(1)
+    return KDLoss(loss=per_instance.mean(1), ce=ce_mean, kd=kd_mean, per_instance=per_instance)

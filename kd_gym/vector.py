@@ -1,0 +1,328 @@
+"""A vector env of lite students: N independent TeacherSelection episodes stepped as one batched computation.
+
+    envs = gymnasium.make_vec("kd_gym/TeacherSelectionLite-v0", num_envs=16, vectorization_mode="vector_entry_point")
+
+Sub-env n is the single lite env reset with seed ``seed + n``: the same batches, the same student, the same
+observations, rewards and infos (up to float32 rounding in reductions), but the N students' forward and backward
+passes, AdamW updates, observation features and dev-subset evaluations are each one batched computation
+(:class:`~kd_gym.student_stack.StackedLiteStudents`), with one device-to-host copy per vector step.
+Autoreset follows Gymnasium's default, ``AutoresetMode.NEXT_STEP``. See docs/env.md, "Vectorized students".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from kd_gym.env import LOGIT_BOUND, TeacherSelectionEnv
+from kd_gym.features import observation_features
+from kd_gym.losses import KDLoss
+from kd_gym.rewards import REWARDS
+from kd_gym.student_stack import StackedLiteStudents, stacked_kd_loss
+
+#: rewards the vector env computes for all students at once
+SUPPORTED_REWARDS = ("dev_delta", "dev_loss_delta", "neg_ce", "neg_ce_kd")
+INTERVAL_REWARDS = ("dev_delta", "dev_loss_delta")
+_USE_SYNC = "use gymnasium.make_vec(..., vectorization_mode='sync'), which steps single envs one after another"
+
+
+def _reward_name(reward: Any) -> str:
+    """The registered name of a built-in reward given by name or as an instance of its class."""
+    name = reward if isinstance(reward, str) else next(
+        (key for key, cls in REWARDS.items() if type(reward) is cls), repr(reward))
+    if name not in SUPPORTED_REWARDS:
+        raise NotImplementedError(f"reward={name!r} is not computed by the vector env, which supports "
+                                  f"{list(SUPPORTED_REWARDS)}; for other rewards {_USE_SYNC}")
+    return name
+
+
+class TeacherSelectionVectorEnv(VectorEnv):
+    """N lite TeacherSelection envs with independent students, stepped as one batched computation.
+
+    Observations, actions, rewards and flags are the single env's with a leading (N,) axis
+    (``single_observation_space`` and ``single_action_space`` are the single env's spaces); ``info`` is a dict of
+    (N, ...) arrays with a boolean mask ``_key`` saying which sub-envs report ``key`` (Gymnasium's convention).
+
+    ``reset(seed=s)`` seeds sub-env n with ``s + n`` (or a list of N seeds); ``reset(options={"keep_student": True})``
+    keeps the students; ``options={"reset_mask": mask}`` resets only the sub-envs where the (N,) bool mask is True.
+    After a sub-env reports ``truncated``, the next ``step`` resets it (its action is ignored, its reward is 0) and
+    returns its first observation (``AutoresetMode.NEXT_STEP``).
+
+    Not supported (``NotImplementedError``): the full student, ``credit=True``, rewards other than
+    :data:`SUPPORTED_REWARDS`; for those, ``gymnasium.make_vec(..., vectorization_mode="sync")``.
+
+    :param num_envs: N >= 1.
+    :param options: fields of :class:`~kd_gym.config.EnvConfig`, as for the single env.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(self, num_envs: int = 1, **options: Any) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs={num_envs!r} is invalid; use an integer >= 1")
+        if options.get("student", "lite") != "lite":
+            raise NotImplementedError(f"student={options['student']!r}: the vector env batches lite students only; "
+                                      f"for the full student {_USE_SYNC}")
+        if options.get("credit", False):
+            raise NotImplementedError(f"credit=True: the vector env does not compute info['credit']; {_USE_SYNC}")
+        self.reward_name = _reward_name(options.get("reward", "dev_delta"))
+        single = TeacherSelectionEnv(**options)  # checks the options, builds the data once, gives the architecture
+        trainer = single.trainer
+        #: the options of every sub-env (an :class:`~kd_gym.config.EnvConfig`)
+        self.config = cfg = single.config
+        self.num_envs = n = num_envs
+        self.single_observation_space, self.single_action_space = single.observation_space, single.action_space
+        self.observation_space = batch_space(single.observation_space, n)
+        self.action_space = batch_space(single.action_space, n)
+        for name in ("teacher_names", "label_names", "task_name", "metric_name", "batch_size", "num_teachers",
+                     "num_labels", "reward_interval", "episode_steps", "teacher_feature_names",
+                     "instance_feature_names", "dev_indices"):
+            setattr(self, name, getattr(single, name))
+        self.device, self.task = trainer.device, trainer.data.task
+        #: the N students, stacked
+        self.students = StackedLiteStudents(trainer.model, n, lr=trainer.lr, weight_decay=trainer.weight_decay,
+                                            grad_clip=trainer.grad_clip, device=trainer.device, dtype=trainer.dtype)
+        self._splits = trainer.data.splits
+        self._train = train = self._splits["train"]
+        self._teacher_probs = F.log_softmax(train.teacher_logits.float() / cfg.temperature, -1).exp()
+        self._host_teacher_logits = train.teacher_logits.float().clamp(-LOGIT_BOUND, LOGIT_BOUND).cpu().numpy()
+        self._dev = self._splits["dev"].select(self.dev_indices)  # the reward's fixed dev rows
+        self._host_dev_labels = self._dev.labels.cpu().numpy()
+        self._interval = self.reward_name in INTERVAL_REWARDS
+        # per sub-env state
+        self._np_randoms: list[np.random.Generator | None] = [None] * n
+        self._orders = [np.empty(0, dtype=np.int64) for _ in range(n)]
+        self._cursors = np.zeros(n, dtype=np.int64)
+        self._t = np.zeros(n, dtype=np.int64)
+        self._indices = np.zeros((n, self.batch_size), dtype=np.int64)
+        self._last_dev = np.zeros((n, 2))  # dev metric, dev loss of the last measurement
+        self._has_dev = np.zeros(n, dtype=bool)
+        self._last_value = np.zeros(n)  # what the interval reward measured last
+        self._autoreset = np.zeros(n, dtype=bool)
+        self._batch: dict[str, torch.Tensor] | None = None
+        self._masks: torch.Tensor | None = None
+        self._logits: torch.Tensor | None = None
+
+    # -- per sub-env bookkeeping (host)
+    def _next_indices(self, env: int) -> np.ndarray:
+        """The sub-env's next B train rows: its own epoch order, drawn from its own generator (as the single env)."""
+        b = self.batch_size
+        if self._cursors[env] + b > len(self._orders[env]):
+            self._orders[env] = self._np_randoms[env].permutation(len(self._train))
+            self._cursors[env] = 0
+        start = self._cursors[env]
+        self._cursors[env] += b
+        return self._orders[env][start : start + b]
+
+    def _start_episodes(self, envs: np.ndarray, keep_student: bool) -> None:
+        for env in np.flatnonzero(envs):
+            if not keep_student:
+                self.students.reset(int(env), int(self._np_randoms[env].integers(2**31 - 1)))
+            self._orders[env], self._cursors[env], self._t[env] = np.empty(0, dtype=np.int64), 0, 0
+            self._has_dev[env] = False
+
+    # -- the batched computation
+    def _gather(self) -> dict[str, torch.Tensor]:
+        n, b = self._indices.shape
+        rows = torch.as_tensor(self._indices.reshape(-1), device=self.device)
+        train, k, c = self._train, self.num_teachers, self.num_labels
+        batch = {"embeddings": train.inputs["embeddings"][rows].view(n, b, -1), "labels": train.labels[rows].view(n, b),
+                 "lengths": train.lengths[rows], "teacher_logits": train.teacher_logits[rows].view(n, b, k, c),
+                 "teacher_probs": self._teacher_probs[rows].view(n, b, k, c)}
+        if train.labelled is not None:
+            batch["labelled"] = train.labelled[rows].view(n, b)
+        return batch
+
+    def _advance(self, fresh: np.ndarray, measure: np.ndarray, loss: KDLoss | None) -> dict[str, np.ndarray]:
+        """Measure the dev subset for the sub-envs ``measure``, give the sub-envs ``fresh`` their next batch, run
+        the students' forward pass on every sub-env's batch, and copy to the host, at once, what the observation,
+        the rewards and the info need.
+
+        :param fresh: (N,) bool, sub-envs that move to a new batch (the others redo their batch with its masks).
+        :param measure: (N,) bool, sub-envs whose dev metrics are measured now.
+        :param loss: the update's loss parts, (N,) each, or None.
+        :return: host arrays: ``teacher_features`` (N, B, K, P), ``instance_features`` (N, B, S),
+            ``student_logits`` (N, B, C), ``loss`` (N, 3) when given, ``dev_predictions`` (n, M) and ``dev_loss``
+            (n,) for the n measured sub-envs.
+        """
+        n, b, c = self.num_envs, self.batch_size, self.num_labels
+        parts: dict[str, torch.Tensor] = {}
+        measured = np.flatnonzero(measure)
+        if measured.size:
+            logits = self.students.predict(self._dev.inputs["embeddings"], None if measured.size == n else measured)
+            labels = self._dev.labels.repeat(len(measured))
+            parts["dev_loss"] = F.cross_entropy(logits.reshape(-1, c), labels, reduction="none").view(
+                len(measured), -1).mean(1)
+            parts["dev_predictions"] = logits.argmax(-1).float()
+        for env in np.flatnonzero(fresh):
+            self._indices[env] = self._next_indices(int(env))
+        self._batch = batch = self._gather()
+        self._masks = self.students.dropout_masks(b, None if fresh.all() else fresh, self._masks)
+        self._logits, representation = self.students.forward(batch["embeddings"], self._masks)
+        cfg, rows = self.config, n * b
+        teacher, instance = observation_features(
+            batch["teacher_logits"].view(rows, self.num_teachers, c), self._logits.view(rows, c),
+            batch["labels"].view(rows), batch["lengths"], cfg.temperature,
+            representation=representation.reshape(rows, -1) if cfg.include_representation else None,
+            labelled=batch["labelled"].view(rows) if "labelled" in batch else None,
+            embedding=batch["embeddings"].view(rows, -1) if cfg.include_embedding else None)
+        parts = {"teacher_features": teacher.view(n, b, *teacher.shape[1:]),
+                 "instance_features": instance.view(n, b, -1),
+                 "student_logits": self._logits.detach().clamp(-LOGIT_BOUND, LOGIT_BOUND), **parts}
+        if loss is not None:
+            parts["loss"] = torch.stack([loss.loss.detach(), loss.ce, loss.kd], dim=1)
+        flat = torch.cat([t.reshape(-1).float() for t in parts.values()]).cpu().numpy()  # the one host copy
+        host, start = {}, 0
+        for key, tensor in parts.items():
+            host[key] = flat[start : start + tensor.numel()].reshape(tensor.shape)
+            start += tensor.numel()
+        for i, env in enumerate(measured):
+            metrics = self.task.compute_metrics(host["dev_predictions"][i].astype(np.int64), self._host_dev_labels)
+            self._last_dev[env] = metrics["metric"], float(host["dev_loss"][i])
+            self._has_dev[env] = True
+        return host
+
+    def _observation(self, host: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"teacher_features": host["teacher_features"], "instance_features": host["instance_features"],
+                "teacher_logits": self._host_teacher_logits[self._indices], "student_logits": host["student_logits"]}
+
+    def _measure_value(self, envs: np.ndarray) -> np.ndarray:
+        """What the interval reward measures on the sub-envs ``envs`` (from the last dev measurement)."""
+        if self.reward_name == "dev_delta":
+            return 100.0 * self._last_dev[envs, 0]
+        return -self._last_dev[envs, 1]
+
+    def _info(self, envs: np.ndarray) -> dict[str, np.ndarray]:
+        """The keys every sub-env in ``envs`` reports (the single env's reset info), dict-of-arrays with masks."""
+        dev = envs & self._has_dev
+        info = {"step": np.where(envs, self._t, 0), "_step": envs.copy(),
+                "student_steps": np.where(envs, self.students.steps, 0), "_student_steps": envs.copy()}
+        if dev.any():
+            info.update(dev_metric=np.where(dev, self._last_dev[:, 0], 0.0), _dev_metric=dev,
+                        dev_loss=np.where(dev, self._last_dev[:, 1], 0.0), _dev_loss=dev.copy())
+        return info
+
+    # -- the Gymnasium vector API
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
+        """Reset every sub-env (or those of ``options["reset_mask"]``): a fresh student unless
+        ``options={"keep_student": True}``. ``seed``: None, an int s (sub-env n gets s + n) or N seeds."""
+        options = dict(options or {})
+        mask = options.pop("reset_mask", None)
+        unknown = sorted(set(options) - {"keep_student"})
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; valid options: ['keep_student', 'reset_mask']")
+        n = self.num_envs
+        if mask is None:
+            mask = np.ones(n, dtype=bool)
+        elif not (isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == (n,) and mask.any()):
+            raise ValueError(f"options['reset_mask'] must be a bool numpy array of shape ({n},) with a True value; "
+                             f"got {mask!r:.80}")
+        if self._logits is None and not mask.all():
+            raise RuntimeError("the first reset() must reset every sub-env; pass no reset_mask")
+        if seed is None or isinstance(seed, (int, np.integer)):
+            seeds = [None if seed is None else int(seed) + i for i in range(n)]
+            if seed is not None:
+                super().reset(seed=int(seed))
+        else:
+            seeds = list(seed)
+            if len(seeds) != n:
+                raise ValueError(f"got {len(seeds)} seeds for num_envs={n}; pass one seed per sub-env, or an int")
+        for env in np.flatnonzero(mask):
+            if seeds[env] is not None or self._np_randoms[env] is None:
+                self._np_randoms[env], _ = seeding.np_random(seeds[env])
+        self._start_episodes(mask, keep_student=bool(options.get("keep_student", False)))
+        self._autoreset[mask] = False
+        host = self._advance(mask, mask if self._interval else np.zeros(n, dtype=bool), None)
+        self._last_value[mask] = self._measure_value(mask) if self._interval else 0.0
+        return self._observation(host), self._info(mask)
+
+    def _validate_actions(self, actions: Any, active: np.ndarray) -> np.ndarray:
+        expected = (self.num_envs, self.batch_size, self.num_teachers)
+        try:
+            array = np.asarray(actions, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"actions {actions!r:.80} are not numeric ({error}); expected an array of shape "
+                             f"(num_envs, batch_size, num_teachers) = {expected} with values in [0, 1]") from error
+        if array.shape != expected:
+            raise ValueError(f"actions have shape {array.shape}; expected (num_envs, batch_size, num_teachers) = "
+                             f"{expected} for teachers {self.teacher_names}")
+        array = np.where(active[:, None, None], array, np.float32(0.0))  # the action of a resetting sub-env is ignored
+        if not np.isfinite(array).all():
+            raise ValueError(f"actions hold {int((~np.isfinite(array)).sum())} NaN or infinite values; expected "
+                             f"finite weights in [0, 1] of shape {expected}")
+        if self.config.action_type == "select":
+            if not np.isin(array, (0.0, 1.0)).all():
+                bad = array[~np.isin(array, (0.0, 1.0))][:3].tolist()
+                raise ValueError(f"action_type='select' expects 0/1 (drop/keep) per teacher; got values like {bad}")
+            return array
+        return np.clip(array, 0.0, 1.0)
+
+    def step(self, actions: Any):
+        """One KD update of every student that is not being reset, then every sub-env's next batch."""
+        if self._batch is None:
+            raise RuntimeError("call reset() before step()")
+        resetting = self._autoreset.copy()
+        stepping = ~resetting
+        weights = self._validate_actions(actions, stepping)
+        batch, cfg = self._batch, self.config
+        loss = stacked_kd_loss(self._logits, batch["teacher_logits"], torch.as_tensor(weights, device=self.device),
+                               batch["labels"], alpha=cfg.alpha, temperature=cfg.temperature,
+                               labelled=batch.get("labelled"), teacher_probs=batch["teacher_probs"])
+        self.students.update(loss.loss)  # resetting students are updated too, then drawn afresh below
+        self._t[stepping] += 1
+        truncated = stepping & (self._t >= self.episode_steps)  # a time limit, never a terminal state
+        if self._interval:
+            measured = stepping & ((self._t % self.reward_interval == 0) | truncated)
+        else:
+            measured = stepping.copy()
+        self._start_episodes(resetting, keep_student=False)
+        everyone = np.ones(self.num_envs, dtype=bool)
+        host = self._advance(everyone, (measured | resetting) if self._interval else ~everyone, loss)
+        rewards = np.zeros(self.num_envs)
+        if self._interval:
+            value = self._measure_value(measured)
+            rewards[measured] = value - self._last_value[measured]
+            self._last_value[measured] = value
+            self._last_value[resetting] = self._measure_value(resetting)
+        else:
+            ce, kd = host["loss"][:, 1], host["loss"][:, 2]
+            rewards[measured] = (-ce if self.reward_name == "neg_ce" else -(ce + kd))[measured]
+        rewards *= cfg.reward_scale
+        info = self._info(everyone)
+        if stepping.any():
+            values = np.where(stepping[:, None], host["loss"].astype(np.float64), 0.0)
+            total = weights.sum(2, keepdims=True)
+            info.update(loss=values[:, 0], ce=values[:, 1], kd=values[:, 2], weights=np.divide(
+                weights, total, out=np.zeros_like(weights), where=total > 0), reward_measured=measured,
+                **{f"_{key}": stepping.copy() for key in ("loss", "ce", "kd", "weights", "reward_measured")})
+        self._autoreset = truncated
+        return self._observation(host), rewards, np.zeros(self.num_envs, dtype=bool), truncated, info
+
+    # -- what agents and runners may read
+    @property
+    def student_steps(self) -> np.ndarray:
+        """(N,) updates of each student since it was last drawn."""
+        return self.students.steps.copy()
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "dev", subset: bool = False) -> list[dict[str, float]]:
+        """Each student's metrics on ``split`` ("dev" or "test"; ``subset=True``: the reward's dev subset), as the
+        single env's ``evaluate`` gives them, one dict per sub-env; changes nothing."""
+        if split not in ("dev", "test"):
+            raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
+        tensors = self._dev if subset and split == "dev" else self._splits[split]
+        logits = self.students.predict(tensors.inputs["embeddings"])
+        labels, host_labels = tensors.labels, tensors.labels.cpu().numpy()
+        losses = [F.cross_entropy(student, labels).item() for student in logits]
+        predictions = logits.argmax(-1).cpu().numpy()
+        return [{**self.task.compute_metrics(p, host_labels), "loss": loss} for p, loss in zip(predictions, losses)]
+
+    def student_state_dict(self, env: int) -> dict[str, torch.Tensor]:
+        """Sub-env ``env``'s student weights, with the keys of ``LiteStudent.state_dict()``."""
+        return self.students.state_dict(env)
