@@ -65,7 +65,14 @@ def test_bench_runs_the_protocol_and_records_it(tiny_env_kwargs, tmp_path):
     frame = pd.read_csv(out / "results.csv").set_index("agent")
     assert frame.loc["reinforce", "train_student_steps"] == 8 and frame.loc["uniform", "train_student_steps"] == 0
     assert set(frame["protocol"]) == {"train-eval"}
-    assert "train-eval protocol (2 training students, 2 evaluation students per seed)" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "train-eval protocol (2 training students, 2 evaluation students per seed)" in report
+    rows: dict[str, str] = {}
+    for line in report.splitlines():  # the first table's rows
+        if line.startswith("| "):
+            rows.setdefault(line.split(" | ")[0][2:], line)
+    assert "student steps to learn |" in rows["agent"]  # the training cost beside the result
+    assert rows["reinforce"].endswith(" 8 |") and rows["uniform"].endswith(" 0 |")
     # The online cells of the same agents are other cells (their config hash differs), so both are kept.
     assert main(args) == 0
     assert len(pd.read_csv(out / "results.csv")) == 4

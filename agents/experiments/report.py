@@ -67,10 +67,12 @@ def bench_report(frame: pd.DataFrame, command: str | None, title: str, reference
     :param heading: the markdown heading level of the title.
     """
     frame = canonical_order(frame)
+    # train-eval cells: the student steps an agent spent learning, beside its result
+    cost = "train_student_steps" in frame and frame["train_student_steps"].notna().any()
     lines = [f"{heading} {title}", "",
              f"| agent | test {metric_label} (%) mean ± std | test 95% CI | dev {metric_label} (%) mean ± std | seeds | "
-             f"Δ test vs {reference} (points) | p (paired t) | wall s / cell |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"Δ test vs {reference} (points) | p (paired t) | wall s / cell |" + (" student steps to learn |" if cost else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if cost else "")]
     for agent, group in frame.groupby("agent", sort=False):
         test_mean, test_std, half = mean_ci(group["test_metric"] * 100)
         dev_mean, dev_std, _ = mean_ci(group["dev_metric"] * 100)
@@ -80,7 +82,8 @@ def bench_report(frame: pd.DataFrame, command: str | None, title: str, reference
             d, pv, _ = paired_comparison(frame, agent, reference)
             delta, p = f"{100 * d:+.2f}", f"{pv:.3f}"
         lines.append(f"| {agent} | {test_mean:.2f} ± {test_std:.2f} | [{test_mean - half:.2f}, {test_mean + half:.2f}] "
-                     f"| {dev_mean:.2f} ± {dev_std:.2f} | {len(group)} | {delta} | {p} | {group['wall_s'].mean():.1f} |")
+                     f"| {dev_mean:.2f} ± {dev_std:.2f} | {len(group)} | {delta} | {p} | {group['wall_s'].mean():.1f} |"
+                     + (f" {group['train_student_steps'].fillna(0).mean():,.0f} |" if cost else ""))
     lines += scores_lines(frame, reference)
     lines += headroom_lines(frame)
     if command is not None:
