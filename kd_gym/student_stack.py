@@ -60,10 +60,12 @@ class StackedLiteStudents:
         self.dropout = dropouts[0].p if dropouts else 0.0
         #: parameter names, as in ``LiteStudent.state_dict()``
         self.names = [name for name, _ in self.template.named_parameters()]
-        self.params = [p.detach().unsqueeze(0).repeat(num_students, *[1] * p.dim()).requires_grad_()
+        self.params = [p.detach().unsqueeze(0).repeat(num_students, *[1] * p.dim())
                        for p in self.template.parameters()]
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self._denom = [torch.empty_like(p) for p in self.params]  # reused: no large allocation per update
+        self._saved: tuple = ()
         #: (N,) updates of each student since it was drawn
         self.steps = np.zeros(num_students, dtype=np.int64)
         self.generators = [torch.Generator(device="cpu") for _ in range(num_students)]
@@ -123,37 +125,59 @@ class StackedLiteStudents:
         return masks
 
     # -- computation
-    def forward(self, inputs: torch.Tensor, masks: torch.Tensor | None = None,
-                index: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _precision(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+
+    @torch.no_grad()
+    def forward(self, inputs: torch.Tensor, masks: torch.Tensor | None = None, index: np.ndarray | None = None,
+                *, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (n, B, C) and representation (n, B, H) of the students ``index`` (None: all N) on ``inputs``.
+
+        No autograd graph is built: :meth:`update` back-propagates by hand through the last ``train=True`` pass.
 
         :param inputs: (n, B, D) one batch per student, or (B, D) shared by all (e.g. the dev rows).
         :param masks: (n, B, H) from :meth:`dropout_masks` (train mode), or None (eval mode: no dropout).
+        :param train: keep what :meth:`update` needs (all N students only).
         """
         params = self.params if index is None else [p[torch.as_tensor(index, device=self.device)] for p in self.params]
         n = params[0].shape[0]
         x = inputs if inputs.dim() == 3 else inputs.expand(n, *inputs.shape)
-        with torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext():
+        pre = None
+        with self._precision():
             if self.hidden:
                 w1, b1, w2, b2 = params
-                representation = F.gelu(torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2)))
+                pre = torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2))  # F.linear per student
+                representation = F.gelu(pre)
                 if masks is not None:
                     representation = representation * masks
             else:
                 representation, (w2, b2) = x, params
             logits = torch.baddbmm(b2.unsqueeze(1), representation, w2.transpose(1, 2))
+        if train:
+            self._saved = (x, pre, masks, representation)
         return logits.float(), representation.float()
 
-    def update(self, loss: torch.Tensor) -> None:
-        """One AdamW update of every student from its loss.
+    @torch.no_grad()
+    def update(self, grad_logits: torch.Tensor) -> None:
+        """One AdamW update of every student from the gradient of its loss w.r.t. its logits of the last
+        ``forward(..., train=True)``: the backward pass of ``nn.Linear``, ``nn.GELU`` and ``nn.Dropout``, per student
+        (the products autograd computes for them, without transposed copies of (N, H, D) gradients), then the
+        trainer's gradient clipping and AdamW.
 
-        :param loss: (N,) each student's loss; student n's depends on its parameters only, so one backward pass of
-            the sum gives every student its own gradient.
+        :param grad_logits: (N, B, C) d loss_n / d logits_n, e.g. ``torch.autograd.grad(loss.sum(), logits)`` for
+            per-student losses (N,) (student n's loss depends on its own logits only).
         """
-        for p in self.params:
-            p.grad = None
-        loss.sum().backward()
-        grads = [p.grad for p in self.params]
+        x, pre, masks, representation = self._saved
+        with self._precision():
+            w2 = self.params[-2]
+            grads = [torch.bmm(grad_logits.transpose(1, 2), representation), grad_logits.sum(1)]
+            if self.hidden:
+                grad = torch.bmm(grad_logits, w2)
+                if masks is not None:
+                    grad = grad * masks
+                grad = torch.ops.aten.gelu_backward(grad, pre)
+                grads = [torch.bmm(grad.transpose(1, 2), x), grad.sum(1), *grads]
+        grads = [g.float() for g in grads]
         if self.grad_clip:  # clip_grad_norm_ per student: the norm over all of that student's gradients
             norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # (P, N)
             coef = (self.grad_clip / (torch.linalg.vector_norm(norms, dim=0) + 1e-6)).clamp(max=1.0)
@@ -173,20 +197,20 @@ class StackedLiteStudents:
         if not same:  # (N,) float32 tensors: the float32 values torch's kernels cast the Python floats to
             step_size_t, bias2_sqrt_t = (torch.tensor(v, dtype=torch.float32, device=self.device)
                                          for v in (step_size, bias2_sqrt))
-        for p, g, m, v in zip(self.params, grads, self.exp_avg, self.exp_avg_sq):
+        for p, g, m, v, denom in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, self._denom):
             if self.weight_decay != 0:
                 p.mul_(1 - self.lr * self.weight_decay)
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            if same:
-                denom = (v.sqrt() / bias2_sqrt[0]).add_(self.eps)
+            torch.sqrt(v, out=denom)
+            if same:  # denom = sqrt(v) / sqrt(1 - beta2^t) + eps, in place
+                denom.div_(bias2_sqrt[0]).add_(self.eps)
                 p.addcdiv_(m, denom, value=-step_size[0])
             else:  # (-s * m) / d == -(s * m) / d exactly: the same numbers as value=-s
                 shape = (-1, *[1] * (p.dim() - 1))
-                denom = (v.sqrt() / bias2_sqrt_t.view(shape)).add_(self.eps)
+                denom.div_(bias2_sqrt_t.view(shape)).add_(self.eps)
                 p.addcdiv_(m * step_size_t.view(shape), denom, value=-1.0)
 
-    @torch.no_grad()
     def predict(self, inputs: torch.Tensor, index: np.ndarray | None = None, chunk: int = 512) -> torch.Tensor:
         """(n, M, C) eval-mode logits of the students ``index`` (None: all) on shared rows ``inputs`` (M, D), in
         chunks of ``chunk`` rows (as ``StudentTrainer.predict``; per-row results do not depend on the chunking)."""

@@ -21,7 +21,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from kd_gym.env import LOGIT_BOUND, TeacherSelectionEnv
-from kd_gym.features import observation_features
+from kd_gym.features import assemble_features, row_features, student_columns
 from kd_gym.losses import KDLoss
 from kd_gym.rewards import REWARDS
 from kd_gym.student_stack import StackedLiteStudents, stacked_kd_loss
@@ -90,8 +90,9 @@ class TeacherSelectionVectorEnv(VectorEnv):
                                             grad_clip=trainer.grad_clip, device=trainer.device, dtype=trainer.dtype)
         self._splits = trainer.data.splits
         self._train = train = self._splits["train"]
-        self._teacher_probs = F.log_softmax(train.teacher_logits.float() / cfg.temperature, -1).exp()
-        self._host_teacher_logits = train.teacher_logits.float().clamp(-LOGIT_BOUND, LOGIT_BOUND).cpu().numpy()
+        # the student-independent part of every row's observation, once (as the single env): a step gathers rows
+        self._rows = row_features(train.teacher_logits, train.labels, train.lengths, cfg.temperature, train.labelled)
+        self._host_embeddings = train.inputs["embeddings"].cpu().numpy() if cfg.include_embedding else None
         self._dev = self._splits["dev"].select(self.dev_indices)  # the reward's fixed dev rows
         self._host_dev_labels = self._dev.labels.cpu().numpy()
         self._interval = self.reward_name in INTERVAL_REWARDS
@@ -129,14 +130,15 @@ class TeacherSelectionVectorEnv(VectorEnv):
 
     # -- the batched computation
     def _gather(self) -> dict[str, torch.Tensor]:
+        """Every sub-env's current batch, (N, B, ...) tensors on the device (index_select: one pass per tensor)."""
         n, b = self._indices.shape
         rows = torch.as_tensor(self._indices.reshape(-1), device=self.device)
         train, k, c = self._train, self.num_teachers, self.num_labels
-        batch = {"embeddings": train.inputs["embeddings"][rows].view(n, b, -1), "labels": train.labels[rows].view(n, b),
-                 "lengths": train.lengths[rows], "teacher_logits": train.teacher_logits[rows].view(n, b, k, c),
-                 "teacher_probs": self._teacher_probs[rows].view(n, b, k, c)}
+        pick = (lambda t, *shape: torch.index_select(t, 0, rows).view(n, b, *shape))  # noqa: E731
+        batch = {"embeddings": pick(train.inputs["embeddings"], -1), "labels": pick(train.labels),
+                 "teacher_logits": pick(train.teacher_logits, k, c), "teacher_probs": pick(self._rows.teacher_probs, k, c)}
         if train.labelled is not None:
-            batch["labelled"] = train.labelled[rows].view(n, b)
+            batch["labelled"] = pick(train.labelled)
         return batch
 
     def _advance(self, fresh: np.ndarray, measure: np.ndarray, loss: KDLoss | None) -> dict[str, np.ndarray]:
@@ -147,9 +149,9 @@ class TeacherSelectionVectorEnv(VectorEnv):
         :param fresh: (N,) bool, sub-envs that move to a new batch (the others redo their batch with its masks).
         :param measure: (N,) bool, sub-envs whose dev metrics are measured now.
         :param loss: the update's loss parts, (N,) each, or None.
-        :return: host arrays: ``teacher_features`` (N, B, K, P), ``instance_features`` (N, B, S),
-            ``student_logits`` (N, B, C), ``loss`` (N, 3) when given, ``dev_predictions`` (n, M) and ``dev_loss``
-            (n,) for the n measured sub-envs.
+        :return: host arrays: ``student`` (N * B, K + 2C [+ H]) the students' columns of the observation
+            (:func:`~kd_gym.features.student_columns` [and the representation]), ``loss`` (N, 3) when given,
+            ``dev_predictions`` (n, M) and ``dev_loss`` (n,) for the n measured sub-envs.
         """
         n, b, c = self.num_envs, self.batch_size, self.num_labels
         parts: dict[str, torch.Tensor] = {}
@@ -164,17 +166,15 @@ class TeacherSelectionVectorEnv(VectorEnv):
             self._indices[env] = self._next_indices(int(env))
         self._batch = batch = self._gather()
         self._masks = self.students.dropout_masks(b, None if fresh.all() else fresh, self._masks)
-        self._logits, representation = self.students.forward(batch["embeddings"], self._masks)
-        cfg, rows = self.config, n * b
-        teacher, instance = observation_features(
-            batch["teacher_logits"].view(rows, self.num_teachers, c), self._logits.view(rows, c),
-            batch["labels"].view(rows), batch["lengths"], cfg.temperature,
-            representation=representation.reshape(rows, -1) if cfg.include_representation else None,
-            labelled=batch["labelled"].view(rows) if "labelled" in batch else None,
-            embedding=batch["embeddings"].view(rows, -1) if cfg.include_embedding else None)
-        parts = {"teacher_features": teacher.view(n, b, *teacher.shape[1:]),
-                 "instance_features": instance.view(n, b, -1),
-                 "student_logits": self._logits.detach().clamp(-LOGIT_BOUND, LOGIT_BOUND), **parts}
+        logits, representation = self.students.forward(batch["embeddings"], self._masks, train=True)
+        self._logits = logits.requires_grad_()  # the loss's input: step() takes its gradient
+        # what the observation needs from the students, for all N * B rows; the rest is gathered on the host
+        rows, k = n * b, self.num_teachers
+        student = [student_columns(logits.view(rows, c), batch["teacher_probs"].view(rows, k, c),
+                                   self.config.temperature)]
+        if self.config.include_representation:
+            student.append(representation.reshape(rows, -1))
+        parts = {"student": torch.cat(student, dim=1) if len(student) > 1 else student[0], **parts}
         if loss is not None:
             parts["loss"] = torch.stack([loss.loss.detach(), loss.ce, loss.kd], dim=1)
         flat = torch.cat([t.reshape(-1).float() for t in parts.values()]).cpu().numpy()  # the one host copy
@@ -189,8 +189,18 @@ class TeacherSelectionVectorEnv(VectorEnv):
         return host
 
     def _observation(self, host: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"teacher_features": host["teacher_features"], "instance_features": host["instance_features"],
-                "teacher_logits": self._host_teacher_logits[self._indices], "student_logits": host["student_logits"]}
+        """The observation of every sub-env from the host copy of the students' columns (the single env's
+        assembly, on N * B rows)."""
+        n, b, k, c = self.num_envs, self.batch_size, self.num_teachers, self.num_labels
+        indices, student = self._indices.reshape(-1), host["student"]
+        extra = [student[:, k + 2 * c :]] if self.config.include_representation else []
+        if self._host_embeddings is not None:
+            extra.append(self._host_embeddings[indices])
+        teacher, instance = assemble_features(self._rows, indices, student, extra)
+        return {"teacher_features": teacher.reshape(n, b, *teacher.shape[1:]),
+                "instance_features": instance.reshape(n, b, -1),
+                "teacher_logits": self._rows.teacher_logits[self._indices],
+                "student_logits": np.clip(student[:, k + c : k + 2 * c], -LOGIT_BOUND, LOGIT_BOUND).reshape(n, b, c)}
 
     def _measure_value(self, envs: np.ndarray) -> np.ndarray:
         """What the interval reward measures on the sub-envs ``envs`` (from the last dev measurement)."""
@@ -274,7 +284,8 @@ class TeacherSelectionVectorEnv(VectorEnv):
         loss = stacked_kd_loss(self._logits, batch["teacher_logits"], torch.as_tensor(weights, device=self.device),
                                batch["labels"], alpha=cfg.alpha, temperature=cfg.temperature,
                                labelled=batch.get("labelled"), teacher_probs=batch["teacher_probs"])
-        self.students.update(loss.loss)  # resetting students are updated too, then drawn afresh below
+        (grad,) = torch.autograd.grad(loss.loss.sum(), self._logits)  # student n's loss: its own logits only
+        self.students.update(grad)  # resetting students are updated too, then drawn afresh below
         self._t[stepping] += 1
         truncated = stepping & (self._t >= self.episode_steps)  # a time limit, never a terminal state
         if self._interval:

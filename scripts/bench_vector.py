@@ -1,0 +1,139 @@
+"""Student steps per second of the vector env of lite students, against N single envs stepped in a loop.
+
+For N in (1, 4, 16, 64): ``gym.make_vec("kd_gym/TeacherSelectionLite-v0", num_envs=N,
+vectorization_mode="vector_entry_point")`` and N ``gym.make`` single envs stepped one after another (reset when
+truncated), on the same data, with random weights actions and the default reward (``dev_delta``, a dev-subset
+evaluation every ``reward_interval`` = 10 steps). Measured side by side in one process: interleaved rounds, median
+of the per-round rates. A student step is one KD update of one student; a vector step makes N of them.
+
+    python scripts/bench_vector.py                  # the default task and pool (built once from the cache)
+    python scripts/bench_vector.py --tiny           # synthetic data of the default's sizes (D 384, K 7, C 3)
+    python scripts/bench_vector.py --threads 1,2 --sizes 1,4,16,64 --steps 100 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import datasets
+import gymnasium as gym
+import numpy as np
+import torch
+
+import kd_gym  # noqa: F401  (registers the ids)
+from kd_gym.data import KDData, SplitTensors
+from kd_gym.tasks import Task
+
+LITE = "kd_gym/TeacherSelectionLite-v0"
+
+
+def tiny_data(seed: int = 0, n_train: int = 4000, n_dev: int = 1000, dim: int = 384, teachers: int = 7,
+              labels: int = 3) -> KDData:
+    """Synthetic data with the default's sizes: embeddings (N, 384) around one centre per class, 7 teachers of
+    varying skill, 3 labels (timing does not depend on the values)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0.0, 1.0, (labels, dim))
+
+    def split(n: int) -> SplitTensors:
+        gold = rng.integers(0, labels, n)
+        logits = rng.normal(0.0, 1.0, (n, teachers, labels))
+        logits[np.arange(n)[:, None], np.arange(teachers), gold[:, None]] += np.linspace(0.5, 4.0, teachers)
+        return SplitTensors({"embeddings": torch.tensor(centres[gold] + rng.normal(0.0, 1.0, (n, dim)),
+                                                        dtype=torch.float32)},
+                            torch.tensor(gold), torch.tensor(rng.integers(5, 30, n)),
+                            torch.tensor(logits, dtype=torch.float32))
+
+    tables = {name: datasets.Dataset.from_dict({"text": ["unused"], "label": [0]}) for name in ("train", "dev", "test")}
+    task = Task("synthetic", tables, [f"label{c}" for c in range(labels)], "accuracy")
+    return KDData(task, [f"teacher{k}" for k in range(teachers)],
+                  {"train": split(n_train), "dev": split(n_dev), "test": split(n_dev)})
+
+
+def default_data() -> KDData:
+    """The default lite env's data (task, pool and embeddings read from the cache), built once: every env of the run
+    gets it through ``data=``, which gives the default env's student rows, regime and dev subset again."""
+    return gym.make(LITE, device="cpu").unwrapped.trainer.data
+
+
+def vector_runner(num_envs: int, options: dict, steps: int, seed: int):
+    envs = gym.make_vec(LITE, num_envs=num_envs, vectorization_mode="vector_entry_point", **options)
+    envs.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    shape = envs.action_space.shape
+
+    def run() -> float:
+        actions = rng.random((steps, *shape), dtype=np.float32)
+        started = time.perf_counter()
+        for action in actions:
+            envs.step(action)
+        return num_envs * steps / (time.perf_counter() - started)
+
+    return run
+
+
+def loop_runner(num_envs: int, options: dict, steps: int, seed: int):
+    envs = [gym.make(LITE, **options) for _ in range(num_envs)]
+    for n, env in enumerate(envs):
+        env.reset(seed=seed + n)
+    rng = np.random.default_rng(seed)
+    shape = (num_envs, *envs[0].action_space.shape)
+
+    def run() -> float:
+        actions = rng.random((steps, *shape), dtype=np.float32)
+        started = time.perf_counter()
+        for action in actions:
+            for env, weights in zip(envs, action):
+                truncated = env.step(weights)[3]
+                if truncated:
+                    env.reset()
+        return num_envs * steps / (time.perf_counter() - started)
+
+    return run
+
+
+def measure(sizes: list[int], options: dict, steps: int, rounds: int) -> dict[tuple[str, int], float]:
+    """Median student steps/s of ("vector" | "loop", N) over interleaved rounds (after one warm-up round)."""
+    runners = {}
+    for n in sizes:
+        runners["vector", n] = vector_runner(n, options, steps, seed=0)
+        runners["loop", n] = loop_runner(n, options, steps, seed=0)
+    for run in runners.values():
+        run()
+    rates = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            rates[key].append(run())
+    return {key: statistics.median(values) for key, values in rates.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="synthetic data of the default's sizes (no cache needed)")
+    parser.add_argument("--sizes", default="1,4,16,64", help="comma-separated numbers of students N")
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch CPU thread counts")
+    parser.add_argument("--steps", type=int, default=100, help="vector steps per round (N student steps each)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds after a warm-up; median reported")
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.sizes.split(",")]
+    data = tiny_data() if args.tiny else default_data()
+    options = {"data": data, "device": "cpu", "episode_steps": 200}
+    train = data.splits["train"]
+    print(f"torch {torch.__version__}, CPU; data: {'synthetic' if args.tiny else 'default'} "
+          f"({len(train)} train rows, D {train.inputs['embeddings'].shape[1]}, K {data.num_teachers}, "
+          f"C {data.num_labels}); batch 32, reward dev_delta every 10 steps, {args.steps} steps x {args.rounds} rounds")
+    ratio = f"x N={sizes[0]}"
+    print(f"{'threads':>7} {'N':>4} {'vector steps/s':>15} {ratio:>7} {'loop steps/s':>13} {'vector/loop':>12}")
+    for threads in (int(t) for t in args.threads.split(",")):
+        torch.set_num_threads(threads)
+        rates = measure(sizes, options, args.steps, args.rounds)
+        base = rates["vector", sizes[0]]
+        for n in sizes:
+            vector, loop = rates["vector", n], rates["loop", n]
+            print(f"{threads:>7} {n:>4} {vector:>15.0f} {vector / base:>7.2f} {loop:>13.0f} {vector / loop:>12.2f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
