@@ -4,11 +4,13 @@ For N in (1, 4, 16, 64): ``gym.make_vec("kd_gym/TeacherSelectionLite-v0", num_en
 vectorization_mode="vector_entry_point")`` and N ``gym.make`` single envs stepped one after another (reset when
 truncated), on the same data, with random weights actions and the default reward (``dev_delta``, a dev-subset
 evaluation every ``reward_interval`` = 10 steps). Measured side by side in one process: interleaved rounds, median
-of the per-round rates. A student step is one KD update of one student; a vector step makes N of them.
+of the per-round rates. A student step is one KD update of one student; a vector step makes N of them. On a machine
+shared with other work, ``--clock cpu`` (this process's CPU time, with one thread) is steadier than wall time.
 
     python scripts/bench_vector.py                  # the default task and pool (built once from the cache)
     python scripts/bench_vector.py --tiny           # synthetic data of the default's sizes (D 384, K 7, C 3)
     python scripts/bench_vector.py --threads 1,2 --sizes 1,4,16,64 --steps 100 --rounds 3
+    python scripts/bench_vector.py --tiny --threads 1 --clock cpu
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def default_data() -> KDData:
     return gym.make(LITE, device="cpu").unwrapped.trainer.data
 
 
-def vector_runner(num_envs: int, options: dict, steps: int, seed: int):
+def vector_runner(num_envs: int, options: dict, steps: int, seed: int, clock):
     envs = gym.make_vec(LITE, num_envs=num_envs, vectorization_mode="vector_entry_point", **options)
     envs.reset(seed=seed)
     rng = np.random.default_rng(seed)
@@ -65,15 +67,15 @@ def vector_runner(num_envs: int, options: dict, steps: int, seed: int):
 
     def run() -> float:
         actions = rng.random((steps, *shape), dtype=np.float32)
-        started = time.perf_counter()
+        started = clock()
         for action in actions:
             envs.step(action)
-        return num_envs * steps / (time.perf_counter() - started)
+        return num_envs * steps / (clock() - started)
 
     return run
 
 
-def loop_runner(num_envs: int, options: dict, steps: int, seed: int):
+def loop_runner(num_envs: int, options: dict, steps: int, seed: int, clock):
     envs = [gym.make(LITE, **options) for _ in range(num_envs)]
     for n, env in enumerate(envs):
         env.reset(seed=seed + n)
@@ -82,23 +84,26 @@ def loop_runner(num_envs: int, options: dict, steps: int, seed: int):
 
     def run() -> float:
         actions = rng.random((steps, *shape), dtype=np.float32)
-        started = time.perf_counter()
+        started = clock()
         for action in actions:
             for env, weights in zip(envs, action):
                 truncated = env.step(weights)[3]
                 if truncated:
                     env.reset()
-        return num_envs * steps / (time.perf_counter() - started)
+        return num_envs * steps / (clock() - started)
 
     return run
 
 
-def measure(sizes: list[int], options: dict, steps: int, rounds: int) -> dict[tuple[str, int], float]:
-    """Median student steps/s of ("vector" | "loop", N) over interleaved rounds (after one warm-up round)."""
+def measure(sizes: list[int], options: dict, steps: int, rounds: int, clock) -> dict[tuple[str, int], float]:
+    """Median student steps/s of ("vector" | "loop", N) over interleaved rounds (after one warm-up round).
+
+    :param clock: ``time.perf_counter`` (wall) or ``time.process_time`` (this process's CPU time).
+    """
     runners = {}
     for n in sizes:
-        runners["vector", n] = vector_runner(n, options, steps, seed=0)
-        runners["loop", n] = loop_runner(n, options, steps, seed=0)
+        runners["vector", n] = vector_runner(n, options, steps, 0, clock)
+        runners["loop", n] = loop_runner(n, options, steps, 0, clock)
     for run in runners.values():
         run()
     rates = {key: [] for key in runners}
@@ -115,19 +120,26 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="comma-separated torch CPU thread counts")
     parser.add_argument("--steps", type=int, default=100, help="vector steps per round (N student steps each)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds after a warm-up; median reported")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or this process's CPU time (steadier on a shared machine; one thread only)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    if args.clock == "cpu" and thread_counts != [1]:
+        parser.error("--clock cpu counts the CPU time of every thread; use it with --threads 1")
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     data = tiny_data() if args.tiny else default_data()
     options = {"data": data, "device": "cpu", "episode_steps": 200}
     train = data.splits["train"]
     print(f"torch {torch.__version__}, CPU; data: {'synthetic' if args.tiny else 'default'} "
           f"({len(train)} train rows, D {train.inputs['embeddings'].shape[1]}, K {data.num_teachers}, "
-          f"C {data.num_labels}); batch 32, reward dev_delta every 10 steps, {args.steps} steps x {args.rounds} rounds")
+          f"C {data.num_labels}); batch 32, reward dev_delta every 10 steps, {args.steps} steps x {args.rounds} rounds, "
+          f"{args.clock} clock")
     ratio = f"x N={sizes[0]}"
     print(f"{'threads':>7} {'N':>4} {'vector steps/s':>15} {ratio:>7} {'loop steps/s':>13} {'vector/loop':>12}")
-    for threads in (int(t) for t in args.threads.split(",")):
+    for threads in thread_counts:
         torch.set_num_threads(threads)
-        rates = measure(sizes, options, args.steps, args.rounds)
+        rates = measure(sizes, options, args.steps, args.rounds, clock)
         base = rates["vector", sizes[0]]
         for n in sizes:
             vector, loop = rates["vector", n], rates["loop", n]
