@@ -91,6 +91,36 @@ def _build_student(config: EnvConfig, data: KDData) -> tuple[torch.nn.Module, fl
     return model, config.lr or 1e-4
 
 
+def validate_weights(action: Any, axes: tuple[str, ...], expected: tuple[int, ...], teacher_names: list[str],
+                     action_type: str, ignore: np.ndarray | None = None) -> np.ndarray:
+    """The action as float32 weights of shape ``expected`` (named ``axes``), checked: numeric, of that shape,
+    finite, 0/1 in ``select`` mode; weights are clipped to [0, 1]. ``ValueError`` naming what was wrong.
+
+    :param ignore: (N,) bool over the first axis: rows set to 0 before the checks (a vector env's resetting sub-envs).
+    """
+    plural = len(axes) == 3  # a vector env's (num_envs, batch_size, num_teachers) actions
+    noun, is_, has, holds = ("actions", "are", "have", "hold") if plural else ("action", "is", "has", "holds")
+    shape = f"({', '.join(axes)}) = {expected}"
+    try:
+        array = np.asarray(action, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{noun} {action!r:.80} {is_} not numeric ({error}); expected an array of shape {shape} "
+                         "with values in [0, 1]") from error
+    if array.shape != expected:
+        raise ValueError(f"{noun} {has} shape {array.shape}; expected {shape} for teachers {teacher_names}")
+    if ignore is not None:
+        array = np.where(ignore[:, None, None], np.float32(0.0), array)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{noun} {holds} {int((~np.isfinite(array)).sum())} NaN or infinite values; expected "
+                         f"finite weights in [0, 1] of shape {shape}")
+    if action_type == "select":
+        if not np.isin(array, (0.0, 1.0)).all():
+            bad = array[~np.isin(array, (0.0, 1.0))][:3].tolist()
+            raise ValueError(f"action_type='select' expects 0/1 (drop/keep) per teacher; got values like {bad}")
+        return array
+    return np.clip(array, 0.0, 1.0)  # out-of-range weights are clipped, as documented
+
+
 class TeacherSelectionEnv(gym.Env):
     """Multi-teacher KD as an MDP: choose per-instance teacher weights; reward = the student's progress.
 
@@ -336,24 +366,8 @@ class TeacherSelectionEnv(gym.Env):
         return self._get_obs(), self._get_info()
 
     def _validate_action(self, action: Any) -> np.ndarray:
-        expected = (self.batch_size, self.num_teachers)
-        try:
-            array = np.asarray(action, dtype=np.float32)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"action {action!r:.80} is not numeric ({error}); expected an array of shape "
-                             f"(batch_size, num_teachers) = {expected} with values in [0, 1]") from error
-        if array.shape != expected:
-            raise ValueError(f"action has shape {array.shape}; expected (batch_size, num_teachers) = {expected} "
-                             f"for teachers {self.teacher_names}")
-        if not np.isfinite(array).all():
-            raise ValueError(f"action holds {int((~np.isfinite(array)).sum())} NaN or infinite values; expected "
-                             f"finite weights in [0, 1] of shape (batch_size, num_teachers) = {expected}")
-        if self.config.action_type == "select":
-            if not np.isin(array, (0.0, 1.0)).all():
-                bad = array[~np.isin(array, (0.0, 1.0))][:3].tolist()
-                raise ValueError(f"action_type='select' expects 0/1 (drop/keep) per teacher; got values like {bad}")
-            return array
-        return np.clip(array, 0.0, 1.0)  # out-of-range weights are clipped, as documented
+        return validate_weights(action, ("batch_size", "num_teachers"), (self.batch_size, self.num_teachers),
+                                self.teacher_names, self.config.action_type)
 
     def step(self, action: Any):
         if self._batch is None:

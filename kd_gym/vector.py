@@ -20,7 +20,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from kd_gym.env import LOGIT_BOUND, TeacherSelectionEnv
+from kd_gym.env import LOGIT_BOUND, TeacherSelectionEnv, validate_weights
 from kd_gym.features import assemble_features, row_features, student_columns
 from kd_gym.losses import KDLoss
 from kd_gym.rewards import REWARDS
@@ -253,25 +253,10 @@ class TeacherSelectionVectorEnv(VectorEnv):
         return self._observation(host), self._info(mask)
 
     def _validate_actions(self, actions: Any, active: np.ndarray) -> np.ndarray:
-        expected = (self.num_envs, self.batch_size, self.num_teachers)
-        try:
-            array = np.asarray(actions, dtype=np.float32)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"actions {actions!r:.80} are not numeric ({error}); expected an array of shape "
-                             f"(num_envs, batch_size, num_teachers) = {expected} with values in [0, 1]") from error
-        if array.shape != expected:
-            raise ValueError(f"actions have shape {array.shape}; expected (num_envs, batch_size, num_teachers) = "
-                             f"{expected} for teachers {self.teacher_names}")
-        array = np.where(active[:, None, None], array, np.float32(0.0))  # the action of a resetting sub-env is ignored
-        if not np.isfinite(array).all():
-            raise ValueError(f"actions hold {int((~np.isfinite(array)).sum())} NaN or infinite values; expected "
-                             f"finite weights in [0, 1] of shape {expected}")
-        if self.config.action_type == "select":
-            if not np.isin(array, (0.0, 1.0)).all():
-                bad = array[~np.isin(array, (0.0, 1.0))][:3].tolist()
-                raise ValueError(f"action_type='select' expects 0/1 (drop/keep) per teacher; got values like {bad}")
-            return array
-        return np.clip(array, 0.0, 1.0)
+        """The checked (N, B, K) weights; the action of a resetting sub-env (``active`` False) is ignored."""
+        return validate_weights(actions, ("num_envs", "batch_size", "num_teachers"),
+                                (self.num_envs, self.batch_size, self.num_teachers), self.teacher_names,
+                                self.config.action_type, ignore=~active)
 
     def step(self, actions: Any):
         """One KD update of every student that is not being reset, then every sub-env's next batch."""
