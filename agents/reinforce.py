@@ -6,7 +6,7 @@ The paper, mapped onto kd-gym:
   gold label, and the student's prediction. Here (:mod:`agents.state`)
   ``s_k = [instance_features | teacher_features[k] | softmax(teacher_logits[k] / T) | softmax(student_logits)]``,
   read from the observation's shapes. Inputs are standardised with a running mean / std (updated while learning
-  only).
+  only, with a window's states when the window closes).
 - policy: ``pi(keep_k | s_k) = sigmoid(w . s_k + b_k)``, one logistic unit shared by all teachers, as in the paper,
   plus a learned bias ``b_k`` per teacher so that it can tell the teachers apart (for a linear unit a learned
   per-teacher embedding concatenated to ``s_k`` is exactly a per-teacher bias, so nothing richer is needed).
@@ -80,16 +80,18 @@ class ReinforceConfig(AgentConfig):
 
 @dataclasses.dataclass
 class Window:
-    """The steps since the last policy update: their normalised inputs (B, K, d) and what their actions were drawn
-    as (B, K), and the sum of their rewards."""
+    """The steps since the last policy update: their states (B, K, d) before and after normalisation, what their
+    actions were drawn as (B, K), and the sum of their rewards."""
 
     inputs: list[torch.Tensor] = dataclasses.field(default_factory=list)
     actions: list[torch.Tensor] = dataclasses.field(default_factory=list)
     total_return: float = 0.0
     steps: int = 0
+    states: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    """raw states of every step (warm-up included), folded into the input statistics when the window closes"""
 
     def clear(self) -> None:
-        self.inputs, self.actions, self.total_return, self.steps = [], [], 0.0, 0
+        self.inputs, self.actions, self.total_return, self.steps, self.states = [], [], 0.0, 0, []
 
 
 class TeacherSelector(nn.Module):
@@ -144,25 +146,43 @@ class ReinforceAgent(Agent):
             self.policy.teacher_bias.fill_(float(np.log(cfg.init_keep_probability / (1 - cfg.init_keep_probability))))
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate)
         self.input_stats = RunningMeanStd(shape=(input_size,))
+        self._set_input_scale()
         self.baseline, self.return_var, self.updates, self.credit_var = 0.0, 1.0, 0, 1.0
         self.metrics: dict[str, float] = {}
         self.window = Window()
 
     # -- state and policy
-    def _normalise(self, states: np.ndarray) -> torch.Tensor:
-        z = (states - self.input_stats.mean) / np.sqrt(self.input_stats.var + 1e-8)
-        return torch.as_tensor(np.clip(z, -self.config.input_clip, self.config.input_clip), dtype=torch.float32)
+    def _update_input_stats(self, states: list[torch.Tensor]) -> None:
+        """Fold the rows of a window's states (each (B, K, d)) into the running mean / std (SB3's
+        ``RunningMeanStd``), once per window: per step it would cost more than the selector itself."""
+        rows = torch.cat(states).reshape(-1, self.states.size).double()
+        mean = rows.mean(dim=0)
+        var = (rows - mean).square_().mean(dim=0)  # torch.var_mean is 3x slower on these shapes
+        self.input_stats.update_from_moments(mean.numpy(), var.numpy(), rows.shape[0])
+        self._set_input_scale()
+
+    def _set_input_scale(self) -> None:
+        """(s - mean) / std as one fused multiply-add: s * (1 / std) + (-mean / std), from the running stats."""
+        std = np.sqrt(self.input_stats.var + 1e-8)
+        self._input_scale = (torch.as_tensor(1.0 / std, dtype=torch.float32),
+                             torch.as_tensor(-self.input_stats.mean / std, dtype=torch.float32))
+
+    def _normalise(self, states: torch.Tensor) -> torch.Tensor:
+        """Standardised, clipped states, (B, K, d) float32."""
+        scale, shift = self._input_scale
+        clip = self.config.input_clip
+        return torch.addcmul(shift, states, scale).clamp_(-clip, clip)
 
     def keep_probabilities(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """pi(keep_k | s_k) for every instance and teacher, (B, K)."""
         with torch.no_grad():
-            return torch.sigmoid(self.policy(self._normalise(self.states(obs)))).numpy()
+            return torch.sigmoid(self.policy(self._normalise(self.states.tensor(obs)))).numpy()
 
     def _distribution(self, logits: torch.Tensor) -> torch.distributions.Distribution:
         """The distribution actions are drawn from: Bernoulli(keep) or, in ``prob`` mode, Normal over the logit z."""
         if self.select_mode or self.config.action_mode == "sample":
-            return torch.distributions.Bernoulli(logits=logits)
-        return torch.distributions.Normal(logits, self.config.logit_std)
+            return torch.distributions.Bernoulli(logits=logits, validate_args=False)
+        return torch.distributions.Normal(logits, self.config.logit_std, validate_args=False)
 
     def _sample(self, inputs: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """(env action (B, K), what the log-probability is taken of) for normalised inputs (B, K, d)."""
@@ -180,7 +200,7 @@ class ReinforceAgent(Agent):
         if deterministic:
             probs = self.keep_probabilities(obs)
             return (probs > 0.5).astype(np.int8) if self.select_mode else probs.astype(np.float32)
-        return self._sample(self._normalise(self.states(obs)))[0]
+        return self._sample(self._normalise(self.states.tensor(obs)))[0]
 
     # -- learning
     def policy_loss(self, states: torch.Tensor, taken: torch.Tensor,
@@ -211,10 +231,7 @@ class ReinforceAgent(Agent):
         advantage = (taken - probs) * torch.as_tensor(delta / np.sqrt(self.credit_var + 1e-12), dtype=torch.float32)
         loss, entropy, probs = self.policy_loss(inputs[None], taken[None], advantage[None])
         self._step(loss)
-        self.metrics.update(policy_loss=loss.item(), entropy=entropy.item(), keep_probability=probs.mean().item(),
-                            updates=float(self.updates), credit_std=float(np.sqrt(self.credit_var)))
-        for k, teacher in enumerate(self.unwrapped.teacher_names):
-            self.metrics[f"keep_probability[{teacher}]"] = probs[..., k].mean().item()
+        self._record(loss, entropy, probs, credit_std=float(np.sqrt(self.credit_var)))
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad()
@@ -230,10 +247,16 @@ class ReinforceAgent(Agent):
         loss, entropy, probs = self.policy_loss(torch.stack(inputs), torch.stack(actions), advantage / max(scale, 1e-8))
         self._step(loss)
         self._fit_baseline(window_return)
-        self.metrics.update(policy_loss=loss.item(), advantage=float(advantage), entropy=entropy.item(),
-                            keep_probability=probs.mean().item(), updates=float(self.updates))
-        for k, teacher in enumerate(self.unwrapped.teacher_names):
-            self.metrics[f"keep_probability[{teacher}]"] = probs[..., k].mean().item()
+        self._record(loss, entropy, probs, advantage=float(advantage))
+
+    def _record(self, loss: torch.Tensor, entropy: torch.Tensor, probs: torch.Tensor, **extra: float) -> None:
+        """Update the metrics after a policy step (one host transfer: they are read every step by trackers)."""
+        per_teacher = probs.detach().reshape(-1, probs.shape[-1]).mean(dim=0)
+        values = torch.cat([torch.stack([loss.detach(), entropy.detach()]), per_teacher]).tolist()
+        self.metrics.update(policy_loss=values[0], entropy=values[1], keep_probability=float(np.mean(values[2:])),
+                            updates=float(self.updates), **extra)
+        for teacher, keep in zip(self.unwrapped.teacher_names, values[2:]):
+            self.metrics[f"keep_probability[{teacher}]"] = keep
 
     def _fit_baseline(self, window_return: float) -> None:
         decay = self.config.baseline_decay
@@ -255,8 +278,8 @@ class ReinforceAgent(Agent):
             if cfg.anneal_lr:
                 for group in self.optimizer.param_groups:
                     group["lr"] = cfg.learning_rate * (1.0 - step / total_steps)
-            states = self.states(self._observation())
-            self.input_stats.update(states.reshape(-1, states.shape[-1]))
+            states = self.states.tensor(self._observation())
+            window.states.append(states)
             inputs = self._normalise(states)
             if step < cfg.warmup_steps:
                 action = np.ones(self.batch_shape, dtype=np.int8 if self.select_mode else np.float32)
@@ -281,6 +304,7 @@ class ReinforceAgent(Agent):
                     self._update(window.inputs, window.actions, window.total_return)
                 else:
                     self._fit_baseline(window.total_return)
+                self._update_input_stats(window.states)
                 window.clear()
             if callback is not None and callback(locals()) is False:
                 break
@@ -295,12 +319,13 @@ class ReinforceAgent(Agent):
 
     def training_state(self) -> dict[str, Any]:
         """The loop and the agent's rng (:class:`~agents.base.Agent`), the action noise's generator, the open window
-        (its normalised inputs and actions, return and length) and the running metrics (the first window's return
+        (its states, normalised inputs and actions, return and length) and the running metrics (the first window's return
         sets the baseline only while ``metrics`` has none)."""
         window = self.window
         return {**super().training_state(), "generator": self.generator.get_state(), "metrics": dict(self.metrics),
                 "window": {"inputs": list(window.inputs), "actions": list(window.actions),
-                           "total_return": window.total_return, "steps": window.steps}}
+                           "total_return": window.total_return, "steps": window.steps,
+                           "states": list(window.states)}}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         super().load_training_state(state)
@@ -313,5 +338,6 @@ class ReinforceAgent(Agent):
         self.optimizer.load_state_dict(state["optimizer"])
         self.input_stats.mean, self.input_stats.var = np.asarray(state["input_mean"]), np.asarray(state["input_var"])
         self.input_stats.count = float(state["input_count"])
+        self._set_input_scale()
         self.baseline, self.return_var, self.updates = state["baseline"], state["return_var"], state["updates"]
         self.credit_var = state.get("credit_var", 1.0)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    z /= z.sum(-1, keepdims=True)
+    return z
 
 
 class PerTeacherState:
@@ -33,11 +34,17 @@ class PerTeacherState:
         self.size = s + p + 2 * c
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        """(B, K, size) float64 states."""
-        k = self.num_teachers
-        instance = np.asarray(obs["instance_features"], dtype=np.float64)
-        shared = np.repeat(instance[:, None], k, axis=1)  # (B, K, S)
-        own = np.asarray(obs["teacher_features"], dtype=np.float64)  # (B, K, P)
-        teacher_probs = _softmax(np.asarray(obs["teacher_logits"], dtype=np.float64) / self.temperature)
-        student_probs = np.repeat(_softmax(np.asarray(obs["student_logits"], dtype=np.float64))[:, None], k, axis=1)
-        return np.concatenate([shared, own, teacher_probs, student_probs], axis=-1)
+        """(B, K, size) float32 states."""
+        instance, own = obs["instance_features"], obs["teacher_features"]
+        b, k, p = own.shape
+        s, c = instance.shape[1], obs["student_logits"].shape[1]
+        states = np.empty((b, k, s + p + 2 * c), dtype=np.float32)
+        states[..., :s] = instance[:, None]
+        states[..., s:s + p] = own
+        states[..., s + p:s + p + c] = _softmax(obs["teacher_logits"] / np.float32(self.temperature))
+        states[..., s + p + c:] = _softmax(obs["student_logits"])[:, None]
+        return states
+
+    def tensor(self, obs: dict[str, np.ndarray]) -> torch.Tensor:
+        """The same states as a float32 tensor (B, K, size)."""
+        return torch.from_numpy(self(obs))
