@@ -28,12 +28,17 @@ class KDLoss:
     :param kd: mean T^2-scaled KL divergence to the teacher mixture, over instances with some teacher weight
         (0 when every row is all-zero).
     :param per_instance: (B,) the loss of each instance, before averaging.
+    :param instance_ce: (B,) each instance's CE against its gold label, whatever its coefficient (detached).
+    :param instance_kd: (B,) each instance's T^2-scaled KL to its mixture, 0 where its weights are all zero
+        (detached).
     """
 
     loss: torch.Tensor
     ce: torch.Tensor
     kd: torch.Tensor
     per_instance: torch.Tensor
+    instance_ce: torch.Tensor | None = None
+    instance_kd: torch.Tensor | None = None
 
 
 def teacher_mixture(teacher_logits: torch.Tensor, weights: torch.Tensor, temperature: float,
@@ -98,6 +103,8 @@ def multi_teacher_kd_loss(
     cross = torch.bmm(mixture.unsqueeze(1), F.log_softmax(student_logits / temperature, dim=-1).unsqueeze(2))
     kd = temperature**2 * (mixture_neg_entropy - cross.view(-1))
     per_instance = ce_coef * ce + kd_coef * kd
+    ce, kd = ce.detach(), kd.detach()
     ce_mean = torch.dot(ce, known) / known.sum().clamp_min(1)
     kd_mean = torch.dot(kd, has_teacher) / has_teacher.sum().clamp_min(1)
-    return KDLoss(loss=per_instance.mean(), ce=ce_mean, kd=kd_mean, per_instance=per_instance)
+    return KDLoss(loss=per_instance.mean(), ce=ce_mean, kd=kd_mean, per_instance=per_instance, instance_ce=ce,
+                  instance_kd=kd)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kd_gym.losses import KDLoss, multi_teacher_kd_loss, teacher_mixture
+from kd_gym.losses import KDLoss, multi_teacher_kd_loss
 from kd_gym.student import LiteStudent
 
 
@@ -243,12 +243,7 @@ def stacked_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, weights:
                                  teacher_probs=flat(teacher_probs, k, c))  # every row's loss is the single loss's row
     per_instance = rows.per_instance.view(n, b)
     with torch.no_grad():  # the reported parts per student: the single loss's CE and KD means over this student's rows
-        student = logits.detach().reshape(n * b, c).float()
-        ce = F.cross_entropy(student, labels.reshape(-1), reduction="none").view(n, b)
-        mixture = teacher_mixture(flat(teacher_logits, k, c), flat(weights, k).float(), temperature,
-                                  flat(teacher_probs, k, c))
-        cross = (mixture * F.log_softmax(student / temperature, dim=-1)).sum(-1)
-        kd = (temperature**2 * (torch.xlogy(mixture, mixture).sum(-1) - cross)).view(n, b)
+        ce, kd = rows.instance_ce.view(n, b), rows.instance_kd.view(n, b)
         known = torch.ones_like(ce) if labelled is None else labelled.float()
         has_teacher = (weights.sum(-1) > 0).float()
         ce_mean = (ce * known).sum(1) / known.sum(1).clamp_min(1)

@@ -150,3 +150,41 @@ def test_gradients_flow_to_student_logits_only(batch) -> None:
         p, q_t = F.softmax(student, -1), F.softmax(student / 2.0, -1)
         expected = (0.5 * (p - F.one_hot(labels, C)) + 0.5 * 2.0 * (q_t - mixture)) / B
     torch.testing.assert_close(student.grad, expected)
+
+
+def reference_loss(student, teachers, weights, labels, alpha, temperature, labelled):
+    """(B,) the loss from textbook ops (cross-entropy, KL written out) in float64, for the gradient to match."""
+    probs = F.softmax(teachers / temperature, -1)
+    total = weights.sum(1, keepdim=True)
+    mixture = (weights / total.clamp_min(1e-12)).unsqueeze(1).bmm(probs).squeeze(1)
+    has_teacher = (total.squeeze(1) > 0).float()
+    kl = (torch.xlogy(mixture, mixture) - mixture * F.log_softmax(student / temperature, -1)).sum(-1)
+    ce = F.cross_entropy(student, labels, reduction="none")
+    known = labelled.float()
+    ce_coef = torch.where(has_teacher > 0, alpha, 1.0) * known
+    kd_coef = torch.where(labelled, 1.0 - alpha, 1.0) * has_teacher
+    return ce_coef * ce + kd_coef * temperature**2 * kl
+
+
+@pytest.mark.parametrize(("alpha", "temperature"), [(0.5, 2.0), (0.2, 0.7), (0.0, 4.0), (1.0, 1.0)])
+def test_gradient_matches_a_textbook_reference_with_hidden_labels_and_zero_rows(batch, alpha: float, temperature: float) -> None:
+    student, teachers, labels = batch
+    generator = torch.Generator().manual_seed(4)
+    weights = torch.rand(B, K, generator=generator)
+    weights[1] = 0.0  # gold label alone (or nothing, on a transfer row)
+    weights[3] = torch.tensor([0.0, 0.0, 2.0])
+    labelled = torch.tensor([True, False, True, False, True, True])
+    upstream = torch.randn(B, generator=generator)  # any weighting of the rows, not just the mean
+    loss_input = student.clone().requires_grad_(True)
+    result = multi_teacher_kd_loss(loss_input, teachers, weights, labels, alpha, temperature, labelled)
+    (result.per_instance * upstream).sum().backward()
+    reference_input = student.clone().double().requires_grad_(True)
+    reference = reference_loss(reference_input, teachers.double(), weights.double(), labels, alpha, temperature,
+                               labelled)
+    (reference * upstream.double()).sum().backward()
+    torch.testing.assert_close(result.per_instance, reference.float())
+    torch.testing.assert_close(loss_input.grad, reference_input.grad.float())
+    # the per-instance parts: CE whatever its coefficient, KD zero where the row has no teacher
+    torch.testing.assert_close(result.instance_ce, F.cross_entropy(student, labels, reduction="none"))
+    assert result.instance_kd[1].item() == 0.0 and result.instance_kd[0].item() > 0.0
+
