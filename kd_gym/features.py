@@ -103,8 +103,9 @@ class RowFeatures:
     batch's rows instead of recomputing them): host arrays for the observation, and the teachers' softened
     distributions on the device for the loss and the KL column.
 
-    :param teacher: (N, K, 3) ``teacher_ce``, ``teacher_entropy``, ``teacher_correct`` (masked on hidden labels).
-    :param teacher_neg_entropy: (N, K) ``sum p log p`` of each teacher at T (nats).
+    :param teacher: (N, K, P) ``teacher_features`` without the student: ``teacher_ce``, ``teacher_entropy``,
+        ``teacher_correct`` (masked on hidden labels) and, in the KL column, ``sum p log p`` of each teacher at T
+        (the half of the KL that does not depend on the student).
     :param instance: (N, 3) ``teacher_agreement``, ``length``, ``labelled``.
     :param teacher_logits: (N, K, C) clipped to +-FEATURE_BOUND.
     :param teacher_probs: (N, K, C) the teachers' distributions at T, on the device of the logits.
@@ -112,7 +113,6 @@ class RowFeatures:
     """
 
     teacher: np.ndarray
-    teacher_neg_entropy: np.ndarray
     instance: np.ndarray
     teacher_logits: np.ndarray
     teacher_probs: torch.Tensor
@@ -131,9 +131,9 @@ def row_features(teacher_logits: torch.Tensor, labels: torch.Tensor, lengths: to
                                                      labelled=labelled)
     log_t = F.log_softmax(teacher_logits.float() / temperature, -1)
     teacher_probs = log_t.exp()
+    teacher = torch.cat([per_teacher[..., :3], (teacher_probs * log_t).sum(-1, keepdim=True)], dim=-1)
     host = (lambda t: np.ascontiguousarray(t.float().cpu().numpy()))  # noqa: E731
-    return RowFeatures(teacher=host(per_teacher[..., :3]), teacher_neg_entropy=host((teacher_probs * log_t).sum(-1)),
-                       instance=host(per_instance[:, [0, 3, 4]]),
+    return RowFeatures(teacher=host(teacher), instance=host(per_instance[:, [0, 3, 4]]),
                        teacher_logits=host(teacher_logits.clamp(-FEATURE_BOUND, FEATURE_BOUND)),
                        teacher_probs=teacher_probs.contiguous(), labels=labels.cpu().numpy())
 
@@ -152,23 +152,29 @@ def student_columns(student_logits: torch.Tensor, teacher_probs: torch.Tensor, t
 def assemble_features(rows: RowFeatures, indices: np.ndarray, student: np.ndarray,
                       extra: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``teacher_features`` (B, K, P) and ``instance_features`` (B, S) on the host, as :func:`observation_features`
-    gives them, from the rows ``indices`` of ``rows`` and the :func:`student_columns` of the batch.
+    gives them, from the rows ``indices`` of ``rows`` and the :func:`student_columns` of the batch. Few, whole-array
+    numpy operations: at B = 32 their count, not their size, is the cost.
 
     :param student: (B, K + 2C) host copy of :func:`student_columns`.
     :param extra: host (B, ·) arrays appended to ``instance_features`` (the student's representation, the
         embedding), in that order.
     """
     k, c = rows.teacher.shape[1], rows.teacher_logits.shape[2]
-    teacher = np.empty((len(indices), k, len(TEACHER_FEATURES)), dtype=np.float32)
-    teacher[..., :3] = rows.teacher[indices]
-    teacher[..., 3] = rows.teacher_neg_entropy[indices] - student[:, :k]
+    teacher = rows.teacher[indices]  # a copy: fancy indexing
+    kl = teacher[..., 3]
+    kl -= student[:, :k]  # KL(p || q) = sum p log p - sum p log q
+    np.clip(kl, -FEATURE_BOUND, FEATURE_BOUND, out=kl)  # the other columns are bounded already
     static = rows.instance[indices]
     log_q = student[:, k : k + c]
-    known = static[:, 2:3]
-    student_ce = -np.take_along_axis(log_q, rows.labels[indices, None], axis=1) * known
-    student_entropy = (np.exp(log_q) * log_q).sum(1, keepdims=True) * (-1.0 / math.log(max(c, 2)))
-    columns = [static[:, :1], student_ce, student_entropy, static[:, 1:], *(extra or [])]
-    instance = np.concatenate(columns, axis=1, dtype=np.float32)
-    np.clip(teacher, -FEATURE_BOUND, FEATURE_BOUND, out=teacher)
+    width = sum(e.shape[1] for e in extra or [])
+    instance = np.empty((len(indices), len(INSTANCE_FEATURES) + width), dtype=np.float32)
+    instance[:, 0] = static[:, 0]
+    instance[:, 1] = log_q[np.arange(len(indices)), rows.labels[indices]]
+    instance[:, 1] *= -static[:, 2]  # student_ce, masked where the label is hidden
+    instance[:, 2] = (np.exp(log_q) * log_q).sum(1)
+    instance[:, 2] *= -1.0 / math.log(max(c, 2))
+    instance[:, 3:5] = static[:, 1:]
+    if extra:
+        instance[:, 5:] = np.concatenate(extra, axis=1) if len(extra) > 1 else extra[0]
     np.clip(instance, -FEATURE_BOUND, FEATURE_BOUND, out=instance)
     return teacher, instance
