@@ -63,6 +63,11 @@ class Agent:
     learns: ClassVar[bool] = True
     """False for a policy that learns nothing from rewards (the fixed weightings): the train-eval protocol then
     skips its training phase, which would only cost student steps."""
+    pure_predict: ClassVar[bool] = False
+    """True when ``predict(obs, deterministic=True)`` is a function of ``obs`` and the learned state alone: it reads
+    nothing from the env, draws no random numbers and changes nothing. The train-eval protocol then trains its
+    evaluation students at once in a vector env, asking for one student's action after another's
+    (:func:`agents.experiments.protocol.evaluate_policy`)."""
 
     def __init__(self, env: gym.Env, **kwargs: Any) -> None:
         fields = {f.name for f in dataclasses.fields(self.Config)}

@@ -20,6 +20,7 @@ class FixedAgent(Agent):
     """A policy that never learns; subclasses define :meth:`weights`."""
 
     learns = False
+    pure_predict = True  # weights from the observation only (random and oracle say otherwise)
 
     def weights(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -122,6 +123,7 @@ class RandomAgent(FixedAgent):
     """Weights drawn uniformly from [0, 1] per instance and teacher (keep/drop with probability 1/2 in select mode)."""
 
     name = "random"
+    pure_predict = False  # draws from the agent's generator: the order of calls matters
 
     def predict(self, obs, deterministic: bool = False):
         if self.select_mode:
@@ -135,6 +137,7 @@ class OracleAgent(FixedAgent):
     gold label the highest probability (:mod:`kd_gym.regime`); noisy-teacher and specialists have their own."""
 
     name = "oracle"
+    pure_predict = False  # reads the env's current batch, not the observation
 
     def __init__(self, env, **kwargs):
         super().__init__(env, **kwargs)

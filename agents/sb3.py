@@ -207,6 +207,7 @@ class SB3Agent(Agent):
 
     algorithm: ClassVar[type[BaseAlgorithm]]
     supports_select: ClassVar[bool] = True
+    pure_predict = True  # SB3's deterministic predict, with the VecNormalize statistics frozen
     Config = SB3Config
 
     def __init__(self, env: gym.Env, **kwargs: Any) -> None:

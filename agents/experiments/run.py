@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,29 +20,39 @@ import torch
 from tqdm.auto import tqdm
 
 ENVS = {"lite": "kd_gym/TeacherSelectionLite-v0", "full": "kd_gym/TeacherSelection-v0"}
+DevMetrics = Callable[[], dict[str, float]]
+"""gives a student's metrics on the env's dev subset now (what ``env.evaluate("dev", subset=True)`` gives)"""
 
 
 class TrainingMonitor(gym.Wrapper):
     """Records what happens while an agent trains a student, without changing it.
 
-    Every ``eval_interval`` student updates it measures the dev metric on the env's fixed dev subset
-    (``env.evaluate("dev", subset=True)``, which changes nothing) and the mean weight per teacher since the last
-    record; at the end of the first episode it keeps the student (``env.student_state_dict()``), so that the trained
-    student survives a reset by the agent.
+    Every ``eval_interval`` student updates and at the end of the first episode it measures the dev metric on the
+    env's fixed dev subset (``env.evaluate("dev", subset=True)``, which changes nothing) and the mean weight per
+    teacher since the last record; at the end of the first episode it keeps the student (``env.student_state_dict()``),
+    so that the trained student survives a reset by the agent.
+
+    A student stepped elsewhere (a sub-env of a vector env) is recorded by calling :meth:`observe_reset` and
+    :meth:`observe_step` with its own reset and steps, and its dev metrics.
 
     :param env: a TeacherSelection env (wrappers allowed).
     :param eval_interval: student updates between records.
     :param on_record: called with each record (a dict), e.g. to log it to W&B.
     :param progress: a tqdm bar advanced by one per step.
+    :param keep_student: keep the student at the end of the first episode (the online protocol evaluates it);
+        False for evaluation students, whose metrics are taken when they are done.
     """
 
-    def __init__(self, env: gym.Env, eval_interval: int = 50, on_record=None, progress: tqdm | None = None) -> None:
+    def __init__(self, env: gym.Env, eval_interval: int = 50, on_record=None, progress: tqdm | None = None,
+                 keep_student: bool = True) -> None:
         super().__init__(env)
         self.eval_interval = eval_interval
         self.on_record = on_record
         self.progress = progress
+        self.keep_student = keep_student
         self.history: list[dict[str, Any]] = []
         self.final_student: dict[str, torch.Tensor] | None = None
+        self.first_episode_done = False
         self.steps = 0
         self._weights_sum = np.zeros(env.unwrapped.num_teachers)
         self._reward_sum = 0.0
@@ -49,27 +60,44 @@ class TrainingMonitor(gym.Wrapper):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        if not self.history:
-            self._record(info)
+        self.observe_reset(info)
         return obs, info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
+        self.observe_step(reward, terminated, truncated, info)
+        return obs, reward, terminated, truncated, info
+
+    def observe_reset(self, info: dict[str, Any], dev: DevMetrics | None = None) -> None:
+        """Record a reset (the curve starts at the first one).
+
+        :param info: the reset's info, as the single env gives it.
+        :param dev: called when a record is due, gives the student's dev-subset metrics (``{"metric", "loss", ...}``);
+            None: ``env.evaluate("dev", subset=True)`` of the wrapped env.
+        """
+        if not self.history:
+            self._record(info, dev)
+
+    def observe_step(self, reward: float, terminated: bool, truncated: bool, info: dict[str, Any],
+                     dev: DevMetrics | None = None) -> None:
+        """Record a step: its reward and weights (``info["weights"]`` (B, K)) and, when due, the dev metrics
+        (``dev`` as in :meth:`observe_reset`)."""
         self.steps += 1
         self._window += 1
         self._reward_sum += reward
         self._weights_sum += info["weights"].mean(0)
         if self.progress is not None:
             self.progress.update(1)
-        first_episode_ends = (terminated or truncated) and self.final_student is None
+        first_episode_ends = (terminated or truncated) and not self.first_episode_done
         if self.steps % self.eval_interval == 0 or first_episode_ends:
-            self._record(info)
+            self._record(info, dev)
         if first_episode_ends:
-            self.final_student = self.unwrapped.student_state_dict()
-        return obs, reward, terminated, truncated, info
+            self.first_episode_done = True
+            if self.keep_student:
+                self.final_student = self.unwrapped.student_state_dict()
 
-    def _record(self, info: dict) -> None:
-        dev = self.unwrapped.evaluate("dev", subset=True)
+    def _record(self, info: dict[str, Any], dev_metrics: DevMetrics | None) -> None:
+        dev = self.unwrapped.evaluate("dev", subset=True) if dev_metrics is None else dev_metrics()
         window = max(self._window, 1)
         record = {"student_step": info["student_steps"], "env_step": self.steps,
                   "dev_metric": dev["metric"], "dev_loss": dev["loss"],
@@ -96,6 +124,7 @@ class TrainingMonitor(gym.Wrapper):
         self.steps, self._window, self._reward_sum = int(state["steps"]), int(state["window"]), state["reward_sum"]
         self._weights_sum = np.array(state["weights_sum"], dtype=np.float64)
         self.final_student = state["final_student"]
+        self.first_episode_done = self.final_student is not None
 
 
 @dataclass
@@ -230,8 +259,9 @@ def train_student(
         if learn_steps:
             agent.learn(learn_steps)
         seeds = eval_seeds(seed, eval_students)
-        monitors = [TrainingMonitor(base, interval, progress=bar) for _ in seeds]
-        scores = summarize_eval(evaluate_policy(agent, monitors, steps, seeds))
+        monitors = [TrainingMonitor(base, interval, progress=bar, keep_student=False) for _ in seeds]
+        evaluated = evaluate_policy(agent, monitors, steps, seeds)
+        scores = summarize_eval(evaluated)
         dev, test = scores["dev_metric"], scores["test_metric"]
         history = monitors[0].history  # the dev curve of the frozen policy's first evaluation student
         extra = {"protocol": protocol, "train_student_steps": learn_steps, "eval_students": eval_students,
@@ -241,7 +271,8 @@ def train_student(
                        student_env.task_name, env, student_env.metric_name, extra=extra, history=history)
     result.extra["agent_metrics"] = {k: float(v) for k, v in getattr(agent, "metrics", {}).items()}
     if out_dir is not None:
-        _write_run(Path(out_dir), result, agent, student_env)
+        _write_run(Path(out_dir), result, agent, student_env,
+                   student=evaluated[-1]["student"] if protocol == "train-eval" else None)
         if protocol == "train-eval" and monitored.history:
             import pandas as pd
 
@@ -251,13 +282,17 @@ def train_student(
     return result
 
 
-def _write_run(out: Path, result: RunResult, agent, student_env) -> None:
-    """``result.json``, ``history.csv``, ``agent/`` and ``student.safetensors`` (the evaluated student; train-eval:
-    the last evaluation student) in ``out``."""
+def _write_run(out: Path, result: RunResult, agent, student_env, student: dict[str, torch.Tensor] | None) -> None:
+    """``result.json``, ``history.csv``, ``agent/`` and ``student.safetensors`` (the evaluated student: ``student``'s
+    weights when given (train-eval: the last evaluation student), else the env's student) in ``out``."""
     import pandas as pd
+    from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result.summary(), indent=2))
     pd.DataFrame(result.history).to_csv(out / "history.csv", index=False)
     agent.save(out / "agent")
-    student_env.save_student(out / "student.safetensors")
+    if student is None:
+        student_env.save_student(out / "student.safetensors")
+    else:  # what StudentTrainer.save writes
+        save_file({k: v.contiguous().cpu() for k, v in student.items()}, str(out / "student.safetensors"))
