@@ -119,6 +119,7 @@ class ReinforceAgent(Agent):
 
     name = "reinforce"
     Config = ReinforceConfig
+    pure_predict = True  # deterministic: the keep probabilities of the frozen selector and input statistics
 
     def __init__(self, env, **kwargs: Any) -> None:
         super().__init__(env, **kwargs)
