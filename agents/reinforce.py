@@ -132,6 +132,9 @@ class ReinforceAgent(Agent):
             raise ValueError("advantage='credit' reads info['credit']: make the env with credit=True (--credit)")
         if cfg.advantage == "credit" and cfg.action_mode == "prob" and not self.select_mode:
             raise ValueError("advantage='credit' needs keep/drop actions: use action_mode='sample'")
+        # keep/drop samples (select mode, or weights drawn as 0/1) and their dtype, read once: hot path
+        self._keep_drop = self.select_mode or cfg.action_mode == "sample"
+        self._action_dtype = np.int8 if self.select_mode else np.float32
         # obs -> (B, K, d) per-teacher states
         self.states = PerTeacherState(env.observation_space, self.unwrapped.config.temperature)
         teachers = self.unwrapped.teacher_names
@@ -181,7 +184,7 @@ class ReinforceAgent(Agent):
 
     def _distribution(self, logits: torch.Tensor) -> torch.distributions.Distribution:
         """The distribution actions are drawn from: Bernoulli(keep) or, in ``prob`` mode, Normal over the logit z."""
-        if self.select_mode or self.config.action_mode == "sample":
+        if self._keep_drop:
             return torch.distributions.Bernoulli(logits=logits, validate_args=False)
         return torch.distributions.Normal(logits, self.config.logit_std, validate_args=False)
 
@@ -189,9 +192,9 @@ class ReinforceAgent(Agent):
         """(env action (B, K), what the log-probability is taken of) for normalised inputs (B, K, d)."""
         with torch.no_grad():
             logits = self.policy(inputs)
-            if self.select_mode or self.config.action_mode == "sample":
-                keep = torch.bernoulli(torch.sigmoid(logits), generator=self.generator)
-                action = keep.numpy().astype(np.int8 if self.select_mode else np.float32)
+            if self._keep_drop:
+                keep = torch.bernoulli(logits.sigmoid_(), generator=self.generator)
+                action = keep.numpy().astype(self._action_dtype, copy=False)  # the env copies what it keeps
                 return action, keep
             noise = torch.randn(logits.shape, generator=self.generator)
             z = logits + self.config.logit_std * noise
