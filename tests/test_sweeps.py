@@ -255,3 +255,24 @@ def test_kd_gym_sweep_runs_a_sweep_file_locally_and_continues(tiny_env_kwargs, t
     table = [line for line in (tmp_path / "sweep" / "sweep.md").read_text().splitlines() if line.startswith("| 0.")]
     best = second.loc[second["dev_metric"].idxmax()]
     assert table[0].startswith(f"| {best['learning_rate']} | {best['dev_metric']} |")  # ranked best first
+
+
+def test_the_recorded_reinforce_choices_are_real_flags_with_the_recorded_values():
+    from agents.reinforce import ReinforceConfig
+
+    path = Path(__file__).parents[1] / "agents" / "hyperparams" / "reinforce.yml"
+    recorded = yaml.safe_load(path.read_text())
+    parser, agent_fields = _train_parser(), set(ReinforceConfig.__dataclass_fields__)
+    env_options = {f.name for f in EnvConfig.cli_fields()}
+    sets = [entry for per_env in recorded.values() for entry in per_env.values()]
+    assert sets, "no recorded set"
+    for entry in sets:
+        assert entry["found_by"].startswith("kd-gym sweep sweeps/") and Path(
+            Path(__file__).parents[1], entry["found_by"].split()[2]).is_file()
+        assert set(entry["env"]) <= env_options and set(entry["agent"]) <= agent_fields
+        args = vars(parser.parse_args(["--agent", "reinforce", *entry["flags"].split()]))
+        for name, value in {**entry["env"], **entry["agent"]}.items():
+            assert args[name] == value, f"{entry['flags']!r} sets {name}={args[name]!r}, the file says {value!r}"
+        set_by_flags = {flag.removeprefix("--").replace("-", "_") for flag in entry["flags"].split()
+                        if flag.startswith("--")}
+        assert set_by_flags == set(entry["env"]) | set(entry["agent"])
