@@ -13,8 +13,9 @@ Student n of :class:`StackedLiteStudents` computes what a :class:`~kd_gym.studen
   elementwise, with each student's own step count).
 
 So the students' weights agree with the single trainers' to float32 rounding (a batched matrix product may take
-another kernel than a single one for some shapes; at the lite env's sizes on a CPU they came out bit-identical in
-the tests); the reported per-student loss parts (:func:`stacked_kd_loss`) are reduced in another order (~1e-7).
+another kernel than a single one for some shapes and layouts; on a CPU they are bit-identical at the tiny test sizes
+and at the lite env's default sizes, tests/test_vector_sizes.py); the reported per-student loss parts
+(:func:`stacked_kd_loss`) are reduced in another order (~1e-7).
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ from kd_gym.student import LiteStudent
 class StackedLiteStudents:
     """N independent :class:`~kd_gym.student.LiteStudent` MLPs trained as one batched computation.
 
-    Parameters are stacked along a leading student axis (``body.0.weight`` (N, H, D), ``body.0.bias`` (N, H),
-    ``classifier.weight`` (N, C, H), ``classifier.bias`` (N, C); without a hidden layer only the classifier's), with
-    AdamW moments of the same shapes and a step count per student.
+    All parameters live in one flat (N, P) buffer, a row per student (P = the parameters of one student), and so do
+    their gradients and AdamW moments: clipping and AdamW are a few whole-buffer operations whatever the number of
+    parameter tensors (at the lite sizes their count, not their size, costs at N = 1; at N = 16 their passes over
+    memory do). ``params`` are views of the buffer with a leading student axis: ``body.0.weight`` (N, H, D),
+    ``body.0.bias`` (N, H), ``classifier.weight`` (N, C, H), ``classifier.bias`` (N, C) (without a hidden layer
+    only the classifier's). Each student has its own AdamW step count.
 
     :param template: the architecture (its weights are not used: every student is drawn by :meth:`reset`).
     :param num_students: N >= 1.
@@ -53,7 +57,7 @@ class StackedLiteStudents:
                  grad_clip: float, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> None:
         if num_students < 1:
             raise ValueError(f"num_students={num_students}; use an integer >= 1")
-        self.num_students = num_students
+        self.num_students = n = num_students
         self.device = torch.device(device)
         self.dtype = dtype
         self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
@@ -63,17 +67,26 @@ class StackedLiteStudents:
         self.dropout = dropouts[0].p if dropouts else 0.0
         #: parameter names, as in ``LiteStudent.state_dict()``
         self.names = [name for name, _ in self.template.named_parameters()]
-        self.params = [p.detach().unsqueeze(0).repeat(num_students, *[1] * p.dim())
-                       for p in self.template.parameters()]
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self._denom = [torch.empty_like(p) for p in self.params]  # reused: no large allocation per update
+        shapes = [p.shape for p in self.template.parameters()]
+        sizes = [p.numel() for p in self.template.parameters()]
+        self._bounds = np.cumsum([0, *sizes])
+        flat = (lambda: torch.zeros(n, self._bounds[-1], device=self.device))  # noqa: E731
+        #: (N, P) every student's parameters, gradients and AdamW moments, a row per student
+        self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq = flat(), flat(), flat(), flat()
+        self._denom = flat()  # reused: no large allocation per update
+        self.params = self._views(self.flat_params, shapes)
+        self.grads = self._views(self.flat_grads, shapes)
         self._saved: tuple = ()
         #: (N,) updates of each student since it was drawn
-        self.steps = np.zeros(num_students, dtype=np.int64)
-        self.generators = [torch.Generator(device="cpu") for _ in range(num_students)]
-        self.device_generators = ([torch.Generator(device=self.device) for _ in range(num_students)]
+        self.steps = np.zeros(n, dtype=np.int64)
+        self.generators = [torch.Generator(device="cpu") for _ in range(n)]
+        self.device_generators = ([torch.Generator(device=self.device) for _ in range(n)]
                                   if self.device.type == "cuda" else None)
+        self._masks: torch.Tensor | None = None
+
+    def _views(self, flat: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
+        """The per-parameter (N, *shape) views of an (N, P) buffer (strided rows: no copy)."""
+        return [flat[:, a:b].view(-1, *shape) for a, b, shape in zip(self._bounds[:-1], self._bounds[1:], shapes)]
 
     # -- randomness
     def _mask_generator(self, index: int) -> torch.Generator:
@@ -96,31 +109,31 @@ class StackedLiteStudents:
             if self.device_generators is not None:
                 self.device_generators[index].set_state(torch.cuda.get_rng_state(self.device))
         with torch.no_grad():
-            for stacked, fresh, m, v in zip(self.params, self.template.parameters(), self.exp_avg, self.exp_avg_sq):
+            for stacked, fresh in zip(self.params, self.template.parameters()):
                 stacked[index].copy_(fresh)
-                m[index].zero_()
-                v[index].zero_()
+            self.exp_avg[index].zero_()
+            self.exp_avg_sq[index].zero_()
         self.steps[index] = 0
 
-    def dropout_masks(self, batch_size: int, draw: np.ndarray | None = None,
-                      previous: torch.Tensor | None = None) -> torch.Tensor | None:
+    def dropout_masks(self, batch_size: int, draw: np.ndarray | None = None) -> torch.Tensor | None:
         """(N, B, H) scaled dropout masks (``bernoulli(1 - p) / (1 - p)``), or None without dropout.
 
         :param draw: (N,) bool, the students that draw a new mask from their generator (None: all); the others
-            keep their slice of ``previous`` (their current batch's mask, so its forward pass can be redone).
+            keep the mask of the last call (their current batch's, so its forward pass can be redone).
         """
         if not self.hidden or self.dropout == 0.0:
             return None
         keep = 1.0 - self.dropout
-        h = self.params[0].shape[1]
-        if draw is None or previous is None:
-            masks = torch.empty(self.num_students, batch_size, h, device=self.device)
-            rows = range(self.num_students) if draw is None else np.flatnonzero(draw)
-        else:
-            masks, rows = previous.clone(), np.flatnonzero(draw)
+        shape = (self.num_students, batch_size, self.params[0].shape[1])
+        if self._masks is None or self._masks.shape != shape:
+            if draw is not None and not draw.all():
+                raise RuntimeError("the first dropout_masks() call of a batch size must draw every student's mask")
+            self._masks = torch.empty(shape, device=self.device)
+        masks = self._masks  # a buffer reused by every call: the last forward pass has consumed the old masks
+        rows = range(self.num_students) if draw is None or draw.all() else np.flatnonzero(draw)
         for n in rows:  # each student's stream, in the order and shape nn.Dropout draws it
             masks[n].bernoulli_(keep, generator=self._mask_generator(int(n)))
-        if draw is None:
+        if len(rows) == self.num_students:
             masks.div_(keep)
         else:
             for n in rows:
@@ -164,55 +177,77 @@ class StackedLiteStudents:
     def update(self, grad_logits: torch.Tensor) -> None:
         """One AdamW update of every student from the gradient of its loss w.r.t. its logits of the last
         ``forward(..., train=True)``: the backward pass of ``nn.Linear``, ``nn.GELU`` and ``nn.Dropout``, per student
-        (the products autograd computes for them, without transposed copies of (N, H, D) gradients), then the
+        (the products autograd computes for them, written straight into the flat gradient buffer), then the
         trainer's gradient clipping and AdamW.
 
         :param grad_logits: (N, B, C) d loss_n / d logits_n, e.g. ``torch.autograd.grad(loss.sum(), logits)`` for
             per-student losses (N,) (student n's loss depends on its own logits only).
         """
         x, pre, masks, representation = self._saved
+        exact = self.dtype is None  # fp32: the products land in the buffer; under autocast they are cast into it
         with self._precision():
             w2 = self.params[-2]
-            grads = [torch.bmm(grad_logits.transpose(1, 2), representation), grad_logits.sum(1)]
+            g_w2, g_b2 = self.grads[-2:]
+            # (N, C, H) computed apart and copied in: bmm into a strided slice of the buffer takes another kernel
+            # for this shape and rounds differently from the single trainer (tests/test_vector_sizes.py); the
+            # (N, H, D) product below lands in place with the same bits
+            g_w2.copy_(torch.bmm(grad_logits.transpose(1, 2), representation))
+            self._into(torch.sum, g_b2, exact, grad_logits, 1)
             if self.hidden:
                 grad = torch.bmm(grad_logits, w2)
                 if masks is not None:
                     grad = grad * masks
                 grad = torch.ops.aten.gelu_backward(grad, pre)
-                grads = [torch.bmm(grad.transpose(1, 2), x), grad.sum(1), *grads]
-        grads = [g.float() for g in grads]
-        if self.grad_clip:  # clip_grad_norm_ per student: the norm over all of that student's gradients
-            norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads], dim=1)  # (N, P)
-            coef = (self.grad_clip / (torch.linalg.vector_norm(norms, dim=1) + 1e-6)).clamp(max=1.0)
-            for g in grads:
-                g.mul_(coef.view(-1, *[1] * (g.dim() - 1)))
+                g_w1, g_b1 = self.grads[:2]
+                self._into(torch.bmm, g_w1, exact, grad.transpose(1, 2), x)
+                self._into(torch.sum, g_b1, exact, grad, 1)
+        if self.grad_clip:
+            self._clip()
         self.steps += 1
-        self._adamw(grads)
+        self._adamw()
 
-    @torch.no_grad()
-    def _adamw(self, grads: list[torch.Tensor]) -> None:
-        """torch.optim.AdamW's single-tensor update, elementwise on the stacked tensors, per-student bias corrections."""
+    @staticmethod
+    def _into(op, out: torch.Tensor, exact: bool, *args) -> None:
+        """``out[...] = op(*args)``: written straight into ``out`` in fp32; under autocast computed in its dtype
+        (as autograd computes it) and cast into ``out``."""
+        if exact:
+            op(*args, out=out)
+        else:
+            out.copy_(op(*args))
+
+    def _clip(self) -> None:
+        """``clip_grad_norm_`` per student: each parameter's norm (reduced as clip_grad_norm_ reduces it: one
+        tensor at a time), the norm of those, and one scaling of the whole gradient buffer."""
+        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in self.grads], dim=1)  # (N, tensors)
+        coef = (self.grad_clip / (torch.linalg.vector_norm(norms, dim=1) + 1e-6)).clamp(max=1.0)
+        # g * 1.0 == g: on the CPU (where reading coef costs no device sync) an unclipped step skips the pass over
+        # the buffer; the lite student's gradients are rarely clipped
+        if self.device.type != "cpu" or bool((coef < 1.0).any()):
+            self.flat_grads.mul_(coef.unsqueeze(1))
+
+    def _adamw(self) -> None:
+        """torch.optim.AdamW's single-tensor update, elementwise on the (N, P) buffers, per-student bias
+        corrections: the same float32 operations in the same order, so the same numbers."""
         beta1, beta2 = self.betas
+        p, g, m, v, denom = self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq, self._denom
         same = bool((self.steps == self.steps[0]).all())
         steps = [float(self.steps[0])] if same else [float(s) for s in self.steps]
         step_size = [self.lr / (1 - beta1**s) for s in steps]  # Python floats, computed as torch computes them
         bias2_sqrt = [(1 - beta2**s) ** 0.5 for s in steps]
-        if not same:  # (N,) float32 tensors: the float32 values torch's kernels cast the Python floats to
-            step_size_t, bias2_sqrt_t = (torch.tensor(v, dtype=torch.float32, device=self.device)
-                                         for v in (step_size, bias2_sqrt))
-        for p, g, m, v, denom in zip(self.params, grads, self.exp_avg, self.exp_avg_sq, self._denom):
-            if self.weight_decay != 0:
-                p.mul_(1 - self.lr * self.weight_decay)
-            m.lerp_(g, 1 - beta1)
-            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            torch.sqrt(v, out=denom)
-            if same:  # denom = sqrt(v) / sqrt(1 - beta2^t) + eps, in place
-                denom.div_(bias2_sqrt[0]).add_(self.eps)
-                p.addcdiv_(m, denom, value=-step_size[0])
-            else:  # (-s * m) / d == -(s * m) / d exactly: the same numbers as value=-s
-                shape = (-1, *[1] * (p.dim() - 1))
-                denom.div_(bias2_sqrt_t.view(shape)).add_(self.eps)
-                p.addcdiv_(m * step_size_t.view(shape), denom, value=-1.0)
+        if self.weight_decay != 0:
+            p.mul_(1 - self.lr * self.weight_decay)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        torch.sqrt(v, out=denom)
+        if same:  # denom = sqrt(v) / sqrt(1 - beta2^t) + eps, in place
+            denom.div_(bias2_sqrt[0]).add_(self.eps)
+            p.addcdiv_(m, denom, value=-step_size[0])
+        else:  # (N, 1) float32: the float32 values torch's kernels cast the Python floats to;
+            # (-s * m) / d == -(s * m) / d exactly: the same numbers as value=-s
+            step_size_t, bias2_sqrt_t = (torch.tensor(values, dtype=torch.float32, device=self.device).unsqueeze(1)
+                                         for values in (step_size, bias2_sqrt))
+            denom.div_(bias2_sqrt_t).add_(self.eps)
+            p.addcdiv_(m * step_size_t, denom, value=-1.0)
 
     def predict(self, inputs: torch.Tensor, index: np.ndarray | None = None, chunk: int = 512) -> torch.Tensor:
         """(n, M, C) eval-mode logits of the students ``index`` (None: all) on shared rows ``inputs`` (M, D), in

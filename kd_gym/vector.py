@@ -98,8 +98,11 @@ class TeacherSelectionVectorEnv(VectorEnv):
         self._interval = self.reward_name in INTERVAL_REWARDS
         # per sub-env state
         self._np_randoms: list[np.random.Generator | None] = [None] * n
-        self._orders = [np.empty(0, dtype=np.int64) for _ in range(n)]
-        self._cursors = np.zeros(n, dtype=np.int64)
+        # (N, rows) each sub-env's epoch order over the train rows and its position in it; a cursor of `rows`
+        # (nothing left) makes the next batch draw a new order, as the single env's empty order does
+        self._orders = np.zeros((n, len(train)), dtype=np.int64)
+        self._cursors = np.full(n, len(train), dtype=np.int64)
+        self._batch_offsets = np.arange(self.batch_size)
         self._t = np.zeros(n, dtype=np.int64)
         self._indices = np.zeros((n, self.batch_size), dtype=np.int64)
         self._last_dev = np.zeros((n, 2))  # dev metric, dev loss of the last measurement
@@ -111,21 +114,22 @@ class TeacherSelectionVectorEnv(VectorEnv):
         self._logits: torch.Tensor | None = None
 
     # -- per sub-env bookkeeping (host)
-    def _next_indices(self, env: int) -> np.ndarray:
-        """The sub-env's next B train rows: its own epoch order, drawn from its own generator (as the single env)."""
-        b = self.batch_size
-        if self._cursors[env] + b > len(self._orders[env]):
-            self._orders[env] = self._np_randoms[env].permutation(len(self._train))
+    def _next_indices(self, envs: np.ndarray) -> None:
+        """Move the sub-envs ``envs`` ((N,) bool) to their next B train rows (``self._indices``): each its own epoch
+        order, drawn from its own generator when the last one is used up (as the single env), gathered at once."""
+        rows = self._orders.shape[1]
+        for env in np.flatnonzero(envs & (self._cursors + self.batch_size > rows)):  # a new epoch: rare
+            self._orders[env] = self._np_randoms[env].permutation(rows)
             self._cursors[env] = 0
-        start = self._cursors[env]
-        self._cursors[env] += b
-        return self._orders[env][start : start + b]
+        chosen = np.flatnonzero(envs)
+        self._indices[chosen] = self._orders[chosen[:, None], self._cursors[chosen, None] + self._batch_offsets]
+        self._cursors[chosen] += self.batch_size
 
     def _start_episodes(self, envs: np.ndarray, keep_student: bool) -> None:
         for env in np.flatnonzero(envs):
             if not keep_student:
                 self.students.reset(int(env), int(self._np_randoms[env].integers(2**31 - 1)))
-            self._orders[env], self._cursors[env], self._t[env] = np.empty(0, dtype=np.int64), 0, 0
+            self._cursors[env], self._t[env] = self._orders.shape[1], 0  # a new order at the first batch
             self._has_dev[env] = False
 
     # -- the batched computation
@@ -162,10 +166,9 @@ class TeacherSelectionVectorEnv(VectorEnv):
             parts["dev_loss"] = F.cross_entropy(logits.reshape(-1, c), labels, reduction="none").view(
                 len(measured), -1).mean(1)
             parts["dev_predictions"] = logits.argmax(-1).float()
-        for env in np.flatnonzero(fresh):
-            self._indices[env] = self._next_indices(int(env))
+        self._next_indices(fresh)
         self._batch = batch = self._gather()
-        self._masks = self.students.dropout_masks(b, None if fresh.all() else fresh, self._masks)
+        self._masks = self.students.dropout_masks(b, None if fresh.all() else fresh)
         logits, representation = self.students.forward(batch["embeddings"], self._masks, train=True)
         self._logits = logits.requires_grad_()  # the loss's input: step() takes its gradient
         # what the observation needs from the students, for all N * B rows; the rest is gathered on the host
