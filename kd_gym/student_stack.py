@@ -35,12 +35,13 @@ from kd_gym.student import LiteStudent
 class StackedLiteStudents:
     """N independent :class:`~kd_gym.student.LiteStudent` MLPs trained as one batched computation.
 
-    All parameters live in one flat (N, P) buffer, a row per student (P = the parameters of one student), and so do
-    their gradients and AdamW moments: clipping and AdamW are a few whole-buffer operations whatever the number of
-    parameter tensors (at the lite sizes their count, not their size, costs at N = 1; at N = 16 their passes over
-    memory do). ``params`` are views of the buffer with a leading student axis: ``body.0.weight`` (N, H, D),
-    ``body.0.bias`` (N, H), ``classifier.weight`` (N, C, H), ``classifier.bias`` (N, C) (without a hidden layer
-    only the classifier's). Each student has its own AdamW step count.
+    All parameters live in one flat buffer of N * P numbers (P: the parameters of one student), and so do their
+    gradients and AdamW moments, so that AdamW is a few whole-buffer operations whatever the number of parameter
+    tensors (at N = 1 their count costs, not their size). ``params`` and ``grads`` are contiguous views of the
+    buffers, one block per parameter with a leading student axis: ``body.0.weight`` (N, H, D), ``body.0.bias``
+    (N, H), ``classifier.weight`` (N, C, H), ``classifier.bias`` (N, C) (without a hidden layer only the
+    classifier's); contiguous, so the backward products are written into them by the kernels a fresh result would
+    take. Each student has its own AdamW step count.
 
     :param template: the architecture (its weights are not used: every student is drawn by :meth:`reset`).
     :param num_students: N >= 1.
@@ -69,13 +70,14 @@ class StackedLiteStudents:
         self.names = [name for name, _ in self.template.named_parameters()]
         shapes = [p.shape for p in self.template.parameters()]
         sizes = [p.numel() for p in self.template.parameters()]
-        self._bounds = np.cumsum([0, *sizes])
-        flat = (lambda: torch.zeros(n, self._bounds[-1], device=self.device))  # noqa: E731
-        #: (N, P) every student's parameters, gradients and AdamW moments, a row per student
+        self._bounds = n * np.cumsum([0, *sizes])  # parameter k: [bounds[k], bounds[k + 1]) of a buffer
+        flat = (lambda: torch.zeros(int(self._bounds[-1]), device=self.device))  # noqa: E731
+        #: (N * P,) every student's parameters, gradients and AdamW moments, one block per parameter
         self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq = flat(), flat(), flat(), flat()
         self._denom = flat()  # reused: no large allocation per update
-        self.params = self._views(self.flat_params, shapes)
-        self.grads = self._views(self.flat_grads, shapes)
+        self.params, self.grads = self._views(self.flat_params, shapes), self._views(self.flat_grads, shapes)
+        self._moments = self._views(self.exp_avg, shapes), self._views(self.exp_avg_sq, shapes)
+        self._denom_views = self._views(self._denom, shapes)
         self._saved: tuple = ()
         #: (N,) updates of each student since it was drawn
         self.steps = np.zeros(n, dtype=np.int64)
@@ -85,8 +87,8 @@ class StackedLiteStudents:
         self._masks: torch.Tensor | None = None
 
     def _views(self, flat: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
-        """The per-parameter (N, *shape) views of an (N, P) buffer (strided rows: no copy)."""
-        return [flat[:, a:b].view(-1, *shape) for a, b, shape in zip(self._bounds[:-1], self._bounds[1:], shapes)]
+        """The per-parameter (N, *shape) contiguous views of a flat buffer."""
+        return [flat[a:b].view(-1, *shape) for a, b, shape in zip(self._bounds[:-1], self._bounds[1:], shapes)]
 
     # -- randomness
     def _mask_generator(self, index: int) -> torch.Generator:
@@ -109,10 +111,10 @@ class StackedLiteStudents:
             if self.device_generators is not None:
                 self.device_generators[index].set_state(torch.cuda.get_rng_state(self.device))
         with torch.no_grad():
-            for stacked, fresh in zip(self.params, self.template.parameters()):
+            for stacked, fresh, m, v in zip(self.params, self.template.parameters(), *self._moments):
                 stacked[index].copy_(fresh)
-            self.exp_avg[index].zero_()
-            self.exp_avg_sq[index].zero_()
+                m[index].zero_()
+                v[index].zero_()
         self.steps[index] = 0
 
     def dropout_masks(self, batch_size: int, draw: np.ndarray | None = None) -> torch.Tensor | None:
@@ -188,10 +190,7 @@ class StackedLiteStudents:
         with self._precision():
             w2 = self.params[-2]
             g_w2, g_b2 = self.grads[-2:]
-            # (N, C, H) computed apart and copied in: bmm into a strided slice of the buffer takes another kernel
-            # for this shape and rounds differently from the single trainer (tests/test_vector_sizes.py); the
-            # (N, H, D) product below lands in place with the same bits
-            g_w2.copy_(torch.bmm(grad_logits.transpose(1, 2), representation))
+            self._into(torch.bmm, g_w2, exact, grad_logits.transpose(1, 2), representation)
             self._into(torch.sum, g_b2, exact, grad_logits, 1)
             if self.hidden:
                 grad = torch.bmm(grad_logits, w2)
@@ -209,7 +208,9 @@ class StackedLiteStudents:
     @staticmethod
     def _into(op, out: torch.Tensor, exact: bool, *args) -> None:
         """``out[...] = op(*args)``: written straight into ``out`` in fp32; under autocast computed in its dtype
-        (as autograd computes it) and cast into ``out``."""
+        (as autograd computes it) and cast into ``out``. ``out`` must stay contiguous: a product written into a
+        strided slice takes a per-matrix loop that, for some shapes, rounds differently from the single trainer's
+        (tests/test_vector_sizes.py)."""
         if exact:
             op(*args, out=out)
         else:
@@ -217,17 +218,18 @@ class StackedLiteStudents:
 
     def _clip(self) -> None:
         """``clip_grad_norm_`` per student: each parameter's norm (reduced as clip_grad_norm_ reduces it: one
-        tensor at a time), the norm of those, and one scaling of the whole gradient buffer."""
+        tensor at a time), the norm of those, and the scaling of each student's gradients."""
         norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in self.grads], dim=1)  # (N, tensors)
         coef = (self.grad_clip / (torch.linalg.vector_norm(norms, dim=1) + 1e-6)).clamp(max=1.0)
         # g * 1.0 == g: on the CPU (where reading coef costs no device sync) an unclipped step skips the pass over
         # the buffer; the lite student's gradients are rarely clipped
         if self.device.type != "cpu" or bool((coef < 1.0).any()):
-            self.flat_grads.mul_(coef.unsqueeze(1))
+            for g in self.grads:
+                g.mul_(_per_student(coef, g))
 
     def _adamw(self) -> None:
-        """torch.optim.AdamW's single-tensor update, elementwise on the (N, P) buffers, per-student bias
-        corrections: the same float32 operations in the same order, so the same numbers."""
+        """torch.optim.AdamW's single-tensor update, elementwise on the flat buffers, per-student bias corrections:
+        the same float32 operations in the same order, so the same numbers."""
         beta1, beta2 = self.betas
         p, g, m, v, denom = self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq, self._denom
         same = bool((self.steps == self.steps[0]).all())
@@ -242,12 +244,13 @@ class StackedLiteStudents:
         if same:  # denom = sqrt(v) / sqrt(1 - beta2^t) + eps, in place
             denom.div_(bias2_sqrt[0]).add_(self.eps)
             p.addcdiv_(m, denom, value=-step_size[0])
-        else:  # (N, 1) float32: the float32 values torch's kernels cast the Python floats to;
+        else:  # (N,) float32: the float32 values torch's kernels cast the Python floats to, per parameter block;
             # (-s * m) / d == -(s * m) / d exactly: the same numbers as value=-s
-            step_size_t, bias2_sqrt_t = (torch.tensor(values, dtype=torch.float32, device=self.device).unsqueeze(1)
+            step_size_t, bias2_sqrt_t = (torch.tensor(values, dtype=torch.float32, device=self.device)
                                          for values in (step_size, bias2_sqrt))
-            denom.div_(bias2_sqrt_t).add_(self.eps)
-            p.addcdiv_(m * step_size_t, denom, value=-1.0)
+            for p_k, m_k, d_k in zip(self.params, self._moments[0], self._denom_views):
+                d_k.div_(_per_student(bias2_sqrt_t, d_k)).add_(self.eps)
+                p_k.addcdiv_(m_k * _per_student(step_size_t, m_k), d_k, value=-1.0)
 
     def predict(self, inputs: torch.Tensor, index: np.ndarray | None = None, chunk: int = 512) -> torch.Tensor:
         """(n, M, C) eval-mode logits of the students ``index`` (None: all) on shared rows ``inputs`` (M, D), in
@@ -258,6 +261,11 @@ class StackedLiteStudents:
     def state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """Student ``index``'s weights, with the keys of ``LiteStudent.state_dict()`` (loadable into one)."""
         return {name: p[index].detach().clone() for name, p in zip(self.names, self.params)}
+
+
+def _per_student(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(N,) per-student values shaped to broadcast over ``like`` (N, ...)."""
+    return values.view(-1, *[1] * (like.dim() - 1))
 
 
 def stacked_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,

@@ -11,6 +11,7 @@ shared with other work, ``--clock cpu`` (this process's CPU time, with one threa
     python scripts/bench_vector.py --tiny           # synthetic data of the default's sizes (D 384, K 7, C 3)
     python scripts/bench_vector.py --threads 1,2 --sizes 1,4,16,64 --steps 100 --rounds 3
     python scripts/bench_vector.py --tiny --threads 1 --clock cpu
+    python scripts/bench_vector.py --profile --sizes 1,16 --threads 1   # where one vector step's time goes
 """
 
 from __future__ import annotations
@@ -113,6 +114,43 @@ def measure(sizes: list[int], options: dict, steps: int, rounds: int, clock) -> 
     return {key: statistics.median(values) for key, values in rates.items()}
 
 
+def profile_steps(sizes: list[int], options: dict, steps: int, top: int = 25) -> None:
+    """Print where one vector step's time goes, per N: the wall time of a step, the self time of torch's operators
+    (the rest is Python and numpy), the number of operators the env calls (top-level ones: an operator called
+    inside another is counted once, as its caller) and the ``top`` operators by self time, per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for n in sizes:
+        envs = gym.make_vec(LITE, num_envs=n, vectorization_mode="vector_entry_point", **options)
+        envs.reset(seed=0)
+        actions = np.random.default_rng(0).random((2 * steps, *envs.action_space.shape), dtype=np.float32)
+        for action in actions[:steps]:  # warm-up
+            envs.step(action)
+        started = time.perf_counter()
+        for action in actions[:steps]:
+            envs.step(action)
+        wall = (time.perf_counter() - started) / steps * 1e3
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for action in actions[steps:]:
+                envs.step(action)
+
+        def nested(event) -> bool:
+            parent = event.cpu_parent
+            while parent is not None and not parent.name.startswith("aten::"):
+                parent = parent.cpu_parent
+            return parent is not None
+
+        calls = sum(1 for e in prof.events() if e.name.startswith("aten::") and not nested(e)) / steps
+        table = sorted((e for e in prof.key_averages() if e.key.startswith("aten::")),
+                       key=lambda e: -e.self_cpu_time_total)
+        torch_ms = sum(e.self_cpu_time_total for e in table) / steps / 1e3
+        print(f"N={n}: {wall:.2f} ms per vector step ({n / wall * 1e3:.0f} student steps/s); torch operators "
+              f"{torch_ms:.2f} ms (self time under the profiler), {calls:.0f} calls per step")
+        print(f"  {'operator':32} {'calls/step':>10} {'us/step':>9}")
+        for event in table[:top]:
+            print(f"  {event.key:32} {event.count / steps:>10.1f} {event.self_cpu_time_total / steps:>9.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="synthetic data of the default's sizes (no cache needed)")
@@ -122,6 +160,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds after a warm-up; median reported")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time, or this process's CPU time (steadier on a shared machine; one thread only)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print where one vector step's time goes (torch.profiler operators per step) per N")
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]
@@ -130,6 +170,11 @@ def main() -> None:
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     data = tiny_data() if args.tiny else default_data()
     options = {"data": data, "device": "cpu", "episode_steps": 200}
+    if args.profile:
+        torch.set_num_threads(thread_counts[0])
+        print(f"torch {torch.__version__}, {thread_counts[0]} thread(s), {args.steps} steps profiled per N")
+        profile_steps(sizes, options, args.steps)
+        return
     train = data.splits["train"]
     print(f"torch {torch.__version__}, CPU; data: {'synthetic' if args.tiny else 'default'} "
           f"({len(train)} train rows, D {train.inputs['embeddings'].shape[1]}, K {data.num_teachers}, "
