@@ -103,8 +103,7 @@ def multi_teacher_kd_loss(
     cross = torch.bmm(mixture.unsqueeze(1), F.log_softmax(student_logits / temperature, dim=-1).unsqueeze(2))
     kd = temperature**2 * (mixture_neg_entropy - cross.view(-1))
     per_instance = ce_coef * ce + kd_coef * kd
-    ce, kd = ce.detach(), kd.detach()
-    ce_mean = torch.dot(ce, known) / known.sum().clamp_min(1)
+    ce_mean = torch.dot(ce, known) / known.sum().clamp_min(1)  # differentiable: a probe may take its gradient
     kd_mean = torch.dot(kd, has_teacher) / has_teacher.sum().clamp_min(1)
-    return KDLoss(loss=per_instance.mean(), ce=ce_mean, kd=kd_mean, per_instance=per_instance, instance_ce=ce,
-                  instance_kd=kd)
+    return KDLoss(loss=per_instance.mean(), ce=ce_mean, kd=kd_mean, per_instance=per_instance,
+                  instance_ce=ce.detach(), instance_kd=kd.detach())
