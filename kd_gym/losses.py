@@ -42,17 +42,19 @@ class KDLoss:
 
 
 def teacher_mixture(teacher_logits: torch.Tensor, weights: torch.Tensor, temperature: float,
-                    teacher_probs: torch.Tensor | None = None) -> torch.Tensor:
+                    teacher_probs: torch.Tensor | None = None, total: torch.Tensor | None = None) -> torch.Tensor:
     """The weighted mixture of the teachers' softened distributions.
 
     :param teacher_logits: (B, K, C) raw teacher logits.
     :param weights: (B, K) non-negative weights; each row is normalised to sum 1 (all-zero rows give zeros).
     :param temperature: softening temperature T > 0.
     :param teacher_probs: (B, K, C) ``softmax(teacher_logits / T)`` when already known (then not recomputed).
+    :param total: (B, 1) ``weights.sum(dim=1, keepdim=True)`` when already known.
     :return: (B, C) mixture probabilities; rows whose weights are all zero are all zero.
     """
     probs = F.softmax(teacher_logits.float() / temperature, dim=-1) if teacher_probs is None else teacher_probs
-    normalised = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    total = weights.sum(dim=1, keepdim=True) if total is None else total
+    normalised = weights / total.clamp_min(1e-12)
     return torch.bmm(normalised.unsqueeze(1), probs).squeeze(1)
 
 
@@ -85,9 +87,10 @@ def multi_teacher_kd_loss(
     with torch.no_grad():  # what does not depend on the student: the mixture and each row's coefficients
         # Only the student learns from this loss: a differentiable policy's weights or a live teacher get no gradient.
         weights = weights if weights.dtype == torch.float32 else weights.float()
-        mixture = teacher_mixture(teacher_logits, weights, temperature, teacher_probs)
+        total = weights.sum(dim=1, keepdim=True)
+        mixture = teacher_mixture(teacher_logits, weights, temperature, teacher_probs, total)
         mixture_neg_entropy = torch.xlogy(mixture, mixture).sum(dim=-1)  # 0 * log 0 = 0
-        has_teacher = weights.sum(dim=1) > 0
+        has_teacher = total.view(-1) > 0
         # per instance: ce_coef * CE + kd_coef * KD; labelled: alpha, 1 - alpha (CE alone without a teacher);
         # transfer: 0, 1 (nothing without a teacher)
         if labelled is None:

@@ -43,13 +43,22 @@ class LiteStudent(nn.Module):
             if hidden_size else nn.Identity()
         )
         self.classifier = nn.Linear(self.representation_size, num_labels)
+        #: where the training dropout masks are drawn from (None: torch's global generator); set by
+        #: :class:`StudentTrainer` on a CPU to the student's own stream
+        self.generator: torch.Generator | None = None
 
     def fresh_modules(self) -> list[nn.Module]:
         """The modules drawn at random on a new student (all of them: nothing is pre-trained)."""
         return [m for m in self.modules() if isinstance(m, nn.Linear)]
 
     def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        representation = self.body(embeddings)
+        dropout = self.body[2].p if isinstance(self.body, nn.Sequential) else 0.0
+        if self.generator is None or not self.training or not 0.0 < dropout < 1.0:
+            representation = self.body(embeddings)
+        else:  # torch's CPU dropout, its mask drawn from self.generator: x * bernoulli(1 - p) / (1 - p)
+            hidden = self.body[1](self.body[0](embeddings))
+            keep = 1.0 - dropout
+            representation = hidden * torch.empty_like(hidden).bernoulli_(keep, generator=self.generator).div_(keep)
         return self.classifier(representation), representation
 
 
@@ -123,6 +132,11 @@ class StudentTrainer:
         # torch's global generator changes the student, and the student never reseeds the global generator.
         self.generator = torch.Generator(device="cpu")
         self.cuda_generator = torch.Generator(device=self.device) if self.device.type == "cuda" else None
+        # A model that draws its dropout from a generator is handed the student's own on a CPU (the same masks as
+        # torch's dropout under own_rng(), without swapping the global generator's state twice per step).
+        self._draws_own_dropout = self.device.type == "cpu" and hasattr(self.model, "generator")
+        if self._draws_own_dropout:
+            self.model.generator = self.generator
         self.optimizer = self._make_optimizer()
         self.steps = 0
 
@@ -166,7 +180,7 @@ class StudentTrainer:
             self.model.train(grad)
         precision = autocast(self.device, self.dtype) if self.dtype is not None else nullcontext()
         if grad:  # dropout draws from the student's own stream
-            with self.own_rng(), torch.enable_grad(), precision:
+            with nullcontext() if self._draws_own_dropout else self.own_rng(), torch.enable_grad(), precision:
                 logits, representation = self.model(**batch["inputs"])
         else:
             with torch.no_grad(), precision:

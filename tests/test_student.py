@@ -249,3 +249,27 @@ def test_pair_credit_matches_a_finite_difference():
             for p, g in zip(model.parameters(), grads):
                 p.add_(eps * g)
         assert decrease == pytest.approx(credit[i, k], rel=0.05, abs=1e-3), (i, k, decrease, credit[i, k])
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1, 0.5])
+def test_lite_dropout_from_a_generator_is_torch_dropout_on_that_stream(dropout) -> None:
+    """The lite student's generator-drawn masks are the ones nn.Dropout draws from torch's global generator at the
+    same state: the same logits and gradients, bit for bit, and the stream left at the same place."""
+    inputs = torch.randn(32, 24)
+    reference, own = LiteStudent(24, 5, 16, dropout=dropout), LiteStudent(24, 5, 16, dropout=dropout)
+    own.load_state_dict(reference.state_dict())
+    own.generator = torch.Generator().manual_seed(7)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        expected, _ = reference.train()(inputs)
+        expected_state = torch.get_rng_state()
+    global_state = torch.get_rng_state()
+    logits, _ = own.train()(inputs)
+    assert torch.equal(logits, expected)
+    assert torch.equal(own.generator.get_state(), expected_state)
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global generator is not used
+    expected.sum().backward()
+    logits.sum().backward()
+    for a, b in zip(reference.parameters(), own.parameters()):
+        assert torch.equal(a.grad, b.grad)
+    assert torch.equal(own.eval()(inputs)[0], reference.eval()(inputs)[0])  # no dropout in eval mode
