@@ -110,7 +110,7 @@ def validate_weights(action: Any, axes: tuple[str, ...], expected: tuple[int, ..
         raise ValueError(f"{noun} {has} shape {array.shape}; expected {shape} for teachers {teacher_names}")
     if ignore is not None:
         array = np.where(ignore[:, None, None], np.float32(0.0), array)
-    if not np.isfinite(array).all():
+    if not np.isfinite(array.sum()) and not np.isfinite(array).all():  # a finite sum: every value is finite
         raise ValueError(f"{noun} {holds} {int((~np.isfinite(array)).sum())} NaN or infinite values; expected "
                          f"finite weights in [0, 1] of shape {shape}")
     if action_type == "select":
@@ -243,7 +243,7 @@ class TeacherSelectionEnv(gym.Env):
                 "teacher_logits": self._rows.teacher_logits[indices],
                 "student_logits": np.clip(host[:, k + c : k + 2 * c], -LOGIT_BOUND, LOGIT_BOUND)}
 
-    def _get_info(self, loss: KDLoss | None = None, weights: np.ndarray | None = None) -> dict[str, Any]:
+    def _get_info(self, loss: KDLoss | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {"step": self._t, "student_steps": self.trainer.steps}
         if self._last_dev is not None:
             info["dev_metric"] = self._last_dev["metric"]
@@ -251,9 +251,7 @@ class TeacherSelectionEnv(gym.Env):
         if loss is not None:
             values = torch.stack([loss.loss.detach(), loss.ce.detach(), loss.kd.detach()]).tolist()  # one device sync
             info.update(loss=values[0], ce=values[1], kd=values[2])
-        if weights is not None:
-            total = weights.sum(1, keepdims=True)
-            info["weights"] = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+            info["weights"] = loss.weights.cpu().numpy()  # each row normalised as the loss used it
         return info
 
     # -- what agents and runners may read
@@ -380,7 +378,7 @@ class TeacherSelectionEnv(gym.Env):
         truncated = self._t >= self.episode_steps  # the budget is a time limit, not a terminal state
         measured = not self.reward_fn.interval or self._t % self.reward_interval == 0 or truncated
         reward = self.config.reward_scale * float(self.reward_fn(self, loss)) if measured else 0.0
-        info = self._get_info(loss, weights)
+        info = self._get_info(loss)
         info["reward_measured"] = measured
         if credit is not None:
             info["credit"] = credit.cpu().numpy()

@@ -31,6 +31,8 @@ class KDLoss:
     :param instance_ce: (B,) each instance's CE against its gold label, whatever its coefficient (detached).
     :param instance_kd: (B,) each instance's T^2-scaled KL to its mixture, 0 where its weights are all zero
         (detached).
+    :param weights: (B, K) the weights as the mixture used them: each row normalised to sum 1, all-zero rows zero
+        (detached).
     """
 
     loss: torch.Tensor
@@ -39,22 +41,32 @@ class KDLoss:
     per_instance: torch.Tensor
     instance_ce: torch.Tensor | None = None
     instance_kd: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
 
 def teacher_mixture(teacher_logits: torch.Tensor, weights: torch.Tensor, temperature: float,
-                    teacher_probs: torch.Tensor | None = None, total: torch.Tensor | None = None) -> torch.Tensor:
+                    teacher_probs: torch.Tensor | None = None) -> torch.Tensor:
     """The weighted mixture of the teachers' softened distributions.
 
     :param teacher_logits: (B, K, C) raw teacher logits.
     :param weights: (B, K) non-negative weights; each row is normalised to sum 1 (all-zero rows give zeros).
     :param temperature: softening temperature T > 0.
     :param teacher_probs: (B, K, C) ``softmax(teacher_logits / T)`` when already known (then not recomputed).
-    :param total: (B, 1) ``weights.sum(dim=1, keepdim=True)`` when already known.
     :return: (B, C) mixture probabilities; rows whose weights are all zero are all zero.
     """
-    probs = F.softmax(teacher_logits.float() / temperature, dim=-1) if teacher_probs is None else teacher_probs
+    return _mix(normalised_weights(weights), teacher_logits, temperature, teacher_probs)
+
+
+def normalised_weights(weights: torch.Tensor, total: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, K) ``weights`` with each row divided by its sum (``total``, (B, 1), when already known); all-zero rows
+    stay zero."""
     total = weights.sum(dim=1, keepdim=True) if total is None else total
-    normalised = weights / total.clamp_min(1e-12)
+    return weights / total.clamp_min(1e-12)
+
+
+def _mix(normalised: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+         teacher_probs: torch.Tensor | None) -> torch.Tensor:
+    probs = F.softmax(teacher_logits.float() / temperature, dim=-1) if teacher_probs is None else teacher_probs
     return torch.bmm(normalised.unsqueeze(1), probs).squeeze(1)
 
 
@@ -88,7 +100,8 @@ def multi_teacher_kd_loss(
         # Only the student learns from this loss: a differentiable policy's weights or a live teacher get no gradient.
         weights = weights if weights.dtype == torch.float32 else weights.float()
         total = weights.sum(dim=1, keepdim=True)
-        mixture = teacher_mixture(teacher_logits, weights, temperature, teacher_probs, total)
+        normalised = normalised_weights(weights, total)
+        mixture = _mix(normalised, teacher_logits, temperature, teacher_probs)
         mixture_neg_entropy = torch.xlogy(mixture, mixture).sum(dim=-1)  # 0 * log 0 = 0
         has_teacher = total.view(-1) > 0
         # per instance: ce_coef * CE + kd_coef * KD; labelled: alpha, 1 - alpha (CE alone without a teacher);
@@ -109,4 +122,4 @@ def multi_teacher_kd_loss(
     ce_mean = torch.dot(ce, known) / known.sum().clamp_min(1)  # differentiable: a probe may take its gradient
     kd_mean = torch.dot(kd, has_teacher) / has_teacher.sum().clamp_min(1)
     return KDLoss(loss=per_instance.mean(), ce=ce_mean, kd=kd_mean, per_instance=per_instance,
-                  instance_ce=ce.detach(), instance_kd=kd.detach())
+                  instance_ce=ce.detach(), instance_kd=kd.detach(), weights=normalised)

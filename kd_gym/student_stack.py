@@ -276,7 +276,7 @@ def stacked_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, weights:
     :param logits: (N, B, C); :param teacher_logits: (N, B, K, C); :param weights: (N, B, K); :param labels: (N, B);
     :param labelled: (N, B) bool or None; :param teacher_probs: (N, B, K, C) or None.
     :return: ``loss``, ``ce``, ``kd``: (N,) per student (as the single loss gives them for its batch);
-        ``per_instance``: (N, B).
+        ``per_instance``: (N, B); ``weights``: (N, B, K) normalised as the single loss normalises them.
     """
     n, b, c = logits.shape
     k = teacher_logits.shape[2]
@@ -291,4 +291,5 @@ def stacked_kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, weights:
         has_teacher = (weights.sum(-1) > 0).float()
         ce_mean = (ce * known).sum(1) / known.sum(1).clamp_min(1)
         kd_mean = (kd * has_teacher).sum(1) / has_teacher.sum(1).clamp_min(1)
-    return KDLoss(loss=per_instance.mean(1), ce=ce_mean, kd=kd_mean, per_instance=per_instance)
+    return KDLoss(loss=per_instance.mean(1), ce=ce_mean, kd=kd_mean, per_instance=per_instance,
+                  weights=rows.weights.view(n, b, k))

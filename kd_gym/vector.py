@@ -154,7 +154,8 @@ class TeacherSelectionVectorEnv(VectorEnv):
         :param measure: (N,) bool, sub-envs whose dev metrics are measured now.
         :param loss: the update's loss parts, (N,) each, or None.
         :return: host arrays: ``student`` (N * B, K + 2C [+ H]) the students' columns of the observation
-            (:func:`~kd_gym.features.student_columns` [and the representation]), ``loss`` (N, 3) when given,
+            (:func:`~kd_gym.features.student_columns` [and the representation]), ``loss`` (N, 3) and ``weights``
+            (N, B, K, normalised) when given,
             ``dev_predictions`` (n, M) and ``dev_loss`` (n,) for the n measured sub-envs.
         """
         n, b, c = self.num_envs, self.batch_size, self.num_labels
@@ -180,6 +181,7 @@ class TeacherSelectionVectorEnv(VectorEnv):
         parts = {"student": torch.cat(student, dim=1) if len(student) > 1 else student[0], **parts}
         if loss is not None:
             parts["loss"] = torch.stack([loss.loss.detach(), loss.ce, loss.kd], dim=1)
+            parts["weights"] = loss.weights
         flat = torch.cat([t.reshape(-1).float() for t in parts.values()]).cpu().numpy()  # the one host copy
         host, start = {}, 0
         for key, tensor in parts.items():
@@ -296,10 +298,10 @@ class TeacherSelectionVectorEnv(VectorEnv):
         info = self._info(everyone)
         if stepping.any():
             values = np.where(stepping[:, None], host["loss"].astype(np.float64), 0.0)
-            total = weights.sum(2, keepdims=True)
-            info.update(loss=values[:, 0], ce=values[:, 1], kd=values[:, 2], weights=np.divide(
-                weights, total, out=np.zeros_like(weights), where=total > 0), reward_measured=measured,
-                **{f"_{key}": stepping.copy() for key in ("loss", "ce", "kd", "weights", "reward_measured")})
+            # weights: normalised as the loss used them (a resetting sub-env's action was zeroed: its rows are 0)
+            info.update(loss=values[:, 0], ce=values[:, 1], kd=values[:, 2], weights=host["weights"],
+                        reward_measured=measured,
+                        **{f"_{key}": stepping.copy() for key in ("loss", "ce", "kd", "weights", "reward_measured")})
         self._autoreset = truncated
         return self._observation(host), rewards, np.zeros(self.num_envs, dtype=bool), truncated, info
 

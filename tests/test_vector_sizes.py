@@ -3,7 +3,7 @@
 tests/test_vector.py checks the contract on the tiny env (D 32, B 8, N 3). Which kernel a batched product or an
 elementwise pass takes depends on the shapes and the memory layout (a product written into a strided slice of the flat
 gradient buffer rounds differently from a fresh one for some shapes), so the sizes that benchmarks and the train-eval
-protocol run get their own check: observations, rewards and weights equal bit for bit, through an autoreset and a
+protocol run get their own check: observations, rewards, info weights and student weights equal bit for bit, through an autoreset and a
 masked reset (after which the students' AdamW step counts differ).
 """
 
@@ -53,6 +53,12 @@ def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes() -> Non
         if len(expected) == 5:
             np.testing.assert_array_equal(result[3], expected[3], err_msg=f"{where}: truncated")
             np.testing.assert_allclose(result[1], expected[1], atol=1e-6, rtol=0, err_msg=f"{where}: rewards")
+            stepped = expected[4].get("_weights", np.zeros(N, dtype=bool))  # none on an autoreset of all
+            np.testing.assert_array_equal(result[4].get("_weights", np.zeros(N, dtype=bool)), stepped,
+                                          err_msg=f"{where}: info mask _weights")
+            if stepped.any():
+                np.testing.assert_array_equal(result[4]["weights"][stepped], expected[4]["weights"][stepped],
+                                              err_msg=f"{where}: info weights")
 
     assert_equal(vector.reset(seed=11), reference.reset(seed=11), "reset")
     rng = np.random.default_rng(0)
