@@ -106,17 +106,19 @@ class RowFeatures:
     :param teacher: (N, K, P) ``teacher_features`` without the student: ``teacher_ce``, ``teacher_entropy``,
         ``teacher_correct`` (masked on hidden labels) and, in the KL column, ``sum p log p`` of each teacher at T
         (the half of the KL that does not depend on the student).
-    :param instance: (N, 3) ``teacher_agreement``, ``length``, ``labelled``.
+    :param instance: (N, 5) ``instance_features`` without the student: its columns ``student_ce`` and
+        ``student_entropy`` are 0.
+    :param gold: (N, C) -1 at the gold label of a labelled row, 0 elsewhere: ``(log_q * gold).sum(1)`` is the
+        student's masked CE.
     :param teacher_logits: (N, K, C) clipped to +-FEATURE_BOUND.
     :param teacher_probs: (N, K, C) the teachers' distributions at T, on the device of the logits.
-    :param labels: (N,) the gold labels (the observation masks them where hidden).
     """
 
     teacher: np.ndarray
     instance: np.ndarray
+    gold: np.ndarray
     teacher_logits: np.ndarray
     teacher_probs: torch.Tensor
-    labels: np.ndarray
 
 
 def row_features(teacher_logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, temperature: float,
@@ -129,13 +131,16 @@ def row_features(teacher_logits: torch.Tensor, labels: torch.Tensor, lengths: to
     dummy_student = torch.zeros(n, c, device=teacher_logits.device)
     per_teacher, per_instance = observation_features(teacher_logits, dummy_student, labels, lengths, temperature,
                                                      labelled=labelled)
+    per_instance[:, 1:3] = 0.0  # the student's columns
     log_t = F.log_softmax(teacher_logits.float() / temperature, -1)
     teacher_probs = log_t.exp()
     teacher = torch.cat([per_teacher[..., :3], (teacher_probs * log_t).sum(-1, keepdim=True)], dim=-1)
+    known = torch.ones(n, device=labels.device) if labelled is None else labelled.float()
+    gold = -F.one_hot(labels, c).float() * known[:, None]
     host = (lambda t: np.ascontiguousarray(t.float().cpu().numpy()))  # noqa: E731
-    return RowFeatures(teacher=host(teacher), instance=host(per_instance[:, [0, 3, 4]]),
+    return RowFeatures(teacher=host(teacher), instance=host(per_instance[:, : len(INSTANCE_FEATURES)]), gold=host(gold),
                        teacher_logits=host(teacher_logits.clamp(-FEATURE_BOUND, FEATURE_BOUND)),
-                       teacher_probs=teacher_probs.contiguous(), labels=labels.cpu().numpy())
+                       teacher_probs=teacher_probs.contiguous())
 
 
 def student_columns(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -159,22 +164,20 @@ def assemble_features(rows: RowFeatures, indices: np.ndarray, student: np.ndarra
     :param extra: host (B, ·) arrays appended to ``instance_features`` (the student's representation, the
         embedding), in that order.
     """
-    k, c = rows.teacher.shape[1], rows.teacher_logits.shape[2]
+    k, c = rows.teacher.shape[1], rows.gold.shape[1]
     teacher = rows.teacher[indices]  # a copy: fancy indexing
     kl = teacher[..., 3]
     kl -= student[:, :k]  # KL(p || q) = sum p log p - sum p log q
     np.clip(kl, -FEATURE_BOUND, FEATURE_BOUND, out=kl)  # the other columns are bounded already
-    static = rows.instance[indices]
-    log_q = student[:, k : k + c]
-    width = sum(e.shape[1] for e in extra or [])
-    instance = np.empty((len(indices), len(INSTANCE_FEATURES) + width), dtype=np.float32)
-    instance[:, 0] = static[:, 0]
-    instance[:, 1] = log_q[np.arange(len(indices)), rows.labels[indices]]
-    instance[:, 1] *= -static[:, 2]  # student_ce, masked where the label is hidden
-    instance[:, 2] = (np.exp(log_q) * log_q).sum(1)
-    instance[:, 2] *= -1.0 / math.log(max(c, 2))
-    instance[:, 3:5] = static[:, 1:]
     if extra:
-        instance[:, 5:] = np.concatenate(extra, axis=1) if len(extra) > 1 else extra[0]
+        instance = np.empty((len(indices), len(INSTANCE_FEATURES) + sum(e.shape[1] for e in extra)), dtype=np.float32)
+        instance[:, : len(INSTANCE_FEATURES)] = rows.instance[indices]
+        instance[:, len(INSTANCE_FEATURES) :] = np.concatenate(extra, axis=1) if len(extra) > 1 else extra[0]
+    else:
+        instance = rows.instance[indices]  # a copy, its student columns 0
+    log_q = student[:, k : k + c]
+    np.sum(log_q * rows.gold[indices], axis=1, out=instance[:, 1])  # student_ce, 0 where the label is hidden
+    instance[:, 1] += 0.0  # -0.0 (a hidden label) -> 0.0
+    np.multiply((np.exp(log_q) * log_q).sum(1), -1.0 / math.log(max(c, 2)), out=instance[:, 2])  # student_entropy
     np.clip(instance, -FEATURE_BOUND, FEATURE_BOUND, out=instance)
     return teacher, instance
