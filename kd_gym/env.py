@@ -17,6 +17,7 @@ from gymnasium import spaces
 
 from kd_gym.config import EnvConfig, default_config
 from kd_gym.data import KDData
+from kd_gym.defaults import pool_silos
 from kd_gym.features import (
     FEATURE_BOUND,
     TEACHER_FEATURES,
@@ -26,19 +27,20 @@ from kd_gym.features import (
     student_columns,
 )
 from kd_gym.losses import KDLoss
-from kd_gym.regime import gold_oracle_weights, student_regime
+from kd_gym.regime import gold_oracle_weights, silo_oracle_weights, student_regime
 from kd_gym.rewards import make_reward
 from kd_gym.scenarios import apply_scenario
-from kd_gym.student import FullStudent, LiteStudent, StudentTrainer
+from kd_gym.student import FullStudent, LiteStudent, NgramStudent, StudentTrainer
 
 LOGIT_BOUND = 50.0
 RESET_OPTIONS = ("keep_student",)
 DEV_SUBSET = "dev_subset"  # the trainer's name for the reward's fixed dev rows
 
 
-def _build_data(config: EnvConfig) -> tuple[KDData, set[str] | None]:
-    """The KDData of a config (loads the task and the pool, reads or computes once the cached tensors) and the row
-    hashes the pool's teachers were trained on (None when the pool does not say)."""
+def _build_data(config: EnvConfig) -> tuple[KDData, set[str] | None, Path | None]:
+    """The KDData of a config (loads the task and the pool, reads or computes once the cached tensors), the row
+    hashes the pool's teachers were trained on (None when the pool does not say) and the pool's folder (None: not a
+    pool built by ``kd-gym teachers build``)."""
     from kd_gym.defaults import (
         check_pool_rows,
         default_pool,
@@ -56,32 +58,46 @@ def _build_data(config: EnvConfig) -> tuple[KDData, set[str] | None]:
         task = load_task(task, seed=config.split_seed, **config.task_kwargs)
     common = {"cache_dir": config.cache_dir, "max_length": config.max_length, "device": config.device,
               "precision": config.precision}
-    teachers, trained = config.teachers, None
+    teachers, trained, folder = config.teachers, None, None
+    if isinstance(teachers, (list, tuple)) and len(teachers) == 1 and isinstance(teachers[0], (str, Path)):
+        teachers = teachers[0]  # the command line hands a list: `--teachers FOLDER` may name a built pool
     manifest = Path(str(teachers)) / "pool.json" if isinstance(teachers, (str, Path)) else None
     if teachers is None:
-        pool = default_pool(task, **common)
-        trained = pool_training_rows(default_pool_dir(task))
+        pool = default_pool(task, config.pool, **common)
+        folder = default_pool_dir(task, pool=config.pool)
+        trained = pool_training_rows(folder)
     elif isinstance(teachers, TeacherPool):
         pool = teachers
     elif manifest is not None and manifest.exists():  # a pool folder written by `kd-gym teachers build`
         check_pool_rows(manifest.parent, task)
         pool = TeacherPool.from_manifest(manifest, **common)
-        trained = pool_training_rows(manifest.parent)
+        folder = manifest.parent
+        trained = pool_training_rows(folder)
     else:
         pool = TeacherPool([teachers] if isinstance(teachers, str) else teachers, **common)
     checkpoint = config.student_checkpoint or minilm_path()
     if config.student == "lite":
-        return build_lite_data(task, pool, SentenceEncoder(checkpoint, **common)), trained
+        ngrams = config.lite_student == "ngrams"
+        # the ngrams student reads no embedding; it is computed only when the observation shows it
+        encoder = SentenceEncoder(checkpoint, **common) if not ngrams or config.include_embedding else None
+        return build_lite_data(task, pool, encoder, ngram_buckets=config.ngram_buckets if ngrams else None), trained, folder
     from transformers import AutoTokenizer
 
     from kd_gym.prepare.cache import resolve_model_folder
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_folder(checkpoint))
-    return build_full_data(task, pool, tokenizer, config.max_length), trained
+    return build_full_data(task, pool, tokenizer, config.max_length), trained, folder
 
 
 def _build_student(config: EnvConfig, data: KDData) -> tuple[torch.nn.Module, float]:
     """The student model and its default learning rate."""
+    if config.student == "lite" and config.lite_student == "ngrams":
+        ids = data.splits["train"].inputs.get("ngram_ids")
+        if ids is None:
+            raise ValueError("lite_student='ngrams' needs inputs['ngram_ids'] in the data; build it with "
+                             "kd_gym.prepare.tensors.build_lite_data(..., ngram_buckets=...) or use lite_student='mlp'")
+        buckets = max(config.ngram_buckets, int(ids.max()) + 1)
+        return NgramStudent(buckets, data.num_labels, config.ngram_dim), config.lr or 1e-2
     if config.student == "lite":
         input_size = data.splits["train"].inputs["embeddings"].shape[1]
         return LiteStudent(input_size, data.num_labels, config.lite_hidden), config.lr or 1e-3
@@ -148,15 +164,23 @@ class TeacherSelectionEnv(gym.Env):
             raise TypeError(f"unknown option(s) {unknown}; valid options: {sorted(valid)} (see kd_gym.EnvConfig)")
         #: the options of this env (an :class:`~kd_gym.config.EnvConfig`)
         self.config = cfg = EnvConfig(**options).validate()
-        data, trained = (cfg.data, None) if cfg.data is not None else _build_data(cfg)
+        data, trained, pool_dir = (cfg.data, None, None) if cfg.data is not None else _build_data(cfg)
         data = apply_scenario(cfg.scenario, data)
         rows = np.arange(len(data.splits["train"]))
         if trained is not None:  # the student learns only from rows no teacher saw
             rows = np.flatnonzero([h not in trained for h in data.task.row_hashes("train")])
         data = student_regime(data, rows, cfg.gold_labels, cfg.split_seed)
-        if data.splits["train"].oracle_weights is None:  # the default scenario: the privileged gold-label oracle
+        if data.splits["train"].oracle_weights is None:  # the default scenario: a privileged oracle (kd_gym.regime)
             train = data.splits["train"]
-            train.oracle_weights = gold_oracle_weights(train.teacher_logits, train.labels)
+            if cfg.oracle == "gold":
+                train.oracle_weights = gold_oracle_weights(train.teacher_logits, train.labels)
+            else:
+                silos = pool_silos(pool_dir, data.task) if pool_dir is not None else None
+                if silos is None:
+                    raise ValueError(f"oracle={cfg.oracle!r} reads each instance's silo, but the pool does not say "
+                                     "its silos (build it with `kd-gym teachers build`); use oracle='gold'")
+                train.oracle_weights = silo_oracle_weights(cfg.oracle, train.teacher_logits, train.labels.cpu(),
+                                                           silos[0][rows], silos[1]).to(train.labels.device)
         if cfg.batch_size > len(data.splits["train"]):
             raise ValueError(f"batch_size={cfg.batch_size} is larger than the train split ({len(data.splits['train'])} "
                              "rows); use a batch_size of at most the train split's size")

@@ -50,3 +50,39 @@ def gold_oracle_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> t
     gold = labels.view(-1, 1, 1).expand(-1, teacher_logits.shape[1], 1)
     probability = torch.softmax(teacher_logits.float(), -1).gather(-1, gold).squeeze(-1)  # (N, K)
     return torch.nn.functional.one_hot(probability.argmax(1), teacher_logits.shape[1]).float()
+
+
+ORACLES = ("gold", "silo", "silo-gold", "silo-mix")
+"""The privileged weightings of the default scenario (``EnvConfig.oracle``; definitions in docs/benchmark.md).
+The silo oracles need a pool that says which silo each teacher was trained on and which silo each row is in
+(``pool.json`` of ``kd-gym teachers build``)."""
+
+
+def silo_oracle_weights(kind: str, teacher_logits: torch.Tensor, labels: torch.Tensor, row_silos: np.ndarray,
+                        teacher_silos: list[str | None]) -> torch.Tensor:
+    """(N, K) privileged weights that read each row's silo (and, but for ``silo``, its gold label):
+
+    - ``silo``: all weight on the expert of the row's silo (the gold-label oracle's choice on a row whose silo has
+      no expert);
+    - ``silo-gold``: the silo's expert where it predicts the gold label, else the gold-label oracle's teacher;
+    - ``silo-mix``: the silo's expert plus equal weight on every other teacher that predicts the gold label.
+
+    :param row_silos: (N,) silo name per row; :param teacher_silos: (K,) the silo teacher k is the expert of (None:
+        a generalist).
+    """
+    n, k = teacher_logits.shape[:2]
+    gold = gold_oracle_weights(teacher_logits, labels)
+    expert = torch.zeros(n, k)
+    for j, silo in enumerate(teacher_silos):
+        if silo is not None:
+            expert[torch.as_tensor(row_silos == silo), j] = 1.0
+    has_expert = expert.sum(1, keepdim=True) > 0
+    if kind == "silo":
+        return torch.where(has_expert, expert, gold)
+    right = (teacher_logits.argmax(-1) == labels.view(-1, 1)).float()  # (N, K)
+    expert_right = (expert * right).sum(1, keepdim=True) > 0
+    if kind == "silo-gold":
+        return torch.where(expert_right, expert, gold)
+    if kind == "silo-mix":
+        return torch.where(has_expert, expert + right * (1.0 - expert), gold)
+    raise ValueError(f"oracle={kind!r} is not a silo oracle; use one of {ORACLES[1:]}")

@@ -4,8 +4,9 @@ Two students share :class:`StudentTrainer`:
 
 - :class:`FullStudent`: a small transformer trained from tokens, initialised from the first layers of a
   teacher-family checkpoint (default: the first 2 layers of MiniLM).
-- :class:`LiteStudent`: a small MLP head over frozen, cached sentence embeddings; the same decision problem at a
-  fraction of the cost, so agents can be benchmarked on a CPU.
+- the lite students, the same decision problem at a fraction of the cost, so agents can be benchmarked on a CPU:
+  :class:`NgramStudent` (the default: a fastText-style bag of hashed uni- and bigrams trained from tokens) and
+  :class:`LiteStudent` (a small MLP head over frozen, cached sentence embeddings).
 """
 
 from __future__ import annotations
@@ -59,6 +60,51 @@ class LiteStudent(nn.Module):
             hidden = self.body[1](self.body[0](embeddings))
             keep = 1.0 - dropout
             representation = hidden * torch.empty_like(hidden).bernoulli_(keep, generator=self.generator).div_(keep)
+        return self.classifier(representation), representation
+
+
+class NgramStudent(nn.Module):
+    """fastText-style: the mean of hashed uni- and bigram embeddings, then a linear layer: ids (B, L) -> logits
+    (B, C) and representation (B, dim), the mean embedding.
+
+    Everything is trained from scratch, so the student starts knowing nothing of the language: what it learns it
+    learns from the gold labels and the teachers (the classic target for distilling transformers into something
+    small and fast).
+
+    :param buckets: rows of the embedding table (id 0 pads and stays zero).
+    :param num_labels: C.
+    :param dim: embedding size.
+    """
+
+    def __init__(self, buckets: int, num_labels: int, dim: int = 32) -> None:
+        super().__init__()
+        self.representation_size = dim
+        self.embedding = nn.EmbeddingBag(buckets, dim, mode="mean", padding_idx=0)
+        self.classifier = nn.Linear(dim, num_labels)
+        self._init_embedding()
+        #: no dropout: nothing is drawn in a step (the trainer hands its generator here, as to LiteStudent)
+        self.generator: torch.Generator | None = None
+
+    def _init_embedding(self) -> None:
+        # fastText's init, uniform in +-1/dim: a mean of a few dozen such rows starts near 0, so what the student
+        # predicts comes from what it learned, not from the random table (torch's N(0, 1) would dominate it)
+        nn.init.uniform_(self.embedding.weight, -1.0 / self.representation_size, 1.0 / self.representation_size)
+        with torch.no_grad():
+            self.embedding.weight[0].zero_()
+
+    def fresh_modules(self) -> list[nn.Module]:
+        """The modules drawn at random on a new student: all of it (:meth:`reset_parameters`)."""
+        return [self]
+
+    def reset_parameters(self) -> None:
+        """A new draw of the embedding table and the classifier."""
+        self._init_embedding()
+        self.classifier.reset_parameters()
+
+    def forward(self, ngram_ids: torch.Tensor, **frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:param frozen: other inputs a split may carry (the frozen sentence embedding the observation can show,
+        ``include_embedding``); the student does not read them."""
+        representation = self.embedding(ngram_ids)
         return self.classifier(representation), representation
 
 

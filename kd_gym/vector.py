@@ -69,6 +69,9 @@ class TeacherSelectionVectorEnv(VectorEnv):
         if options.get("student", "lite") != "lite":
             raise NotImplementedError(f"student={options['student']!r}: the vector env batches lite students only; "
                                       f"for the full student {_USE_SYNC}")
+        if options.get("student", "lite") == "lite" and options.get("lite_student", "ngrams") != "mlp":
+            raise NotImplementedError(f"lite_student={options.get('lite_student', 'ngrams')!r}: the vector env batches "
+                                      f"the mlp lite student only (lite_student='mlp'); for the others {_USE_SYNC}")
         if options.get("credit", False):
             raise NotImplementedError(f"credit=True: the vector env does not compute info['credit']; {_USE_SYNC}")
         self.reward_name = _reward_name(options.get("reward", "dev_delta"))

@@ -115,7 +115,7 @@ def bench(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_env_options(args)  # before any cell runs or any file is written
     args.scenario = args.scenario or "default"
-    if args.oracle and "oracle" not in _split(args.agents):  # every scenario has one (kd_gym.regime, scenarios)
+    if args.oracle_row and "oracle" not in _split(args.agents):  # every scenario has one (kd_gym.regime, scenarios)
         args.agents += ",oracle"
     if getattr(args, "emit_sweep", None) or getattr(args, "cell", None):  # a grid across machines
         from agents.experiments.grid import emit_sweep, run_cell
@@ -140,23 +140,24 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def ensure_default_pool(task: str, split_seed: int = 0, task_kwargs: dict | None = None) -> None:
+def ensure_default_pool(task: str, split_seed: int = 0, task_kwargs: dict | None = None, pool: str = "siloed") -> None:
     """Build the default teacher pool of ``task`` if it is not there yet (once; minutes on a CPU); print its
     manifest.
 
     :param task: a task name, as ``kd-gym teachers build --task`` takes it.
     :param split_seed: the seed of the task's split (the env option ``split_seed``).
     :param task_kwargs: how to read a custom task (the task flags, :class:`kd_gym.tasks.TaskOptions`).
+    :param pool: which default pool (the env option ``pool``).
     """
     from kd_gym.defaults import default_pool_dir
     from kd_gym.prepare.pool_build import build_default_pool, format_manifest
 
-    manifest_path = default_pool_dir(task, split_seed, **(task_kwargs or {})) / "pool.json"
+    manifest_path = default_pool_dir(task, split_seed, pool, **(task_kwargs or {})) / "pool.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
     else:
-        print(f"building the default teacher pool for {task!r} (once; a few minutes on a CPU) ...")
-        manifest = build_default_pool(task, seed=split_seed, task_kwargs=task_kwargs)
+        print(f"building the {pool} teacher pool for {task!r} (once; a few minutes on a CPU) ...")
+        manifest = build_default_pool(task, seed=split_seed, pool=pool, task_kwargs=task_kwargs)
     print(format_manifest(manifest), "\n")
 
 
@@ -168,5 +169,5 @@ def demo(args: argparse.Namespace) -> int:
     """
     check_env_options(args)  # before minutes of building teachers
     if not args.teachers:
-        ensure_default_pool(args.task, args.split_seed or 0, task_kwargs_from(args))
+        ensure_default_pool(args.task, args.split_seed or 0, task_kwargs_from(args), args.pool or "siloed")
     return bench(args)

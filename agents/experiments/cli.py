@@ -67,7 +67,7 @@ def _bench_flags(defaults: dict[str, str]):
                             help="comma-separated seeds (integers >= 0)")
         parser.add_argument("--out", default=defaults["out"],
                             help="output folder (rerun with the same folder to resume)")
-        parser.add_argument("--no-oracle", dest="oracle", action="store_false",
+        parser.add_argument("--no-oracle", dest="oracle_row", action="store_false",
                             help="do not add the scenario's oracle row")
         parser.add_argument("--emit-sweep", "--emit_sweep", default=None, metavar="FILE",
                             help="run nothing; write the (agent, seed) grid of this command as a W&B sweep file "

@@ -193,7 +193,7 @@ def check_bench_grid(path: Path, config: dict) -> dict:
         message = errors.getvalue().strip().splitlines()
         raise ValueError(f"{path}: the command's kd-gym {name} flags do not parse: "
                          f"{message[-1] if message else flags}") from None
-    agents = _split(args.agents) + (["oracle"] if args.oracle and "oracle" not in _split(args.agents) else [])
+    agents = _split(args.agents) + (["oracle"] if args.oracle_row and "oracle" not in _split(args.agents) else [])
     seeds = [int(s) for s in _split(args.seeds)]
     for value in parameters[SWEEP_PARAMETER]["values"]:
         agent, seed = parse_cell(str(value))

@@ -1,12 +1,18 @@
 """Build the default teacher pool of a task (``kd-gym teachers build``).
 
-The pool is complementary on purpose, so that choosing among its teachers per instance matters: two generalists
-fine-tuned from the first layers of the packaged MiniLM (a 3-layer one on every teacher row, a 1-layer one on
-1,000), and
-one TF-IDF + logistic-regression specialist per tweet topic, trained on that topic's rows only. Teachers train only
-on the teacher rows: a seeded :data:`TEACHER_SHARE` of the train split; the student learns from the other train
-rows (listed by exclusion in ``training_rows.txt``), so teacher rows, student rows, dev and test are disjoint. The
-whole build takes a few minutes on a 2-core CPU.
+Two pools, chosen with ``pool=`` (``--pool``):
+
+- ``siloed`` (the default): multi-source distillation. The teacher rows are split into *silos* (a column of the task,
+  ``topic`` for tweets, or else :data:`KMEANS_SILOS` k-means clusters of the rows' sentence embeddings, seeded), and
+  each silo's owner fine-tunes one expert (3 MiniLM layers) on that silo's rows only; no teacher saw every silo. A
+  weak generalist (1 MiniLM layer on 1,000 rows of every silo) completes the pool. The silo of an instance is not in
+  the observation: an agent must infer it.
+- ``generalist``: the earlier default, two generalists (3 MiniLM layers on every teacher row, 1 layer on 1,000) and
+  one TF-IDF + logistic-regression specialist per silo.
+
+Teachers train only on the teacher rows: a seeded :data:`TEACHER_SHARE` of the train split; the student learns from
+the other train rows (listed by exclusion in ``training_rows.txt``), so teacher rows, student rows, dev and test are
+disjoint. The whole build takes a few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kd_gym.defaults import TRAINING_ROWS_FILE, default_pool_dir, minilm_path
+from kd_gym.defaults import DEFAULT_POOL, POOLS, TRAINING_ROWS_FILE, default_pool_dir, minilm_path
 from kd_gym.prepare.cache import kd_gym_home
+from kd_gym.prepare.embeddings import SentenceEncoder
 from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
 from kd_gym.tasks import Task, load_task
 from kd_gym.teachers import TeacherPool, TeacherSpec, load_classifier
@@ -39,8 +46,7 @@ class TeacherRecipe:
         + multinomial logistic regression (:mod:`kd_gym.prepare.tfidf`).
     :param num_layers: minilm: transformer layers kept from the base checkpoint (the first ones).
     :param examples: rows drawn at random from the allowed teacher rows (None: all of them).
-    :param topics: restrict the rows to these tweet topics (None: all topics); a task without a ``topic`` column
-        uses a random slice of the same size instead.
+    :param silos: restrict the rows to these silos (None: every silo); see :func:`silo_labels`.
     :param lr: minilm: peak learning rate.
     :param c: tfidf: inverse regularisation strength.
     """
@@ -49,7 +55,7 @@ class TeacherRecipe:
     kind: str = "minilm"
     num_layers: int = 6
     examples: int | None = None
-    topics: tuple[str, ...] | None = None
+    silos: tuple[str, ...] | None = None
     lr: float = 1e-4
     c: float = 1.0
 
@@ -57,12 +63,53 @@ class TeacherRecipe:
 TEACHER_SHARE = 0.4  # share of the train rows reserved for teachers; the student learns from the rest
 # Shallow models need larger learning rates to move in one short epoch (measured on a dev sample: a 2-layer
 # teacher reaches 51% at 1e-4 and 69% at 5e-4).
-DEFAULT_RECIPES: tuple[TeacherRecipe, ...] = (
-    TeacherRecipe("minilm-l3", num_layers=3, examples=None, lr=3e-4),  # every teacher row (11,918 on tweets)
-    TeacherRecipe("minilm-l1", num_layers=1, examples=1000, lr=1e-3),
-    *(TeacherRecipe(f"tfidf-{topic}", kind="tfidf", topics=(topic,))
-      for topic in ("airline", "deflategate", "apple", "self-driving", "other")),
-)
+SILO_COLUMN = "topic"  # a task column that names each row's silo (tweets: its topic)
+KMEANS_SILOS = 5  # silos of a task without a SILO_COLUMN: k-means clusters of the sentence embeddings
+
+
+def pool_recipes(pool: str, silos: list[str]) -> tuple[TeacherRecipe, ...]:
+    """The recipes of pool ``pool`` (:data:`POOLS`) over the task's silo names ``silos``."""
+    if pool == "siloed":
+        return (*(TeacherRecipe(f"expert-{silo}", num_layers=3, lr=3e-4, silos=(silo,)) for silo in silos),
+                TeacherRecipe("minilm-l1", num_layers=1, examples=1000, lr=1e-3))
+    if pool == "generalist":
+        return (TeacherRecipe("minilm-l3", num_layers=3, examples=None, lr=3e-4),  # every teacher row
+                TeacherRecipe("minilm-l1", num_layers=1, examples=1000, lr=1e-3),
+                *(TeacherRecipe(f"tfidf-{silo}", kind="tfidf", silos=(silo,)) for silo in silos))
+    raise ValueError(f"pool={pool!r} is not a default pool; use one of {POOLS}")
+
+
+def silo_labels(task: Task, fit_rows: np.ndarray, *, seed: int = 0, k: int = KMEANS_SILOS,
+                encoder=None) -> tuple[np.ndarray, dict]:
+    """The silo of every train row, and how it was made.
+
+    A task with a :data:`SILO_COLUMN` column uses it (tweets: the topic, in :data:`~kd_gym.task_sources.TWEET_TOPICS`
+    order). Any other task gets ``k`` k-means clusters (scikit-learn, ``n_init=10``, ``random_state=seed``) of the
+    MiniLM sentence embeddings, fitted on the rows ``fit_rows`` (the teacher rows) and named ``cluster-0`` ...
+    ``cluster-<k-1>`` by size, largest first.
+
+    :return: (N,) array of silo names; the description ``{"kind": "column" | "kmeans", "names": [...], ...}``
+        (k-means also gives ``centroids``, (k, D), so any row can be assigned later).
+    """
+    train = task.splits["train"]
+    if SILO_COLUMN in train.column_names:
+        labels = np.asarray(train[SILO_COLUMN]).astype(str)
+        from kd_gym.task_sources import TWEET_TOPICS
+
+        present = set(labels[fit_rows])
+        names = [t for t in TWEET_TOPICS if t in present] + sorted(present - set(TWEET_TOPICS))
+        return labels, {"kind": "column", "column": SILO_COLUMN, "names": names}
+    from sklearn.cluster import KMeans
+
+    embeddings = (encoder or SentenceEncoder()).encode(task, "train").numpy()
+    kmeans = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(embeddings[fit_rows])
+    order = np.argsort(-np.bincount(kmeans.labels_, minlength=k), kind="stable")  # largest cluster first
+    rank = np.empty(k, dtype=int)
+    rank[order] = np.arange(k)
+    names = [f"cluster-{i}" for i in range(k)]
+    labels = np.array(names)[rank[kmeans.predict(embeddings)]]
+    return labels, {"kind": "kmeans", "k": k, "seed": seed, "names": names,
+                    "centroids": kmeans.cluster_centers_[order].round(6).tolist()}
 
 
 def finetune_classifier(
@@ -137,16 +184,12 @@ def teacher_rows(task: Task, seed: int, share: float = TEACHER_SHARE) -> np.ndar
     return np.sort(np.random.default_rng(seed).permutation(n)[: round(share * n)])
 
 
-def _recipe_indices(task: Task, recipe: TeacherRecipe, rows: np.ndarray, seed: int) -> np.ndarray:
-    train = task.splits["train"]
-    allowed = rows
+def _recipe_indices(recipe: TeacherRecipe, rows: np.ndarray, silos: np.ndarray, seed: int) -> np.ndarray:
+    allowed = rows if recipe.silos is None else rows[np.isin(silos[rows], recipe.silos)]
+    if len(allowed) == 0:
+        raise ValueError(f"teacher {recipe.name!r} trains on silos {list(recipe.silos or [])}, which hold no teacher "
+                         f"row; the task's silos are {sorted(set(silos[rows]))}")
     rng = np.random.default_rng(seed)
-    if recipe.topics is not None and "topic" in train.column_names:
-        topics = np.asarray(train["topic"])[rows]
-        allowed = rows[np.isin(topics, recipe.topics)]
-    elif recipe.topics is not None:
-        allowed = rng.choice(rows, size=max(1, len(rows) // 5), replace=False)
-        print(f"note: task {task.name!r} has no topic column; teacher {recipe.name!r} trains on a random fifth")
     size = len(allowed) if recipe.examples is None else min(recipe.examples, len(allowed))
     return np.sort(rng.choice(allowed, size=size, replace=False))
 
@@ -172,7 +215,8 @@ def build_default_pool(
     task_name: str = "tweets",
     *,
     out_dir: str | Path | None = None,
-    recipes: tuple[TeacherRecipe, ...] = DEFAULT_RECIPES,
+    pool: str = DEFAULT_POOL,
+    recipes: tuple[TeacherRecipe, ...] | None = None,
     base: str | Path | None = None,
     seed: int = 0,
     force: bool = False,
@@ -183,21 +227,28 @@ def build_default_pool(
     """Fine-tune the default teachers, cache their logits on every split, and write ``pool.json``.
 
     Teachers already built (their folder holds weights) are kept unless ``force``.
+    :param pool: which default pool (:data:`POOLS`); its folder is ``default_pool_dir(task, pool=pool)``.
+    :param recipes: other recipes than the pool's (written to ``out_dir``, or the pool's folder).
     :param task_kwargs: keywords of :func:`~kd_gym.tasks.load_task` (:class:`~kd_gym.tasks.TaskOptions`).
     :return: the manifest: per teacher its folder, recipe, dev and test metrics; the dev disagreement matrix.
     """
     task = load_task(task_name, seed=seed, **(task_kwargs or {}))
-    out = Path(out_dir) if out_dir else default_pool_dir(task)
+    if pool not in POOLS:
+        raise ValueError(f"pool={pool!r} is not a default pool; use one of {POOLS}")
+    out = Path(out_dir) if out_dir else default_pool_dir(task, pool=pool)
     for folder in (out, kd_gym_home() / "logits"):  # fail at the door, not after minutes of fine-tuning
         ensure_writable(folder)
     base = Path(base) if base else minilm_path()
     started = time.perf_counter()
     reserved = teacher_rows(task, seed)
+    silos, silo_info = silo_labels(task, reserved, seed=seed, encoder=SentenceEncoder(base, device=device,
+                                                                                   precision=precision))
+    recipes = recipes or pool_recipes(pool, silo_info["names"])
     trained_rows: set[int] = set()
     rows_per_teacher = []
     for k, recipe in enumerate(tqdm(recipes, desc="teachers", unit="teacher")):
         folder = out / recipe.name
-        indices = _recipe_indices(task, recipe, reserved, seed + k)
+        indices = _recipe_indices(recipe, reserved, silos, seed + k)
         trained_rows.update(indices.tolist())
         rows_per_teacher.append(len(indices))
         if not force and (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
@@ -211,6 +262,7 @@ def build_default_pool(
     (out / TRAINING_ROWS_FILE).write_text("\n".join(sorted(hashes[i] for i in reserved)) + "\n")
     manifest = {
         "task": task_name,
+        "pool": pool if out_dir is None or recipes is None else "custom",
         "seed": seed,
         "task_kwargs": task_kwargs or {},
         "task_fingerprint": task.content_fingerprint(),
@@ -224,6 +276,8 @@ def build_default_pool(
             for k, r in enumerate(recipes)
         ],
         "dev_disagreement": pool.disagreement(task, "dev").round(4).tolist(),
+        "silos": {**silo_info, "teacher_rows": {name: int((silos[reserved] == name).sum())
+                                                  for name in silo_info["names"]}},
         "build_seconds": round(time.perf_counter() - started, 1),
     }
     (out / "pool.json").write_text(json.dumps(manifest, indent=2))

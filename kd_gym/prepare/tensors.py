@@ -6,6 +6,7 @@ import torch
 
 from kd_gym.data import KDData, SplitTensors
 from kd_gym.prepare.embeddings import SentenceEncoder
+from kd_gym.prepare.ngrams import hashed_ngram_ids
 from kd_gym.tasks import SPLITS, Task
 from kd_gym.teachers import TeacherPool
 
@@ -17,13 +18,25 @@ def _word_counts(task: Task, split: str) -> torch.Tensor:
     return torch.tensor(counts, dtype=torch.long)
 
 
-def build_lite_data(task: Task, pool: TeacherPool, encoder: SentenceEncoder) -> KDData:
-    """Sentence embeddings + teacher logits (train and dev) for the lite student."""
+def build_lite_data(task: Task, pool: TeacherPool, encoder: SentenceEncoder | None, *,
+                    ngram_buckets: int | None = None) -> KDData:
+    """The lite students' inputs + teacher logits (train and dev).
+
+    :param encoder: gives ``inputs["embeddings"]`` (N, D), frozen sentence embeddings (None: none).
+    :param ngram_buckets: gives ``inputs["ngram_ids"]`` (N, L), hashed uni- and bigram ids (None: none).
+    """
+    if encoder is None and ngram_buckets is None:
+        raise ValueError("build_lite_data needs an encoder (embeddings), ngram_buckets (n-gram ids) or both")
     pool.check_labels(task)
     splits = {}
     for split in SPLITS:
+        inputs = {}
+        if ngram_buckets is not None:
+            inputs["ngram_ids"] = hashed_ngram_ids(task.texts(split), task.text_pairs(split), buckets=ngram_buckets)
+        if encoder is not None:
+            inputs["embeddings"] = encoder.encode(task, split)
         splits[split] = SplitTensors(
-            inputs={"embeddings": encoder.encode(task, split)},
+            inputs=inputs,
             labels=torch.as_tensor(task.labels(split), dtype=torch.long),
             lengths=_word_counts(task, split),
             teacher_logits=pool.logits(task, split) if split != "test" else None,
