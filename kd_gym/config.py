@@ -18,7 +18,7 @@ from typing import Any
 
 STUDENTS = ("lite", "full")
 LITE_STUDENTS = ("ngrams", "mlp")
-ORACLES = ("gold", "silo", "silo-gold", "silo-mix")  # as kd_gym.regime.ORACLES
+ORACLES = ("auto", "gold", "silo", "silo-gold", "silo-mix")  # as kd_gym.regime.ORACLES
 ACTION_TYPES = ("weights", "select")
 PRECISIONS = ("auto", "bf16", "fp32")
 POOLS = ("siloed", "generalist")  # as kd_gym.defaults.POOLS (kept here so that the config imports nothing heavy)
@@ -54,9 +54,10 @@ class EnvConfig:
     """default | noisy-teacher | specialists: a transformation of the pool with a known oracle (docs/benchmark.md)"""
     data: object = _no_flag()
     """a prebuilt kd_gym.data.KDData (skips task, teachers and encoder); for tests and custom setups"""
-    oracle: str = "gold"
-    """the default scenario's privileged oracle: gold (per instance, the teacher most probable on the gold label) |
-    silo | silo-gold | silo-mix (read each instance's silo; docs/benchmark.md)"""
+    oracle: str = "auto"
+    """the default scenario's privileged oracle: auto (silo where the pool records its silos, else gold) | silo (each
+    instance's silo expert) | gold (the teacher most probable on the gold label) | silo-gold | silo-mix
+    (docs/benchmark.md)"""
     gold_labels: int | None = 500
     """student training rows that keep their gold label (stratified, seeded by split_seed); the others are the
     transfer set, taught by the teachers alone, labels hidden. None: all rows keep their label (docs/env.md)"""

@@ -170,16 +170,21 @@ class TeacherSelectionEnv(gym.Env):
         if trained is not None:  # the student learns only from rows no teacher saw
             rows = np.flatnonzero([h not in trained for h in data.task.row_hashes("train")])
         data = student_regime(data, rows, cfg.gold_labels, cfg.split_seed)
+        #: the privileged weighting of the oracle row: "gold", "silo", ... (kd_gym.regime), or "scenario" (its own)
+        self.oracle_kind = "scenario"
         if data.splits["train"].oracle_weights is None:  # the default scenario: a privileged oracle (kd_gym.regime)
             train = data.splits["train"]
-            if cfg.oracle == "gold":
+            silos = pool_silos(pool_dir, data.task) if pool_dir is not None and cfg.oracle != "gold" else None
+            has_experts = silos is not None and any(silo is not None for silo in silos[1])
+            self.oracle_kind = ("silo" if has_experts else "gold") if cfg.oracle == "auto" else cfg.oracle
+            if self.oracle_kind == "gold":
                 train.oracle_weights = gold_oracle_weights(train.teacher_logits, train.labels)
+            elif not has_experts:
+                raise ValueError(f"oracle={cfg.oracle!r} reads each instance's silo, but the pool does not say which "
+                                 "silo each teacher is the expert of (build it with `kd-gym teachers build`); use "
+                                 "oracle='gold'")
             else:
-                silos = pool_silos(pool_dir, data.task) if pool_dir is not None else None
-                if silos is None:
-                    raise ValueError(f"oracle={cfg.oracle!r} reads each instance's silo, but the pool does not say "
-                                     "its silos (build it with `kd-gym teachers build`); use oracle='gold'")
-                train.oracle_weights = silo_oracle_weights(cfg.oracle, train.teacher_logits, train.labels.cpu(),
+                train.oracle_weights = silo_oracle_weights(self.oracle_kind, train.teacher_logits, train.labels.cpu(),
                                                            silos[0][rows], silos[1]).to(train.labels.device)
         if cfg.batch_size > len(data.splits["train"]):
             raise ValueError(f"batch_size={cfg.batch_size} is larger than the train split ({len(data.splits['train'])} "

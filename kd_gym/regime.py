@@ -52,10 +52,11 @@ def gold_oracle_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> t
     return torch.nn.functional.one_hot(probability.argmax(1), teacher_logits.shape[1]).float()
 
 
-ORACLES = ("gold", "silo", "silo-gold", "silo-mix")
+ORACLES = ("auto", "gold", "silo", "silo-gold", "silo-mix")
 """The privileged weightings of the default scenario (``EnvConfig.oracle``; definitions in docs/benchmark.md).
 The silo oracles need a pool that says which silo each teacher was trained on and which silo each row is in
-(``pool.json`` of ``kd-gym teachers build``)."""
+(``pool.json`` of ``kd-gym teachers build``); ``auto`` is ``silo`` for such a pool with at least one silo expert (the
+strongest we measured on the siloed default), else ``gold``."""
 
 
 def silo_oracle_weights(kind: str, teacher_logits: torch.Tensor, labels: torch.Tensor, row_silos: np.ndarray,

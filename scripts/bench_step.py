@@ -27,7 +27,7 @@ from kd_gym.config import EnvConfig
 from kd_gym.data import KDData, SplitTensors
 from kd_gym.defaults import default_pool, minilm_path
 from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
-from kd_gym.student import FullStudent, LiteStudent
+from kd_gym.student import FullStudent, LiteStudent, NgramStudent
 
 
 def build_data(student: str, config: EnvConfig) -> KDData:
@@ -43,6 +43,8 @@ def build_data(student: str, config: EnvConfig) -> KDData:
     common = {"max_length": config.max_length, "device": config.device, "precision": config.precision}
     pool = TeacherPool(config.teachers, **common) if config.teachers else default_pool(task.name, **common)
     checkpoint = config.student_checkpoint or minilm_path()
+    if student == "lite" and config.lite_student == "ngrams":
+        return build_lite_data(task, pool, None, ngram_buckets=config.ngram_buckets)
     if student == "lite":
         return build_lite_data(task, pool, SentenceEncoder(checkpoint, **common))
     from transformers import AutoTokenizer
@@ -52,6 +54,8 @@ def build_data(student: str, config: EnvConfig) -> KDData:
 
 def plain_student(student: str, data: KDData, config: EnvConfig) -> tuple[torch.nn.Module, float]:
     """A student of the env's architecture, built apart from the env, and the env's default learning rate."""
+    if student == "lite" and config.lite_student == "ngrams":
+        return NgramStudent(config.ngram_buckets, data.num_labels, config.ngram_dim), config.lr or 1e-2
     if student == "lite":
         input_size = data.splits["train"].inputs["embeddings"].shape[1]
         return LiteStudent(input_size, data.num_labels, config.lite_hidden), config.lr or 1e-3
@@ -122,7 +126,8 @@ def measure(env_name: str, steps: int, rounds: int, config: EnvConfig,
     model, lr = plain_student(student, data, config)
     loops = {"plain PyTorch KD step": plain_kd_loop(model, train, batches, lr, config.alpha, config.temperature,
                                                    device, dtype)}
-    options = {"device": config.device, "student_checkpoint": config.student_checkpoint, "data": data}
+    options = {"device": config.device, "student_checkpoint": config.student_checkpoint, "data": data,
+               "lite_student": config.lite_student}
     variants = [("reward=neg_ce", {"reward": "neg_ce"}), ("reward=dev_delta", {"reward": "dev_delta"})]
     if dense:  # the dense signals of the learning agents: a paired trial update, per-pair credit
         variants += [("reward=dev_loss_paired", {"reward": "dev_loss_paired"}),
@@ -150,12 +155,14 @@ def main() -> None:
     parser.add_argument("--teachers", default=None, help="comma-separated teacher folders (default: the default pool)")
     parser.add_argument("--student-checkpoint", default=None, help="encoder folder (default: the packaged MiniLM)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--lite-student", default="ngrams", choices=("ngrams", "mlp"),
+                        help="the lite student (default: ngrams, the env's default)")
     parser.add_argument("--dense", action="store_true",
                         help="also time the dense signals: reward=dev_loss_paired and credit=True")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = EnvConfig(device=args.device, student_checkpoint=args.student_checkpoint,
+    config = EnvConfig(device=args.device, student_checkpoint=args.student_checkpoint, lite_student=args.lite_student,
                        teachers=args.teachers.split(",") if args.teachers else None).validate()
     torch.manual_seed(0)
     device = resolve_device(args.device)
@@ -163,7 +170,8 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}")
     for env_name in args.envs.split(","):
         steps = args.steps if env_name == "lite" else max(10, args.steps // 4)
-        print(f"\n{env_name} env, batch {config.batch_size}, {steps} steps x {args.rounds} rounds")
+        kind = f" ({config.lite_student} student)" if env_name == "lite" else ""
+        print(f"\n{env_name} env{kind}, batch {config.batch_size}, {steps} steps x {args.rounds} rounds")
         print(f"{'loop':<40}{'ms / step':>12}{'ratio':>8}")
         for loop, ms, ratio in measure(env_name, steps, args.rounds, config, args.dense):
             print(f"{loop:<40}{ms:>12.2f}{ratio:>8.2f}")

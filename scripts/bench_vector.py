@@ -169,7 +169,7 @@ def main() -> None:
         parser.error("--clock cpu counts the CPU time of every thread; use it with --threads 1")
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     data = tiny_data() if args.tiny else default_data()
-    options = {"data": data, "device": "cpu", "episode_steps": 200}
+    options = {"data": data, "lite_student": "mlp", "device": "cpu", "episode_steps": 200}
     if args.profile:
         torch.set_num_threads(thread_counts[0])
         print(f"torch {torch.__version__}, {thread_counts[0]} thread(s), {args.steps} steps profiled per N")

@@ -64,7 +64,8 @@ def data() -> KDData:
 
 
 def make_env(data: KDData, **options) -> gym.Env:
-    config = {"data": data, "batch_size": BATCH, "reward": "dev_loss_delta", "reward_interval": 1, "alpha": 0.2,
+    config = {"data": data, "lite_student": "mlp", "batch_size": BATCH, "reward": "dev_loss_delta", "reward_interval": 1,
+              "alpha": 0.2,
               "gold_labels": None,
               "episode_steps": 100, "dev_subset": 256, "device": "cpu", **options}
     return gym.make("kd_gym/TeacherSelectionLite-v0", **config)

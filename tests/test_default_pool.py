@@ -74,3 +74,46 @@ def test_a_pool_that_saw_dev_or_test_rows_is_refused(tiny_pool, tiny_csv, tiny_e
     with pytest.raises(ValueError, match=r"trained on \d+ rows of the (dev|test) split"):
         gym.make(kd_gym.ENV_IDS[1], task=str(tiny_csv), teachers=str(folder), student_checkpoint=str(tiny_encoder),
                  device="cpu", split_seed=1, batch_size=8)
+
+
+def test_a_task_without_a_topic_column_gets_seeded_kmeans_silos(tiny_pool, tiny_csv, tiny_encoder):
+    from kd_gym.defaults import pool_silos
+    from kd_gym.prepare.embeddings import SentenceEncoder
+    from kd_gym.prepare.pool_build import KMEANS_SILOS, pool_recipes, silo_labels, teacher_rows
+
+    task = load_task(str(tiny_csv))
+    rows = teacher_rows(task, 0)
+    encoder = SentenceEncoder(tiny_encoder, device="cpu")
+    labels, info = silo_labels(task, rows, seed=0, encoder=encoder)
+    again, _ = silo_labels(task, rows, seed=0, encoder=encoder)
+    assert info["kind"] == "kmeans" and info["names"] == [f"cluster-{i}" for i in range(KMEANS_SILOS)]
+    assert labels.shape == (len(task.splits["train"]),) and (labels == again).all()
+    sizes = [(labels[rows] == name).sum() for name in info["names"]]
+    assert sizes == sorted(sizes, reverse=True) and min(sizes) > 0  # named by size, largest first
+    # the siloed pool: one expert per silo, trained on that silo's rows only, and a weak generalist
+    recipes = pool_recipes("siloed", info["names"])
+    assert [r.name for r in recipes] == [f"expert-cluster-{i}" for i in range(KMEANS_SILOS)] + ["minilm-l1"]
+    assert [r.silos for r in recipes[:-1]] == [(name,) for name in info["names"]] and recipes[-1].silos is None
+    # the built pool records its silos; every train row is assigned from the stored centroids as at build time
+    assert tiny_pool["silos"]["kind"] == "kmeans"
+    assert sum(tiny_pool["silos"]["teacher_rows"].values()) == len(rows)
+    assigned, teacher_silos = pool_silos(default_pool_dir(task), task)
+    assert (assigned == labels).mean() > 0.95  # float32 centroids: a row on a boundary may flip
+    assert teacher_silos == [None, None]  # the tiny recipes are generalists
+
+
+def test_a_built_pool_folder_works_on_the_command_line(tiny_pool, tiny_csv, tiny_encoder, tmp_path):
+    """`kd-gym teachers build --out X` then `kd-gym bench --teachers X`: the CLI hands the env a list of one folder."""
+    import pandas as pd
+
+    from kd_gym.cli import main as run_cli
+
+    out = tmp_path / "bench"
+    assert run_cli(["bench", "--agents", "uniform", "--seeds", "0", "--steps", "4", "--out", str(out), "--no-oracle",
+                    "--task", str(tiny_csv), "--teachers", tiny_pool["folder"], "--student-checkpoint",
+                    str(tiny_encoder), "--batch-size", "8", "--dev-subset", "20", "--max-length", "16",
+                    "--device", "cpu"]) == 0
+    assert len(pd.read_csv(out / "results.csv")) == 1
+    env = gym.make(kd_gym.ENV_IDS[1], task=str(tiny_csv), teachers=[tiny_pool["folder"]],
+                   student_checkpoint=str(tiny_encoder), device="cpu", batch_size=8, dev_subset=20, max_length=16)
+    assert env.unwrapped.teacher_names == ["tiny-l1", "tfidf-all"]

@@ -42,7 +42,7 @@ def default_sized_data(seed: int = 0, rows: int = 640) -> KDData:
 
 
 def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes() -> None:
-    options = {"data": default_sized_data(), "device": "cpu", "episode_steps": 9, "dev_subset": 200,
+    options = {"data": default_sized_data(), "lite_student": "mlp", "device": "cpu", "episode_steps": 9, "dev_subset": 200,
                "reward_interval": 4, "gold_labels": 300, "include_representation": True}
     vector = gym.make_vec(LITE, num_envs=N, vectorization_mode="vector_entry_point", **options)
     reference = gym.vector.SyncVectorEnv([lambda: gym.make(LITE, **options) for _ in range(N)])

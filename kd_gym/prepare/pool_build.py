@@ -48,6 +48,8 @@ class TeacherRecipe:
     :param examples: rows drawn at random from the allowed teacher rows (None: all of them).
     :param silos: restrict the rows to these silos (None: every silo); see :func:`silo_labels`.
     :param lr: minilm: peak learning rate.
+    :param min_steps: minilm: train for at least this many updates (whole epochs; a small silo gets several, so that
+        its expert learns its silo instead of predicting its most common label).
     :param c: tfidf: inverse regularisation strength.
     """
 
@@ -57,12 +59,16 @@ class TeacherRecipe:
     examples: int | None = None
     silos: tuple[str, ...] | None = None
     lr: float = 1e-4
+    min_steps: int = 0
     c: float = 1.0
 
 
 TEACHER_SHARE = 0.4  # share of the train rows reserved for teachers; the student learns from the rest
 # Shallow models need larger learning rates to move in one short epoch (measured on a dev sample: a 2-layer
 # teacher reaches 51% at 1e-4 and 69% at 5e-4).
+# One epoch of a 992-row silo is 31 updates, after which a 3-layer expert still predicts one label everywhere
+# (measured: dev accuracy 38.8%, the share of the majority class); 150 updates (5 epochs) teach it its silo.
+EXPERT_MIN_STEPS = 150
 SILO_COLUMN = "topic"  # a task column that names each row's silo (tweets: its topic)
 KMEANS_SILOS = 5  # silos of a task without a SILO_COLUMN: k-means clusters of the sentence embeddings
 
@@ -70,7 +76,8 @@ KMEANS_SILOS = 5  # silos of a task without a SILO_COLUMN: k-means clusters of t
 def pool_recipes(pool: str, silos: list[str]) -> tuple[TeacherRecipe, ...]:
     """The recipes of pool ``pool`` (:data:`POOLS`) over the task's silo names ``silos``."""
     if pool == "siloed":
-        return (*(TeacherRecipe(f"expert-{silo}", num_layers=3, lr=3e-4, silos=(silo,)) for silo in silos),
+        return (*(TeacherRecipe(f"expert-{silo}", num_layers=3, lr=3e-4, min_steps=EXPERT_MIN_STEPS,
+                                   silos=(silo,)) for silo in silos),
                 TeacherRecipe("minilm-l1", num_layers=1, examples=1000, lr=1e-3))
     if pool == "generalist":
         return (TeacherRecipe("minilm-l3", num_layers=3, examples=None, lr=3e-4),  # every teacher row
@@ -125,8 +132,10 @@ def finetune_classifier(
     device: str = "auto",
     precision: str = "auto",
     desc: str = "fine-tune",
+    min_steps: int = 0,
 ):
-    """Fine-tune a sequence classifier from ``base`` for one epoch on train instances ``indices``.
+    """Fine-tune a sequence classifier from ``base`` on train instances ``indices``: one epoch, or as many whole
+    epochs as reach ``min_steps`` updates (each epoch in its own seeded order).
 
     :return: (model, tokenizer), the model on CPU in eval mode.
     """
@@ -143,12 +152,16 @@ def finetune_classifier(
     dtype = autocast_dtype(dev, precision)
     model.to(dev).train()
     texts, pairs, labels = task.texts("train"), task.text_pairs("train"), task.labels("train")
-    order = np.random.default_rng(seed).permutation(indices)
-    steps = math.ceil(len(order) / batch_size)
+    rng = np.random.default_rng(seed)
+    per_epoch = math.ceil(len(indices) / batch_size)
+    epochs = max(1, math.ceil(min_steps / per_epoch))
+    order = np.concatenate([rng.permutation(indices) for _ in range(epochs)])
+    steps = epochs * per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 10), num_training_steps=steps)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-        idx = order[start : start + batch_size]
+    starts = [e * len(indices) + i for e in range(epochs) for i in range(0, len(indices), batch_size)]
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False):
+        idx = order[start : min(start + batch_size, (start // len(indices) + 1) * len(indices))]
         batch = tokenizer(
             [texts[i] for i in idx], [pairs[i] for i in idx] if pairs is not None else None,
             truncation=True, max_length=max_length, padding=True, return_tensors="pt",
@@ -206,7 +219,8 @@ def _train_teacher(recipe: TeacherRecipe, task: Task, indices: np.ndarray, folde
     if recipe.kind != "minilm":
         raise ValueError(f"teacher recipe {recipe.name!r} has kind {recipe.kind!r}; use 'minilm' or 'tfidf'")
     model, tokenizer = finetune_classifier(base, task, indices, num_layers=recipe.num_layers, lr=recipe.lr, seed=seed,
-                                           device=device, precision=precision, desc=f"fine-tune {recipe.name}")
+                                           device=device, precision=precision, desc=f"fine-tune {recipe.name}",
+                                           min_steps=recipe.min_steps)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
@@ -243,6 +257,7 @@ def build_default_pool(
     reserved = teacher_rows(task, seed)
     silos, silo_info = silo_labels(task, reserved, seed=seed, encoder=SentenceEncoder(base, device=device,
                                                                                    precision=precision))
+    custom = recipes is not None
     recipes = recipes or pool_recipes(pool, silo_info["names"])
     trained_rows: set[int] = set()
     rows_per_teacher = []
@@ -254,15 +269,16 @@ def build_default_pool(
         if not force and (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
             continue
         _train_teacher(recipe, task, indices, folder, base, seed + k, device, precision)
-    pool = TeacherPool([TeacherSpec(str(out / r.name), name=r.name) for r in recipes], device=device, precision=precision)
-    pool.check_labels(task)
-    dev_metrics, test_metrics = pool.evaluate(task, "dev"), pool.evaluate(task, "test")
-    pool.logits(task, "train")  # cache the split the environment samples from
+    teachers = TeacherPool([TeacherSpec(str(out / r.name), name=r.name) for r in recipes], device=device,
+                           precision=precision)
+    teachers.check_labels(task)
+    dev_metrics, test_metrics = teachers.evaluate(task, "dev"), teachers.evaluate(task, "test")
+    teachers.logits(task, "train")  # cache the split the environment samples from
     hashes = task.row_hashes("train")  # all reserved rows count as seen, so the student's rows stay teacher-free
     (out / TRAINING_ROWS_FILE).write_text("\n".join(sorted(hashes[i] for i in reserved)) + "\n")
     manifest = {
         "task": task_name,
-        "pool": pool if out_dir is None or recipes is None else "custom",
+        "pool": "custom" if custom else pool,
         "seed": seed,
         "task_kwargs": task_kwargs or {},
         "task_fingerprint": task.content_fingerprint(),
@@ -275,7 +291,7 @@ def build_default_pool(
              "dev": dev_metrics[k], "test": test_metrics[k]}
             for k, r in enumerate(recipes)
         ],
-        "dev_disagreement": pool.disagreement(task, "dev").round(4).tolist(),
+        "dev_disagreement": teachers.disagreement(task, "dev").round(4).tolist(),
         "silos": {**silo_info, "teacher_rows": {name: int((silos[reserved] == name).sum())
                                                   for name in silo_info["names"]}},
         "build_seconds": round(time.perf_counter() - started, 1),
