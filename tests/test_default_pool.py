@@ -117,3 +117,32 @@ def test_a_built_pool_folder_works_on_the_command_line(tiny_pool, tiny_csv, tiny
     env = gym.make(kd_gym.ENV_IDS[1], task=str(tiny_csv), teachers=[tiny_pool["folder"]],
                    student_checkpoint=str(tiny_encoder), device="cpu", batch_size=8, dev_subset=20, max_length=16)
     assert env.unwrapped.teacher_names == ["tiny-l1", "tfidf-all"]
+
+
+def test_silo_oracles_route_each_row_to_its_silos_expert():
+    import torch
+
+    from kd_gym.regime import silo_oracle_weights
+
+    # 3 rows, teachers: expert of silo a, expert of silo b, a generalist; 2 classes
+    logits = torch.tensor([[[4.0, 0.0], [0.0, 4.0], [1.0, 0.0]],    # silo a, gold 1: its expert is wrong
+                           [[0.0, 4.0], [0.0, 4.0], [0.0, 1.0]],    # silo b, gold 1: its expert is right
+                           [[4.0, 0.0], [0.0, 3.0], [0.0, 1.0]]])   # silo c (no expert), gold 1
+    labels = torch.tensor([1, 1, 1])
+    silos, teachers = np.array(["a", "b", "c"]), ["a", "b", None]
+    silo = silo_oracle_weights("silo", logits, labels, silos, teachers)
+    assert silo.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 0]]  # silo c: the gold-label oracle's teacher
+    silo_gold = silo_oracle_weights("silo-gold", logits, labels, silos, teachers)
+    assert silo_gold.tolist() == [[0, 1, 0], [0, 1, 0], [0, 1, 0]]  # row 0: its expert is wrong, the gold choice
+    mix = silo_oracle_weights("silo-mix", logits, labels, silos, teachers)
+    assert mix.tolist() == [[1, 1, 0], [1, 1, 1], [0, 1, 0]]  # the expert plus every other teacher that is right
+    with pytest.raises(ValueError, match="not a silo oracle"):
+        silo_oracle_weights("gold", logits, labels, silos, teachers)
+
+
+def test_a_silo_oracle_on_a_pool_without_silo_experts_is_an_error_and_auto_is_gold(tiny_pool, tiny_csv, tiny_encoder):
+    options = {"task": str(tiny_csv), "student_checkpoint": str(tiny_encoder), "device": "cpu", "batch_size": 8,
+               "dev_subset": 20, "max_length": 16}
+    with pytest.raises(ValueError, match="oracle='silo' reads each instance's silo"):
+        gym.make(kd_gym.ENV_IDS[1], oracle="silo", **options)
+    assert gym.make(kd_gym.ENV_IDS[1], **options).unwrapped.oracle_kind == "gold"
