@@ -77,8 +77,8 @@ def test_spaces_have_the_documented_shapes(env_id, action_type, env_kwargs) -> N
 
 @ENV_IDS
 def test_include_representation_appends_the_student_representation(env_id, env_kwargs) -> None:
-    env = make(env_id, env_kwargs, include_representation=True, lite_hidden=16)
-    size = 16 if "Lite" in env_id else 32  # lite: its hidden layer; full: the encoder's hidden size
+    env = make(env_id, env_kwargs, include_representation=True, ngram_dim=16)
+    size = 16 if "Lite" in env_id else 32  # lite: its mean n-gram embedding; full: the encoder's hidden size
     names = env.unwrapped.instance_feature_names
     assert len(names) == S_BASE + size and names[S_BASE:] == [f"student_repr[{i}]" for i in range(size)]
     obs, _ = env.reset(seed=0)
