@@ -79,7 +79,9 @@ class NgramStudent(nn.Module):
     def __init__(self, buckets: int, num_labels: int, dim: int = 32) -> None:
         super().__init__()
         self.representation_size = dim
-        self.embedding = nn.EmbeddingBag(buckets, dim, mode="mean", padding_idx=0)
+        # nn.Embedding and a masked mean rather than nn.EmbeddingBag: the same numbers, and a double backward (the
+        # per-pair credit and the meta-gradient rival differentiate twice; EmbeddingBag's backward has no derivative)
+        self.embedding = nn.Embedding(buckets, dim, padding_idx=0)
         self.classifier = nn.Linear(dim, num_labels)
         self._init_embedding()
         #: no dropout: nothing is drawn in a step (the trainer hands its generator here, as to LiteStudent)
@@ -104,7 +106,8 @@ class NgramStudent(nn.Module):
     def forward(self, ngram_ids: torch.Tensor, **frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:param frozen: other inputs a split may carry (the frozen sentence embedding the observation can show,
         ``include_embedding``); the student does not read them."""
-        representation = self.embedding(ngram_ids)
+        real = (ngram_ids != 0).unsqueeze(-1).to(self.embedding.weight.dtype)  # (B, L, 1)
+        representation = (self.embedding(ngram_ids) * real).sum(1) / real.sum(1).clamp_min(1.0)  # (B, dim)
         return self.classifier(representation), representation
 
 
