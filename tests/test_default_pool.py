@@ -114,6 +114,9 @@ def test_a_built_pool_folder_works_on_the_command_line(tiny_pool, tiny_csv, tiny
                     str(tiny_encoder), "--batch-size", "8", "--dev-subset", "20", "--max-length", "16",
                     "--device", "cpu"]) == 0
     assert len(pd.read_csv(out / "results.csv")) == 1
+    assert run_cli(["train", "--agent", "uniform", "--steps", "4", "--out", str(tmp_path / "train"), "--task",
+                    str(tiny_csv), "--teachers", tiny_pool["folder"], "--student-checkpoint", str(tiny_encoder),
+                    "--batch-size", "8", "--dev-subset", "20", "--max-length", "16", "--device", "cpu"]) == 0
     env = gym.make(kd_gym.ENV_IDS[1], task=str(tiny_csv), teachers=[tiny_pool["folder"]],
                    student_checkpoint=str(tiny_encoder), device="cpu", batch_size=8, dev_subset=20, max_length=16)
     assert env.unwrapped.teacher_names == ["tiny-l1", "tfidf-all"]
