@@ -24,6 +24,8 @@ from agents.experiments.run import TrainingMonitor, train_student
 from agents.reinforce import ReinforceAgent
 from kd_gym.cli import main
 from tests.test_cli import tiny_flags
+
+
 @pytest.fixture()
 def env_kwargs(env_kwargs: dict) -> dict:
     """The conftest's env_kwargs with the mlp lite student, the one the vector env batches."""

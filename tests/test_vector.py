@@ -19,6 +19,8 @@ from kd_gym.data import KDData
 from kd_gym.student import LiteStudent, StudentTrainer
 from kd_gym.student_stack import StackedLiteStudents, stacked_kd_loss
 from kd_gym.vector import TeacherSelectionVectorEnv
+
+
 @pytest.fixture()
 def env_kwargs(env_kwargs: dict) -> dict:
     """The conftest's env_kwargs with the mlp lite student, the one the vector env batches."""
