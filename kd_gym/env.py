@@ -27,7 +27,7 @@ from kd_gym.features import (
     student_columns,
 )
 from kd_gym.losses import KDLoss
-from kd_gym.regime import gold_oracle_weights, silo_oracle_weights, student_regime
+from kd_gym.regime import default_oracle, student_regime
 from kd_gym.rewards import make_reward
 from kd_gym.scenarios import apply_scenario
 from kd_gym.student import FullStudent, LiteStudent, NgramStudent, StudentTrainer
@@ -175,17 +175,8 @@ class TeacherSelectionEnv(gym.Env):
         if data.splits["train"].oracle_weights is None:  # the default scenario: a privileged oracle (kd_gym.regime)
             train = data.splits["train"]
             silos = pool_silos(pool_dir, data.task) if pool_dir is not None and cfg.oracle != "gold" else None
-            has_experts = silos is not None and any(silo is not None for silo in silos[1])
-            self.oracle_kind = ("silo" if has_experts else "gold") if cfg.oracle == "auto" else cfg.oracle
-            if self.oracle_kind == "gold":
-                train.oracle_weights = gold_oracle_weights(train.teacher_logits, train.labels)
-            elif not has_experts:
-                raise ValueError(f"oracle={cfg.oracle!r} reads each instance's silo, but the pool does not say which "
-                                 "silo each teacher is the expert of (build it with `kd-gym teachers build`); use "
-                                 "oracle='gold'")
-            else:
-                train.oracle_weights = silo_oracle_weights(self.oracle_kind, train.teacher_logits, train.labels.cpu(),
-                                                           silos[0][rows], silos[1]).to(train.labels.device)
+            train.oracle_weights, self.oracle_kind = default_oracle(
+                cfg.oracle, train.teacher_logits, train.labels, None if silos is None else (silos[0][rows], silos[1]))
         if cfg.batch_size > len(data.splits["train"]):
             raise ValueError(f"batch_size={cfg.batch_size} is larger than the train split ({len(data.splits['train'])} "
                              "rows); use a batch_size of at most the train split's size")

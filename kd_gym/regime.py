@@ -87,3 +87,22 @@ def silo_oracle_weights(kind: str, teacher_logits: torch.Tensor, labels: torch.T
     if kind == "silo-mix":
         return torch.where(has_expert, expert + right * (1.0 - expert), gold)
     raise ValueError(f"oracle={kind!r} is not a silo oracle; use one of {ORACLES[1:]}")
+
+
+def default_oracle(oracle: str, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                   silos: tuple[np.ndarray, list[str | None]] | None) -> tuple[torch.Tensor, str]:
+    """The default scenario's oracle weights (N, K) for the option ``oracle`` (:data:`ORACLES`), and which one it is.
+
+    :param silos: ((N,) each row's silo, (K,) the silo each teacher is the expert of or None), from the pool's
+        ``pool.json`` (:func:`kd_gym.defaults.pool_silos`); None when the pool does not say.
+    :raises ValueError: for a silo oracle on a pool without silo experts.
+    """
+    has_experts = silos is not None and any(silo is not None for silo in silos[1])
+    kind = ("silo" if has_experts else "gold") if oracle == "auto" else oracle
+    if kind == "gold":
+        return gold_oracle_weights(teacher_logits, labels), kind
+    if not has_experts:
+        raise ValueError(f"oracle={oracle!r} reads each instance's silo, but the pool does not say which silo each "
+                         "teacher is the expert of (build it with `kd-gym teachers build`); use oracle='gold'")
+    weights = silo_oracle_weights(kind, teacher_logits.cpu(), labels.cpu(), silos[0], silos[1])
+    return weights.to(labels.device), kind
