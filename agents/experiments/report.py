@@ -31,6 +31,14 @@ def paired_comparison(frame: pd.DataFrame, agent: str, reference: str = "uniform
     return float(diff.mean()), float(stats.ttest_rel(a[shared], b[shared]).pvalue), len(shared)
 
 
+def _paired_cells(frame: pd.DataFrame, agent: str, reference: str) -> tuple[str, str]:
+    """The table cells "Δ vs reference" (points) and "p (paired t)" of ``agent``; "-" for the reference itself."""
+    if agent == reference or reference not in set(frame["agent"]):
+        return "-", "-"
+    d, pv, _ = paired_comparison(frame, agent, reference)
+    return f"{100 * d:+.2f}", f"{pv:.3f}"
+
+
 def canonical_order(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``frame`` with agents in order of first appearance and each agent's rows by seed, so that the
     same cells give the same report whatever order they were run or merged in."""
@@ -76,11 +84,7 @@ def bench_report(frame: pd.DataFrame, command: str | None, title: str, reference
     for agent, group in frame.groupby("agent", sort=False):
         test_mean, test_std, half = mean_ci(group["test_metric"] * 100)
         dev_mean, dev_std, _ = mean_ci(group["dev_metric"] * 100)
-        if agent == reference or reference not in set(frame["agent"]):
-            delta, p = "-", "-"
-        else:
-            d, pv, _ = paired_comparison(frame, agent, reference)
-            delta, p = f"{100 * d:+.2f}", f"{pv:.3f}"
+        delta, p = _paired_cells(frame, agent, reference)
         lines.append(f"| {agent} | {test_mean:.2f} ± {test_std:.2f} | [{test_mean - half:.2f}, {test_mean + half:.2f}] "
                      f"| {dev_mean:.2f} ± {dev_std:.2f} | {len(group)} | {delta} | {p} | {group['wall_s'].mean():.1f} |"
                      + (f" {group['train_student_steps'].fillna(0).mean():,.0f} |" if cost else ""))
@@ -217,11 +221,7 @@ def readme_table(frame: pd.DataFrame, reference: str = "uniform") -> str:
              "wall s / cell |", "|---|---|---|---|---|---|"]
     for agent, group in frame.groupby("agent", sort=False):
         mean, std, _ = mean_ci(group["test_metric"] * 100)
-        if agent == reference or reference not in set(frame["agent"]):
-            delta, p = "-", "-"
-        else:
-            d, pv, _ = paired_comparison(frame, agent, reference)
-            delta, p = f"{100 * d:+.2f}", f"{pv:.3f}"
+        delta, p = _paired_cells(frame, agent, reference)
         score = 100 * (normalised[agent] - low) / (high - low) if np.isfinite(high - low) and high != low else np.nan
         lines.append(f"| {agent} | {mean:.2f} ± {std:.2f} | {delta} | {p} | "
                      f"{'-' if np.isnan(score) else f'{score:+.1f}'} | {group['wall_s'].mean():.1f} |")
