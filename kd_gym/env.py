@@ -7,7 +7,6 @@ and the reward says how much the student improved. See docs/env.md for every opt
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -16,8 +15,8 @@ import torch
 from gymnasium import spaces
 
 from kd_gym.config import EnvConfig, default_config
-from kd_gym.data import KDData
 from kd_gym.defaults import pool_silos
+from kd_gym.env_setup import build_data, build_student
 from kd_gym.features import (
     FEATURE_BOUND,
     TEACHER_FEATURES,
@@ -30,81 +29,11 @@ from kd_gym.losses import KDLoss
 from kd_gym.regime import default_oracle, student_regime
 from kd_gym.rewards import make_reward
 from kd_gym.scenarios import apply_scenario
-from kd_gym.student import FullStudent, LiteStudent, NgramStudent, StudentTrainer
+from kd_gym.student import StudentTrainer
 
 LOGIT_BOUND = 50.0
 RESET_OPTIONS = ("keep_student",)
 DEV_SUBSET = "dev_subset"  # the trainer's name for the reward's fixed dev rows
-
-
-def _build_data(config: EnvConfig) -> tuple[KDData, set[str] | None, Path | None]:
-    """The KDData of a config (loads the task and the pool, reads or computes once the cached tensors), the row
-    hashes the pool's teachers were trained on (None when the pool does not say) and the pool's folder (None: not a
-    pool built by ``kd-gym teachers build``)."""
-    from kd_gym.defaults import (
-        check_pool_rows,
-        default_pool,
-        default_pool_dir,
-        minilm_path,
-        pool_training_rows,
-    )
-    from kd_gym.prepare.embeddings import SentenceEncoder
-    from kd_gym.prepare.tensors import build_full_data, build_lite_data
-    from kd_gym.tasks import Task, load_task
-    from kd_gym.teachers import TeacherPool
-
-    task = config.task
-    if not isinstance(task, Task):
-        task = load_task(task, seed=config.split_seed, **config.task_kwargs)
-    common = {"cache_dir": config.cache_dir, "max_length": config.max_length, "device": config.device,
-              "precision": config.precision}
-    teachers, trained, folder = config.teachers, None, None
-    if isinstance(teachers, (list, tuple)) and len(teachers) == 1 and isinstance(teachers[0], (str, Path)):
-        teachers = teachers[0]  # the command line hands a list: `--teachers FOLDER` may name a built pool
-    manifest = Path(str(teachers)) / "pool.json" if isinstance(teachers, (str, Path)) else None
-    if teachers is None:
-        pool = default_pool(task, config.pool, **common)
-        folder = default_pool_dir(task, pool=config.pool)
-        trained = pool_training_rows(folder)
-    elif isinstance(teachers, TeacherPool):
-        pool = teachers
-    elif manifest is not None and manifest.exists():  # a pool folder written by `kd-gym teachers build`
-        check_pool_rows(manifest.parent, task)
-        pool = TeacherPool.from_manifest(manifest, **common)
-        folder = manifest.parent
-        trained = pool_training_rows(folder)
-    else:
-        pool = TeacherPool([teachers] if isinstance(teachers, str) else teachers, **common)
-    checkpoint = config.student_checkpoint or minilm_path()
-    if config.student == "lite":
-        ngrams = config.lite_student == "ngrams"
-        # the ngrams student reads no embedding; it is computed only when the observation shows it
-        encoder = SentenceEncoder(checkpoint, **common) if not ngrams or config.include_embedding else None
-        return build_lite_data(task, pool, encoder, ngram_buckets=config.ngram_buckets if ngrams else None), trained, folder
-    from transformers import AutoTokenizer
-
-    from kd_gym.prepare.cache import resolve_model_folder
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_folder(checkpoint))
-    return build_full_data(task, pool, tokenizer, config.max_length), trained, folder
-
-
-def _build_student(config: EnvConfig, data: KDData) -> tuple[torch.nn.Module, float]:
-    """The student model and its default learning rate."""
-    if config.student == "lite" and config.lite_student == "ngrams":
-        ids = data.splits["train"].inputs.get("ngram_ids")
-        if ids is None:
-            raise ValueError("lite_student='ngrams' needs inputs['ngram_ids'] in the data; build it with "
-                             "kd_gym.prepare.tensors.build_lite_data(..., ngram_buckets=...) or use lite_student='mlp'")
-        buckets = max(config.ngram_buckets, int(ids.max()) + 1)
-        return NgramStudent(buckets, data.num_labels, config.ngram_dim), config.lr or 1e-2
-    if config.student == "lite":
-        input_size = data.splits["train"].inputs["embeddings"].shape[1]
-        return LiteStudent(input_size, data.num_labels, config.lite_hidden), config.lr or 1e-3
-    from kd_gym.defaults import minilm_path
-
-    model = FullStudent(config.student_checkpoint or minilm_path(), data.num_labels, config.student_layers)
-    return model, config.lr or 1e-4
 
 
 def validate_weights(action: Any, axes: tuple[str, ...], expected: tuple[int, ...], teacher_names: list[str],
@@ -164,7 +93,7 @@ class TeacherSelectionEnv(gym.Env):
             raise TypeError(f"unknown option(s) {unknown}; valid options: {sorted(valid)} (see kd_gym.EnvConfig)")
         #: the options of this env (an :class:`~kd_gym.config.EnvConfig`)
         self.config = cfg = EnvConfig(**options).validate()
-        data, trained, pool_dir = (cfg.data, None, None) if cfg.data is not None else _build_data(cfg)
+        data, trained, pool_dir = (cfg.data, None, None) if cfg.data is not None else build_data(cfg)
         data = apply_scenario(cfg.scenario, data)
         rows = np.arange(len(data.splits["train"]))
         if trained is not None:  # the student learns only from rows no teacher saw
@@ -180,7 +109,7 @@ class TeacherSelectionEnv(gym.Env):
         if cfg.batch_size > len(data.splits["train"]):
             raise ValueError(f"batch_size={cfg.batch_size} is larger than the train split ({len(data.splits['train'])} "
                              "rows); use a batch_size of at most the train split's size")
-        model, lr = _build_student(cfg, data)
+        model, lr = build_student(cfg, data)
         self.trainer = StudentTrainer(
             model, data, lr=lr, weight_decay=cfg.weight_decay, alpha=cfg.alpha, temperature=cfg.temperature,
             device=cfg.device, precision=cfg.precision,

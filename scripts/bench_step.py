@@ -13,6 +13,7 @@ evaluation on the fixed subset every ``reward_interval`` steps, amortised).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -26,8 +27,8 @@ from agents.experiments.run import ENVS
 from kd_gym.config import EnvConfig
 from kd_gym.data import KDData, SplitTensors
 from kd_gym.defaults import default_pool, minilm_path
+from kd_gym.env_setup import build_student
 from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
-from kd_gym.student import FullStudent, LiteStudent, NgramStudent
 
 
 def build_data(student: str, config: EnvConfig) -> KDData:
@@ -50,17 +51,6 @@ def build_data(student: str, config: EnvConfig) -> KDData:
     from transformers import AutoTokenizer
 
     return build_full_data(task, pool, AutoTokenizer.from_pretrained(resolve_model_folder(checkpoint)), config.max_length)
-
-
-def plain_student(student: str, data: KDData, config: EnvConfig) -> tuple[torch.nn.Module, float]:
-    """A student of the env's architecture, built apart from the env, and the env's default learning rate."""
-    if student == "lite" and config.lite_student == "ngrams":
-        return NgramStudent(config.ngram_buckets, data.num_labels, config.ngram_dim), config.lr or 1e-2
-    if student == "lite":
-        input_size = data.splits["train"].inputs["embeddings"].shape[1]
-        return LiteStudent(input_size, data.num_labels, config.lite_hidden), config.lr or 1e-3
-    checkpoint = config.student_checkpoint or minilm_path()
-    return FullStudent(checkpoint, data.num_labels, config.student_layers), config.lr or 1e-4
 
 
 def plain_kd_loop(model: torch.nn.Module, split: SplitTensors, batches: list[np.ndarray], lr: float, alpha: float,
@@ -123,7 +113,7 @@ def measure(env_name: str, steps: int, rounds: int, config: EnvConfig,
     train = data.to(device).splits["train"]
     rng = np.random.default_rng(0)
     batches = [rng.choice(len(train), config.batch_size, replace=False) for _ in range(steps)]
-    model, lr = plain_student(student, data, config)
+    model, lr = build_student(dataclasses.replace(config, student=student), data)  # the env's student
     loops = {"plain PyTorch KD step": plain_kd_loop(model, train, batches, lr, config.alpha, config.temperature,
                                                    device, dtype)}
     options = {"device": config.device, "student_checkpoint": config.student_checkpoint, "data": data,
