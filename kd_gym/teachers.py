@@ -6,19 +6,23 @@ a TF-IDF + logistic-regression teacher (:mod:`kd_gym.prepare.tfidf`, recognised 
 Each teacher has its own tokenizer. Logits for a task split are keyed by a fingerprint of
 (teacher weights, split content, max length, precision, label map), stored with safetensors under
 ``<cache_dir>/logits/``; after the first run a teacher costs a file read.
+
+A pool built by ``kd-gym teachers build`` skips the rows its teachers were trained on (``skip_rows``): no student
+may learn from them, so their logits are never computed and read as NaN. That is a third of the tweets' logits.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from kd_gym.defaults import TRAINING_ROWS_FILE
 from kd_gym.prepare.cache import cached_tensor, fingerprint, hash_files, kd_gym_home, resolve_model_folder
 from kd_gym.prepare.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
 from kd_gym.prepare.tfidf import is_tfidf_teacher, tfidf_labels, tfidf_logits
@@ -112,6 +116,9 @@ class TeacherPool:
     :param batch_size: inference batch size.
     :param device: "auto", "cpu", "cuda", ...
     :param precision: "auto" (bf16 on CUDA and on CPUs with native bf16), "bf16" or "fp32"; part of the cache key.
+    :param skip_rows: row hashes (:meth:`~kd_gym.tasks.Task.row_hashes`) whose logits are not computed: their rows
+        hold NaN. A built pool passes the rows its teachers were trained on (:meth:`from_manifest`); part of the
+        cache key.
     """
 
     def __init__(
@@ -123,6 +130,7 @@ class TeacherPool:
         batch_size: int = 128,
         device: str = "auto",
         precision: str = "auto",
+        skip_rows: Collection[str] = (),
     ) -> None:
         if len(teachers) == 0:
             raise ValueError("a teacher pool needs at least one teacher")
@@ -137,6 +145,7 @@ class TeacherPool:
         self.dtype = autocast_dtype(self.device, precision)
         self._folders: dict[int, Path] = {}
         self._weight_hashes: dict[int, str] = {}
+        self.skip_rows = frozenset(skip_rows)
 
     @property
     def names(self) -> list[str]:
@@ -147,13 +156,20 @@ class TeacherPool:
         return len(self.specs)
 
     @classmethod
-    def from_manifest(cls, manifest: str | Path, **kwargs) -> TeacherPool:
-        """A pool from a ``pool.json`` written by ``kd-gym teachers build`` (folders relative to it)."""
+    def from_manifest(cls, manifest: str | Path, *, skip_trained_rows: bool = True, **kwargs) -> TeacherPool:
+        """A pool from a ``pool.json`` written by ``kd-gym teachers build`` (folders relative to it).
+
+        :param skip_trained_rows: skip (NaN) the rows listed in the pool's ``training_rows.txt``, the rows its
+            teachers were trained on, which no student reads; False: compute every row.
+        """
         manifest = Path(manifest)
         if not manifest.exists():
             raise FileNotFoundError(f"no teacher pool at {manifest}; build it with `kd-gym teachers build`")
         entries = json.loads(manifest.read_text())["teachers"]
         specs = [TeacherSpec(path=str(manifest.parent / e["folder"]), name=e["name"]) for e in entries]
+        rows_file = manifest.parent / TRAINING_ROWS_FILE
+        if skip_trained_rows and rows_file.exists() and "skip_rows" not in kwargs:
+            kwargs["skip_rows"] = rows_file.read_text().split()
         return cls(specs, **kwargs)
 
     def _folder(self, k: int) -> Path:
@@ -180,29 +196,49 @@ class TeacherPool:
             for k, spec in enumerate(self.specs)
         ]
 
-    def _cache_key(self, k: int, task: Task, split: str, perm: list[int]) -> str:
+    def _computed_rows(self, task: Task, split: str) -> np.ndarray | None:
+        """The rows of ``split`` whose logits are computed (None: all of them)."""
+        if not self.skip_rows:
+            return None
+        keep = np.array([h not in self.skip_rows for h in task.row_hashes(split)], dtype=bool)
+        return None if keep.all() else np.flatnonzero(keep)
+
+    def _cache_key(self, k: int, task: Task, split: str, perm: list[int], rows: np.ndarray | None) -> str:
         if k not in self._weight_hashes:
             self._weight_hashes[k] = hash_files(self._folder(k), ("*.safetensors", "*.bin", "config.json",
                                                                    "vocabulary.json"))
-        return fingerprint(self._weight_hashes[k], task.fingerprint(split), self.max_length, str(self.dtype), perm)
+        parts = [self._weight_hashes[k], task.fingerprint(split), self.max_length, str(self.dtype), perm]
+        if rows is not None:  # a pool that skips rows caches its own file; a full pool keeps its key
+            parts.append(fingerprint(rows.tolist()))
+        return fingerprint(*parts)
 
     def teacher_logits(self, k: int, task: Task, split: str) -> torch.Tensor:
-        """(N, C) logits of teacher ``k`` on ``split``, columns in the task's label order; cached."""
+        """(N, C) logits of teacher ``k`` on ``split``, columns in the task's label order (NaN on ``skip_rows``);
+        cached."""
         perm = label_permutation(self._teacher_labels(k), task, self.specs[k].name, self.specs[k].label_map)
-        key = self._cache_key(k, task, split, perm)
+        rows = self._computed_rows(task, split)
+        key = self._cache_key(k, task, split, perm, rows)
         path = self.cache_dir / "logits" / f"{self.specs[k].name}-{split}-{key[:20]}.safetensors"
 
         def compute() -> torch.Tensor:
+            texts, pairs = task.texts(split), task.text_pairs(split)
+            if rows is not None:
+                texts, pairs = [texts[i] for i in rows], None if pairs is None else [pairs[i] for i in rows]
             if is_tfidf_teacher(self._folder(k)):
-                return tfidf_logits(self._folder(k), task.texts(split), task.text_pairs(split))[:, perm]
-            model, tokenizer = load_classifier(self._folder(k))
-            model.to(self.device)
-            return batched_forward(
-                model, tokenizer, task.texts(split), task.text_pairs(split),
-                lambda batch: model(**batch).logits,
-                max_length=self.max_length, batch_size=self.batch_size, device=self.device, dtype=self.dtype,
-                desc=f"teacher {self.specs[k].name} on {split}",
-            )[:, perm]
+                computed = tfidf_logits(self._folder(k), texts, pairs)[:, perm]
+            else:
+                model, tokenizer = load_classifier(self._folder(k))
+                model.to(self.device)
+                computed = batched_forward(
+                    model, tokenizer, texts, pairs, lambda batch: model(**batch).logits,
+                    max_length=self.max_length, batch_size=self.batch_size, device=self.device, dtype=self.dtype,
+                    desc=f"teacher {self.specs[k].name} on {split}",
+                )[:, perm]
+            if rows is None:
+                return computed
+            logits = torch.full((len(task.splits[split]), computed.shape[1]), float("nan"))
+            logits[torch.as_tensor(rows)] = computed
+            return logits
 
         return cached_tensor(path, key, len(task.splits[split]), compute)
 

@@ -45,12 +45,17 @@ def build_data(student: str, config: EnvConfig) -> KDData:
     pool = TeacherPool(config.teachers, **common) if config.teachers else default_pool(task.name, **common)
     checkpoint = config.student_checkpoint or minilm_path()
     if student == "lite" and config.lite_student == "ngrams":
-        return build_lite_data(task, pool, None, ngram_buckets=config.ngram_buckets)
-    if student == "lite":
-        return build_lite_data(task, pool, SentenceEncoder(checkpoint, **common))
-    from transformers import AutoTokenizer
+        data = build_lite_data(task, pool, None, ngram_buckets=config.ngram_buckets)
+    elif student == "lite":
+        data = build_lite_data(task, pool, SentenceEncoder(checkpoint, **common))
+    else:
+        from transformers import AutoTokenizer
 
-    return build_full_data(task, pool, AutoTokenizer.from_pretrained(resolve_model_folder(checkpoint)), config.max_length)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_folder(checkpoint))
+        data = build_full_data(task, pool, tokenizer, config.max_length)
+    # the student's rows, as the env takes them: a built pool's teacher rows have no logits (TeacherPool.skip_rows)
+    student_rows = np.flatnonzero(~torch.isnan(data.splits["train"].teacher_logits).any(dim=(1, 2)).numpy())
+    return KDData(data.task, data.teacher_names, {**data.splits, "train": data.splits["train"].select(student_rows)})
 
 
 def plain_kd_loop(model: torch.nn.Module, split: SplitTensors, batches: list[np.ndarray], lr: float, alpha: float,

@@ -337,3 +337,35 @@ def test_evaluate_and_disagreement_match_a_hand_computation(varied_teachers, tas
     np.testing.assert_array_equal(disagreement, disagreement.T)
     off_diagonal = disagreement[~np.eye(3, dtype=bool)]
     assert ((off_diagonal > 0) & (off_diagonal < 1)).any()  # the teachers partly agree: a non-trivial check
+
+
+# ------------------------------------------------------------------------------------------------ skipped rows
+
+
+def test_skipped_rows_are_nan_and_the_others_match_a_full_pool(varied_teachers, task, tmp_path) -> None:
+    full = make_pool(varied_teachers[:2], tmp_path).logits(task, "train")
+    hashes = task.row_hashes("train")
+    skipped = set(hashes[::3])
+    partial = make_pool(varied_teachers[:2], tmp_path, skip_rows=skipped).logits(task, "train")
+    nan_rows = torch.isnan(partial).any(dim=(1, 2)).numpy()
+    np.testing.assert_array_equal(nan_rows, [h in skipped for h in hashes])
+    assert torch.isnan(partial[torch.as_tensor(nan_rows)]).all()
+    torch.testing.assert_close(partial[torch.as_tensor(~nan_rows)], full[torch.as_tensor(~nan_rows)],
+                               atol=1e-5, rtol=1e-5)  # batches differ (fewer rows, other padding): float rounding
+    assert len(cache_files(tmp_path)) == 4  # a skipping pool caches its own files; the full pool's stay
+    dev = make_pool(varied_teachers[:2], tmp_path, skip_rows=skipped).logits(task, "dev")
+    assert not torch.isnan(dev).any()  # dev rows are not teacher rows
+
+
+def test_a_built_pool_skips_its_training_rows(varied_teachers, task, tmp_path) -> None:
+    import json
+
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    (folder / "pool.json").write_text(json.dumps({"teachers": [{"name": p.name, "folder": str(p)}
+                                                               for p in varied_teachers[:2]]}))
+    hashes = task.row_hashes("train")
+    (folder / "training_rows.txt").write_text("\n".join(hashes[:5]) + "\n")
+    pool = TeacherPool.from_manifest(folder / "pool.json", cache_dir=tmp_path, device="cpu", precision="fp32")
+    assert pool.skip_rows == frozenset(hashes[:5])
+    assert not TeacherPool.from_manifest(folder / "pool.json", skip_trained_rows=False).skip_rows

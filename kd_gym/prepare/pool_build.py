@@ -269,13 +269,15 @@ def build_default_pool(
         if not force and (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
             continue
         _train_teacher(recipe, task, indices, folder, base, seed + k, device, precision)
+    hashes = task.row_hashes("train")  # all reserved rows count as seen, so the student's rows stay teacher-free
+    seen = sorted({hashes[i] for i in reserved})
+    (out / TRAINING_ROWS_FILE).write_text("\n".join(seen) + "\n")
+    # the teacher rows' logits are skipped (NaN): no student reads them (TeacherPool.from_manifest does the same)
     teachers = TeacherPool([TeacherSpec(str(out / r.name), name=r.name) for r in recipes], device=device,
-                           precision=precision)
+                           precision=precision, skip_rows=seen)
     teachers.check_labels(task)
     dev_metrics, test_metrics = teachers.evaluate(task, "dev"), teachers.evaluate(task, "test")
     teachers.logits(task, "train")  # cache the split the environment samples from
-    hashes = task.row_hashes("train")  # all reserved rows count as seen, so the student's rows stay teacher-free
-    (out / TRAINING_ROWS_FILE).write_text("\n".join(sorted(hashes[i] for i in reserved)) + "\n")
     manifest = {
         "task": task_name,
         "pool": "custom" if custom else pool,
