@@ -4,16 +4,23 @@ Every (agent, seed) cell trains one student for the same number of steps. A fini
 ``results.csv`` at once (atomically), so a killed bench picks up where it stopped: cells already in the file with the
 same config hash are not run again. ``demo`` is the same bench with its own defaults and one step first: build the
 default teacher pool if it is missing.
+
+With ``--jobs N`` (by default one per CPU core for the lite env on a CPU, :func:`bench_jobs`) the missing cells run
+in N worker processes. Each cell is seeded and runs on its own torch threads, so its row is the one the serial run
+writes; the rows are written in the serial run's order (agent, then seed) whatever order the cells finish in.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
+import pickle
 import shlex
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +32,7 @@ from agents.experiments.common import (
     env_kwargs_from,
     protocol_kwargs_from,
     run_one,
+    set_threads,
 )
 from agents.experiments.grid import bench_row
 from kd_gym.cli import task_kwargs_from
@@ -34,6 +42,11 @@ BENCH_DEFAULTS = {"agents": "no_kd,uniform,best_teacher,confidence,reinforce,ppo
                   "out": "runs/bench", "protocol": "train-eval"}
 DEMO_DEFAULTS = {"agents": "no_kd,uniform,best_teacher,confidence,oracle,reinforce,ppo", "seeds": "0,1,2",
                  "out": "runs/demo", "protocol": "online"}  # online: the first demo stays within 15 minutes
+MAX_AUTO_JOBS = 8
+"""the most worker processes ``--jobs 0`` starts: each holds its own env (the task's tensors, a student) and torch"""
+AUTO_JOBS_MIN_STEPS = 100
+"""``--jobs 0`` runs a bench of shorter cells (``--steps``) in this process: a worker takes about 10 s to start
+(importing torch, transformers and datasets, building the env), longer than such a cell takes to run"""
 
 
 def cell_config_hash(args: argparse.Namespace, agent: str) -> str:
@@ -62,10 +75,30 @@ def _split(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
 
 
+def bench_jobs(args: argparse.Namespace, cells: int) -> int:
+    """How many worker processes run ``cells`` missing cells: ``--jobs``, or for ``--jobs 0`` (auto), with the lite
+    env on a machine without CUDA and ``--steps`` of at least :data:`AUTO_JOBS_MIN_STEPS`, one per CPU core that a
+    cell's ``--threads`` (1 by default there) leave free, at most :data:`MAX_AUTO_JOBS`; 1 otherwise (a full student
+    uses every thread, or the GPU). Never more than ``cells``."""
+    import torch
+
+    jobs = getattr(args, "jobs", 1)  # a Namespace made without the flag runs the cells one after the other
+    if jobs == 0:
+        on_cpu = args.env == "lite" and not torch.cuda.is_available()  # where set_threads gives a cell 1 thread
+        if on_cpu and args.steps >= AUTO_JOBS_MIN_STEPS:
+            jobs = min((os.cpu_count() or 1) // max(args.threads, 1), MAX_AUTO_JOBS)
+    return max(1, min(jobs, cells))
+
+
+def _cell_line(agent: str, seed: int, dev: float, test: float, wall_s: float) -> str:
+    return f"{agent:>14} seed {seed}: dev {dev:.4f}  test {test:.4f}  ({wall_s:.1f} s)"
+
+
 def run_bench(args: argparse.Namespace) -> pd.DataFrame:
     """Run the cells of ``args.agents`` x ``args.seeds`` missing from ``args.out/results.csv``; return all its rows.
 
-    :param args: parsed ``kd-gym bench`` (or ``demo``) flags.
+    :param args: parsed ``kd-gym bench`` (or ``demo``) flags; ``args.jobs`` worker processes run the cells
+        (:func:`bench_jobs`; absent: 1, one after the other in this process).
     """
     import gymnasium as gym
 
@@ -82,14 +115,94 @@ def run_bench(args: argparse.Namespace) -> pd.DataFrame:
     if not todo:
         return pd.DataFrame(rows)
     env = gym.make(ENVS[args.env], **env_kwargs_from(args), episode_steps=args.steps)
+    jobs = bench_jobs(args, len(todo))
+    if jobs > 1:
+        env.close()  # it has computed whatever the cache lacked, once, before the workers read it
+        del env
+        return pd.DataFrame(_run_in_workers(args, todo, jobs, rows, csv))
     for agent, seed, config_hash in tqdm(todo, desc="bench cells", unit="cell"):
         result = run_one(args, agent, seed, cell_folder(out, agent, seed), built_env=env)
         row = bench_row(args, result, config_hash)
         rows.append(row)
         _write_atomic(csv, pd.DataFrame(rows).to_csv(index=False))
-        tqdm.write(f"{agent:>14} seed {seed}: dev {result.dev_metric:.4f}  test {result.test_metric:.4f}  "
-                   f"({result.wall_s:.1f} s)", file=sys.stderr)
+        tqdm.write(_cell_line(agent, seed, result.dev_metric, result.test_metric, result.wall_s), file=sys.stderr)
     return pd.DataFrame(rows)
+
+
+_worker_env = None
+"""the env of a bench worker process: built for its first cell, reused for the others (as the serial bench does)"""
+
+
+def _run_cell_in_worker(args: argparse.Namespace, agent: str, seed: int, config_hash: str) -> dict:
+    """In a worker process: run cell (agent, seed) and return its ``results.csv`` row."""
+    global _worker_env
+    import gymnasium as gym
+
+    from agents.experiments.run import ENVS
+
+    if _worker_env is None:
+        _worker_env = gym.make(ENVS[args.env], **env_kwargs_from(args), episode_steps=args.steps)
+    result = run_one(args, agent, seed, cell_folder(Path(args.out), agent, seed), built_env=_worker_env,
+                     progress=False)
+    return bench_row(args, result, config_hash)
+
+
+def _picklable(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` without what a worker process does not need and cannot receive (``func``, the command's function)."""
+    sendable = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
+    try:
+        pickle.dumps(sendable)
+    except (pickle.PicklingError, TypeError, AttributeError) as error:
+        raise ValueError(f"the options of this bench cannot be sent to worker processes ({error}); "
+                         "run it with --jobs 1") from error
+    return sendable
+
+
+def _run_in_workers(args: argparse.Namespace, todo: list[tuple[str, int, str]], jobs: int, rows: list[dict],
+                    csv: Path) -> list[dict]:
+    """Run the cells ``todo`` in ``jobs`` worker processes; after each finished cell, rewrite ``csv`` with ``rows``
+    (the rows already there) and the finished cells' rows in the order of ``todo``. Returns all the rows.
+
+    When a cell fails, the cells not started yet are cancelled, those running are waited for and written, and a
+    ``RuntimeError`` names the failed cell.
+    """
+    sendable = _picklable(args)
+    finished: dict[int, dict] = {}  # index in todo -> row
+    failed: tuple[str, int, BaseException] | None = None
+    print(f"running them in {jobs} worker processes", file=sys.stderr)
+    # spawn, not fork: a forked child of a process that has used torch's thread pools can deadlock
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=set_threads,
+                               initargs=(sendable,))  # the threads of a cell from the start, while its env is built
+    bar = tqdm(total=len(todo), desc="bench cells", unit="cell")
+    try:
+        running: dict[Future, int] = {pool.submit(_run_cell_in_worker, sendable, *cell): i
+                                      for i, cell in enumerate(todo)}
+        while running:
+            completed, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in completed:
+                index = running.pop(future)
+                agent, seed, _ = todo[index]
+                error = future.exception()
+                if error is not None:
+                    if failed is None:
+                        failed = (agent, seed, error)
+                        # cancel the cells not started yet; those running finish and are written
+                        running = {other: i for other, i in running.items() if not other.cancel()}
+                    continue
+                row = finished[index] = future.result()
+                _write_atomic(csv, pd.DataFrame(rows + [finished[i] for i in sorted(finished)]).to_csv(index=False))
+                tqdm.write(_cell_line(agent, seed, row["dev_metric"], row["test_metric"], row["wall_s"]),
+                           file=sys.stderr)
+                bar.update(1)
+    finally:  # also on Ctrl-C: no cell starts after this
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    if failed is not None:
+        agent, seed, error = failed
+        raise RuntimeError(f"bench cell {agent}@{seed} failed: {type(error).__name__}: {error}; {csv} holds the cells "
+                           f"that finished ({len(finished)} of the {len(todo)} to run); rerun the same command to run "
+                           "the rest") from error
+    return rows + [finished[i] for i in sorted(finished)]
 
 
 def _histories(frame: pd.DataFrame, out: Path) -> dict[str, list[pd.DataFrame]]:

@@ -11,7 +11,14 @@ import argparse
 import json
 from pathlib import Path
 
-from agents.experiments.bench import BENCH_DEFAULTS, DEMO_DEFAULTS, bench, demo
+from agents.experiments.bench import (
+    AUTO_JOBS_MIN_STEPS,
+    BENCH_DEFAULTS,
+    DEMO_DEFAULTS,
+    MAX_AUTO_JOBS,
+    bench,
+    demo,
+)
 from agents.experiments.common import HelpFormatter, add_run_command, run_one
 from agents.experiments.flags import non_negative_int, positive_int, seed_list
 
@@ -67,6 +74,11 @@ def _bench_flags(defaults: dict[str, str]):
                             help="comma-separated seeds (integers >= 0)")
         parser.add_argument("--out", default=defaults["out"],
                             help="output folder (rerun with the same folder to resume)")
+        parser.add_argument("--jobs", type=non_negative_int, default=0, metavar="N",
+                            help="run the missing cells in N worker processes (0: one per CPU core, at most "
+                                 f"{MAX_AUTO_JOBS}, for the lite env on a machine without CUDA, where a cell runs on "
+                                 f"one torch thread, and --steps >= {AUTO_JOBS_MIN_STEPS}; 1 otherwise: a worker "
+                                 "takes seconds to start); a cell's result does not depend on N")
         parser.add_argument("--no-oracle", dest="oracle_row", action="store_false",
                             help="do not add the scenario's oracle row")
         parser.add_argument("--emit-sweep", "--emit_sweep", default=None, metavar="FILE",

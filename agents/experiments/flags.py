@@ -40,6 +40,9 @@ class _ExplicitNone:
     def __repr__(self) -> str:
         return "none"
 
+    def __reduce__(self) -> str:
+        return "EXPLICIT_NONE"  # unpickles as this module's one instance, so `is EXPLICIT_NONE` holds in a worker
+
 
 EXPLICIT_NONE = _ExplicitNone()
 
