@@ -234,13 +234,14 @@ class TeacherPool:
                     max_length=self.max_length, batch_size=self.batch_size, device=self.device, dtype=self.dtype,
                     desc=f"teacher {self.specs[k].name} on {split}",
                 )[:, perm]
-            if rows is None:
-                return computed
-            logits = torch.full((len(task.splits[split]), computed.shape[1]), float("nan"))
-            logits[torch.as_tensor(rows)] = computed
-            return logits
+            return computed
 
-        return cached_tensor(path, key, len(task.splits[split]), compute)
+        if rows is None:
+            return cached_tensor(path, key, len(task.splits[split]), compute)
+        computed = cached_tensor(path, key, len(rows), compute)  # the computed rows only: the cache holds no NaN
+        logits = torch.full((len(task.splits[split]), computed.shape[1]), float("nan"))
+        logits[torch.as_tensor(rows)] = computed
+        return logits
 
     def logits(self, task: Task, split: str) -> torch.Tensor:
         """(N, K, C) float32 logits of all teachers on ``split``; computed once, then read from the cache."""

@@ -342,7 +342,7 @@ def test_evaluate_and_disagreement_match_a_hand_computation(varied_teachers, tas
 # ------------------------------------------------------------------------------------------------ skipped rows
 
 
-def test_skipped_rows_are_nan_and_the_others_match_a_full_pool(varied_teachers, task, tmp_path) -> None:
+def test_skipped_rows_are_nan_and_the_others_match_a_full_pool(varied_teachers, task, tmp_path, monkeypatch) -> None:
     full = make_pool(varied_teachers[:2], tmp_path).logits(task, "train")
     hashes = task.row_hashes("train")
     skipped = set(hashes[::3])
@@ -355,6 +355,9 @@ def test_skipped_rows_are_nan_and_the_others_match_a_full_pool(varied_teachers, 
     assert len(cache_files(tmp_path)) == 4  # a skipping pool caches its own files; the full pool's stay
     dev = make_pool(varied_teachers[:2], tmp_path, skip_rows=skipped).logits(task, "dev")
     assert not torch.isnan(dev).any()  # dev rows are not teacher rows
+    forbid_model_loading(monkeypatch)  # the second time they are read back (the cache holds the computed rows)
+    again = make_pool(varied_teachers[:2], tmp_path, skip_rows=skipped).logits(task, "train")
+    torch.testing.assert_close(again, partial, equal_nan=True, rtol=0, atol=0)
 
 
 def test_a_built_pool_skips_its_training_rows(varied_teachers, task, tmp_path) -> None:
