@@ -46,7 +46,7 @@ from agents.base import Agent, AgentConfig
 from agents.state import PerTeacherState
 
 ACTION_MODES = ("sample", "prob")
-ADVANTAGES = ("return", "credit")
+ADVANTAGES = ("return", "credit", "gold")
 
 
 @dataclasses.dataclass
@@ -65,7 +65,10 @@ class ReinforceConfig(AgentConfig):
     """divide advantages by a running std of the returns"""
     advantage: str = "return"
     """'return': the window's return minus the baseline, shared by its actions (the paper); 'credit': per-action
-    advantages from the env's info['credit'] (needs the env option credit=True; beyond the paper)"""
+    advantages from each (instance, teacher) pair's credit (env.unwrapped.pair_credit(), or info['credit'] with the
+    env option credit=True), measured while learning only; 'gold': per-action advantages on the labelled instances
+    from each teacher's CE against the gold label (the observation's teacher_ce), none on the transfer rows;
+    beyond the paper"""
     action_mode: str = "sample"
     """weights mode: 'sample' (0/1 Bernoulli weights, the paper) or 'prob' (logit-normal continuous weights)"""
     anneal_lr: bool = False
@@ -76,6 +79,11 @@ class ReinforceConfig(AgentConfig):
     """action_mode='prob': std of the Normal noise on the keep logit"""
     input_clip: float = 5.0
     """clip standardised inputs to [-input_clip, input_clip]"""
+    routed: bool = False
+    """add per-teacher weights on the instance's view (its features, every teacher's and the student's prediction),
+    so that the selector can route instances to teachers (TeacherSelector); False: the paper's shared unit"""
+    router_hidden: int = 0
+    """routed: tanh units of the router's hidden layer (0: a linear router)"""
 
 
 @dataclasses.dataclass
@@ -95,19 +103,48 @@ class Window:
 
 
 class TeacherSelector(nn.Module):
-    """``sigmoid(w . s_k + b_k)``: one logistic unit shared by the K teachers plus a bias per teacher.
+    """``sigmoid(w . s_k + b_k)``: one logistic unit shared by the K teachers plus a bias per teacher (the paper);
+    with ``routed``, plus ``u_k . r``: teacher k's own weights on the instance's view ``r`` (:meth:`view`).
+
+    Why ``routed``: in the shared unit the instance's features enter every teacher's logit through the same
+    weights, so they move all keep probabilities alike and cannot say *which* teacher suits this instance; only
+    each teacher's own columns of ``s_k`` (its prediction, entropy, ...) can. Per-teacher weights on what is known
+    about the instance (its features, every teacher's prediction, the student's) let the selector route instances.
 
     :param input_size: size d of ``s_k``.  :param num_teachers: K.
+    :param layout: ``(S, P, C)`` of :class:`~agents.state.PerTeacherState` (``routed`` needs it).
+    :param routed: add the per-teacher routing term.  :param hidden: routing term: one hidden layer of this many
+        tanh units (0: linear).
     """
 
-    def __init__(self, input_size: int, num_teachers: int) -> None:
+    def __init__(self, input_size: int, num_teachers: int, *, layout: tuple[int, int, int] | None = None,
+                 routed: bool = False, hidden: int = 0) -> None:
         super().__init__()
         self.linear = nn.Linear(input_size, 1, bias=False)
         self.teacher_bias = nn.Parameter(torch.zeros(num_teachers))
+        self.layout = layout
+        self.router: nn.Module | None = None
+        if routed:
+            if layout is None:
+                raise ValueError("a routed selector needs the state's layout (S, P, C)")
+            s, _, c = layout
+            view = s + (num_teachers + 1) * c
+            self.router = (nn.Linear(view, num_teachers, bias=False) if hidden == 0 else
+                           nn.Sequential(nn.Linear(view, hidden), nn.Tanh(), nn.Linear(hidden, num_teachers, bias=False)))
+
+    def view(self, states: torch.Tensor) -> torch.Tensor:
+        """The instance's view ``r`` (..., S + (K + 1) C) from states (..., K, d): its features, every teacher's
+        softened prediction and the student's prediction."""
+        s, p, c = self.layout
+        teachers = states[..., s + p:s + p + c].flatten(-2)
+        return torch.cat([states[..., 0, :s], teachers, states[..., 0, s + p + c:]], dim=-1)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """Keep logits (B, K) for states (B, K, d)."""
-        return self.linear(states).squeeze(-1) + self.teacher_bias
+        """Keep logits (..., K) for states (..., K, d)."""
+        logits = self.linear(states).squeeze(-1) + self.teacher_bias
+        if self.router is not None:
+            logits = logits + self.router(self.view(states))
+        return logits
 
 
 class ReinforceAgent(Agent):
@@ -128,10 +165,14 @@ class ReinforceAgent(Agent):
             raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {cfg.action_mode!r}")
         if cfg.advantage not in ADVANTAGES:
             raise ValueError(f"advantage={cfg.advantage!r} is invalid; use one of {ADVANTAGES}")
-        if cfg.advantage == "credit" and not self.unwrapped.config.credit:
-            raise ValueError("advantage='credit' reads info['credit']: make the env with credit=True (--credit)")
-        if cfg.advantage == "credit" and cfg.action_mode == "prob" and not self.select_mode:
-            raise ValueError("advantage='credit' needs keep/drop actions: use action_mode='sample'")
+        # advantage='credit' reads info["credit"] when the env puts it there (credit=True), else it measures the
+        # same per-pair credit itself before each step, while learning only (env.unwrapped.pair_credit())
+        self._env_credit = bool(self.unwrapped.config.credit)
+        if cfg.advantage in ("credit", "gold") and cfg.action_mode == "prob" and not self.select_mode:
+            raise ValueError(f"advantage={cfg.advantage!r} needs keep/drop actions: use action_mode='sample'")
+        if cfg.advantage == "gold":  # the observation's columns it reads
+            self._ce_column = self.unwrapped.teacher_feature_names.index("teacher_ce")
+            self._labelled_column = self.unwrapped.instance_feature_names.index("labelled")
         # keep/drop samples (select mode, or weights drawn as 0/1) and their dtype, read once: hot path
         self._keep_drop = self.select_mode or cfg.action_mode == "sample"
         self._action_dtype = np.int8 if self.select_mode else np.float32
@@ -142,12 +183,21 @@ class ReinforceAgent(Agent):
 
         # Seeding: the selector's init and its action noise come from config.seed only.
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.policy = TeacherSelector(input_size, len(teachers))
+        if cfg.router_hidden < 0:
+            raise ValueError(f"router_hidden={cfg.router_hidden} must be >= 0 (0: a linear router)")
+        self.policy = TeacherSelector(input_size, len(teachers), layout=self.states.layout, routed=cfg.routed,
+                                      hidden=cfg.router_hidden)
         if not 0.0 < cfg.init_keep_probability < 1.0:
             raise ValueError(f"init_keep_probability={cfg.init_keep_probability} must be in (0, 1), e.g. 0.5")
         with torch.no_grad():
             self.policy.linear.weight.normal_(0.0, 0.01, generator=self.generator)
             self.policy.teacher_bias.fill_(float(np.log(cfg.init_keep_probability / (1 - cfg.init_keep_probability))))
+            if self.policy.router is not None:  # routes nothing at first: the same start as the shared unit
+                layers = [m for m in self.policy.router.modules() if isinstance(m, nn.Linear)]
+                for layer in layers[:-1]:
+                    layer.weight.normal_(0.0, layer.in_features**-0.5, generator=self.generator)
+                    layer.bias.zero_()
+                layers[-1].weight.zero_()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate)
         self.input_stats = RunningMeanStd(shape=(input_size,))
         self._set_input_scale()
@@ -229,29 +279,45 @@ class ReinforceAgent(Agent):
         ``delta_ik`` = pair (i, k)'s credit minus the mean credit of instance i's teachers, ``A_ik = (a_ik - p_ik)
         delta_ik``, whose expectation is the exact gradient of the expected credit of the kept teachers."""
         delta = credit - credit.mean(axis=1, keepdims=True)
-        self.credit_var = 0.99 * self.credit_var + 0.01 * float((delta**2).mean())
+        rows = np.abs(delta).sum(axis=1) > 0  # instances with a signal (advantage='gold': the labelled ones)
+        if not rows.any():
+            return
+        self.credit_var = 0.99 * self.credit_var + 0.01 * float((delta[rows] ** 2).mean())
         with torch.no_grad():
             probs = torch.sigmoid(self.policy(inputs))
         advantage = (taken - probs) * torch.as_tensor(delta / np.sqrt(self.credit_var + 1e-12), dtype=torch.float32)
         loss, entropy, probs = self.policy_loss(inputs[None], taken[None], advantage[None])
-        self._step(loss)
-        self._record(loss, entropy, probs, credit_std=float(np.sqrt(self.credit_var)))
+        grad_norm = self._step(loss)
+        self._record(loss, entropy, probs, credit_std=float(np.sqrt(self.credit_var)), grad_norm=grad_norm,
+                     advantage_mean=float(advantage.mean()), advantage_std=float(advantage.std()))
 
-    def _step(self, loss: torch.Tensor) -> None:
+    def _gold_signal(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """(B, K) per-pair signal of ``advantage='gold'``: minus teacher k's CE against the gold label on the
+        labelled instances (centred per instance in :meth:`_credit_update`), 0 on the transfer rows."""
+        labelled = obs["instance_features"][:, self._labelled_column] > 0.5
+        return np.where(labelled[:, None], -obs["teacher_features"][..., self._ce_column], 0.0)
+
+    def _step(self, loss: torch.Tensor) -> float:
+        """One Adam step on ``loss``; returns the gradient's norm (a diagnostic)."""
         self.optimizer.zero_grad()
         loss.backward()
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad)
+                                                          for p in self.policy.parameters() if p.grad is not None]))
         self.optimizer.step()
         self.updates += 1
+        return float(grad_norm)
 
     def _update(self, inputs: list[torch.Tensor], actions: list[torch.Tensor], window_return: float) -> None:
         """One REINFORCE step on a window of steps that share the return ``window_return``."""
         cfg = self.config
         advantage = window_return - self.baseline
         scale = np.sqrt(self.return_var) if cfg.normalize_advantage else 1.0
-        loss, entropy, probs = self.policy_loss(torch.stack(inputs), torch.stack(actions), advantage / max(scale, 1e-8))
-        self._step(loss)
+        normalised = advantage / max(scale, 1e-8)
+        loss, entropy, probs = self.policy_loss(torch.stack(inputs), torch.stack(actions), normalised)
+        grad_norm = self._step(loss)
         self._fit_baseline(window_return)
-        self._record(loss, entropy, probs, advantage=float(advantage))
+        self._record(loss, entropy, probs, advantage=float(advantage), advantage_mean=float(normalised),
+                     advantage_std=0.0, grad_norm=grad_norm)  # one advantage shared by the window's actions
 
     def _record(self, loss: torch.Tensor, entropy: torch.Tensor, probs: torch.Tensor, **extra: float) -> None:
         """Update the metrics after a policy step (one host transfer: they are read every step by trackers)."""
@@ -291,11 +357,17 @@ class ReinforceAgent(Agent):
                 action, taken = self._sample(inputs)
                 window.inputs.append(inputs)
                 window.actions.append(taken)
+            # the batch's per-pair credit, measured before acting when the env does not put it in info (it is the
+            # same quantity: StudentTrainer.pair_credit on the current student and batch)
+            credit = (self.unwrapped.pair_credit() if cfg.advantage == "credit" and step >= cfg.warmup_steps
+                      and not self._env_credit else None)
+            if cfg.advantage == "gold" and step >= cfg.warmup_steps:
+                credit = self._gold_signal(self._observation())
             obs, reward, terminated, truncated, info = self.env.step(action)
             self._advance(obs, terminated, truncated)
-            if cfg.advantage == "credit":
+            if cfg.advantage in ("credit", "gold"):
                 if step >= cfg.warmup_steps:
-                    self._credit_update(inputs, taken, info["credit"])
+                    self._credit_update(inputs, taken, info["credit"] if credit is None else credit)
                 window.inputs, window.actions = [], []  # the window return is only used for the baseline metric
             window.total_return += float(reward)
             window.steps += 1
@@ -345,3 +417,19 @@ class ReinforceAgent(Agent):
         self._set_input_scale()
         self.baseline, self.return_var, self.updates = state["baseline"], state["return_var"], state["updates"]
         self.credit_var = state.get("credit_var", 1.0)
+
+
+@dataclasses.dataclass
+class PaperReinforceConfig(ReinforceConfig):
+    """RL-KD's own design: the shared logistic unit and one window return shared by every action."""
+
+    routed: bool = False
+    advantage: str = "return"
+
+
+class PaperReinforceAgent(ReinforceAgent):
+    """``reinforce-paper``: :class:`ReinforceAgent` with the paper's design (:class:`PaperReinforceConfig`), kept
+    runnable beside the default for comparison (docs/agents.md says why it does not learn per-instance choice)."""
+
+    name = "reinforce-paper"
+    Config = PaperReinforceConfig

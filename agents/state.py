@@ -32,6 +32,8 @@ class PerTeacherState:
         self.temperature = float(temperature)
         self.num_teachers = k
         self.size = s + p + 2 * c
+        #: (S, P, C): the column blocks of ``s_ik`` are S instance features, P teacher features, C + C probabilities
+        self.layout = (s, p, c)
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """(B, K, size) float32 states."""

@@ -99,13 +99,21 @@ class TeacherSelectionEnv(gym.Env):
         if trained is not None:  # the student learns only from rows no teacher saw
             rows = np.flatnonzero([h not in trained for h in data.task.row_hashes("train")])
         data = student_regime(data, rows, cfg.gold_labels, cfg.split_seed)
+        if torch.isnan(data.splits["train"].teacher_logits).any():  # a pool's skipped rows (TeacherPool.skip_rows)
+            raise ValueError("the teachers have no logits (NaN) on some of the student's rows: they were skipped as "
+                             "rows the teachers were trained on, but this env does not exclude those rows; build the "
+                             "env from the pool folder (teachers=FOLDER) or make the pool with skip_rows=()")
         #: the privileged weighting of the oracle row: "gold", "silo", ... (kd_gym.regime), or "scenario" (its own)
         self.oracle_kind = "scenario"
+        self._silo_expert: np.ndarray | None = None
         if data.splits["train"].oracle_weights is None:  # the default scenario: a privileged oracle (kd_gym.regime)
             train = data.splits["train"]
             silos = pool_silos(pool_dir, data.task) if pool_dir is not None and cfg.oracle != "gold" else None
             train.oracle_weights, self.oracle_kind = default_oracle(
                 cfg.oracle, train.teacher_logits, train.labels, None if silos is None else (silos[0][rows], silos[1]))
+            if silos is not None and any(silo is not None for silo in silos[1]):  # for info["silo_expert"]
+                expert = {silo: k for k, silo in enumerate(silos[1]) if silo is not None}
+                self._silo_expert = np.array([expert.get(silo, -1) for silo in silos[0][rows]], dtype=np.int64)
         if cfg.batch_size > len(data.splits["train"]):
             raise ValueError(f"batch_size={cfg.batch_size} is larger than the train split ({len(data.splits['train'])} "
                              "rows); use a batch_size of at most the train split's size")
@@ -201,6 +209,8 @@ class TeacherSelectionEnv(gym.Env):
             values = torch.stack([loss.loss.detach(), loss.ce.detach(), loss.kd.detach()]).tolist()  # one device sync
             info.update(loss=values[0], ce=values[1], kd=values[2])
             info["weights"] = loss.weights.cpu().numpy()  # each row normalised as the loss used it
+            if self._silo_expert is not None:  # privileged, for diagnostics (the routing plots), never for acting
+                info["silo_expert"] = self._silo_expert[self._batch_indices]
         return info
 
     # -- what agents and runners may read

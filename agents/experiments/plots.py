@@ -58,3 +58,49 @@ def plot_weights(histories: dict[str, list[pd.DataFrame]], path: str | Path) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+DIAGNOSTICS = (
+    ("routing/expert_weight", "weight on the instance's silo expert (oracle: 1)"),
+    ("agent/entropy", "keep/drop entropy (nats)"),
+    ("agent/advantage_mean", "advantage, mean (normalised)"),
+    ("agent/advantage_std", "advantage, std over actions"),
+    ("agent/grad_norm", "policy gradient norm"),
+    ("agent/keep_probability", "mean keep probability"),
+)
+"""The panels of :func:`plot_diagnostics`: a history column and its axis label."""
+
+
+def plot_diagnostics(histories: dict[str, list[pd.DataFrame]], path: str | Path, title: str = "") -> list[str]:
+    """The learning diagnostics of REINFORCE runs (:data:`DIAGNOSTICS`) against the env steps they learned over,
+    one line per label (mean over its runs); panels whose column no run has are left out.
+
+    :param histories: per label, the ``train_history.csv`` frames of its runs (train-eval) or ``history.csv``.
+    :return: the columns plotted.
+    """
+    shown = [(c, label) for c, label in DIAGNOSTICS if any(c in r for runs in histories.values() for r in runs)]
+    if not shown:
+        return []
+    cols = 3
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, (column, label) in zip(axes.flat, shown):
+        for name, runs in histories.items():
+            runs = [r for r in runs if column in r and r[column].notna().any()]
+            if not runs:
+                continue
+            n = min(len(r) for r in runs)
+            values = np.stack([r[column].to_numpy(dtype=float)[:n] for r in runs])
+            ax.plot(runs[0]["env_step"].to_numpy()[:n], np.nanmean(values, 0), label=name)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("env steps learned")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [c for c, _ in shown]

@@ -57,6 +57,15 @@ class TrainingMonitor(gym.Wrapper):
         self._weights_sum = np.zeros(env.unwrapped.num_teachers)
         self._reward_sum = 0.0
         self._window = 0
+        # per teacher: the summed weight it got on instances of the silo it is the expert of, and their count
+        self._expert_sum = np.zeros(env.unwrapped.num_teachers)
+        self._expert_count = np.zeros(env.unwrapped.num_teachers)
+
+    def _route(self, weights: np.ndarray, silo_expert: np.ndarray) -> None:
+        rows = np.flatnonzero(silo_expert >= 0)
+        experts = silo_expert[rows]
+        np.add.at(self._expert_sum, experts, weights[rows, experts])
+        np.add.at(self._expert_count, experts, 1.0)
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
@@ -86,6 +95,8 @@ class TrainingMonitor(gym.Wrapper):
         self._window += 1
         self._reward_sum += reward
         self._weights_sum += info["weights"].mean(0)
+        if "silo_expert" in info:  # routing diagnostics: the weight each instance's silo expert got
+            self._route(info["weights"], info["silo_expert"])
         if self.progress is not None:
             self.progress.update(1)
         first_episode_ends = (terminated or truncated) and not self.first_episode_done
@@ -107,8 +118,14 @@ class TrainingMonitor(gym.Wrapper):
         for key in ("loss", "ce", "kd"):
             if key in info:
                 record[f"train/{key}"] = info[key]
+        if self._expert_count.any():  # how much of its weight an instance gave its silo's expert (oracle: 1)
+            record["routing/expert_weight"] = float(self._expert_sum.sum() / self._expert_count.sum())
+            for name, total, count in zip(self.unwrapped.teacher_names, self._expert_sum, self._expert_count):
+                if count:
+                    record[f"routing/{name}"] = float(total / count)
         self.history.append(record)
         self._weights_sum[:] = 0
+        self._expert_sum[:], self._expert_count[:] = 0, 0
         self._reward_sum, self._window = 0.0, 0
         if self.on_record is not None:
             self.on_record(record)
@@ -116,13 +133,17 @@ class TrainingMonitor(gym.Wrapper):
     def state_dict(self) -> dict[str, Any]:
         """The records, the running sums since the last record and the kept student, for a run checkpoint."""
         return {"history": self.history, "steps": self.steps, "weights_sum": self._weights_sum.copy(),
-                "reward_sum": self._reward_sum, "window": self._window, "final_student": self.final_student}
+                "reward_sum": self._reward_sum, "window": self._window, "final_student": self.final_student,
+                "expert_sum": self._expert_sum.copy(), "expert_count": self._expert_count.copy()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict` (the records so far are not passed to ``on_record`` again)."""
         self.history = list(state["history"])
         self.steps, self._window, self._reward_sum = int(state["steps"]), int(state["window"]), state["reward_sum"]
         self._weights_sum = np.array(state["weights_sum"], dtype=np.float64)
+        zeros = np.zeros_like(self._weights_sum)
+        self._expert_sum = np.array(state.get("expert_sum", zeros), dtype=np.float64)
+        self._expert_count = np.array(state.get("expert_count", zeros), dtype=np.float64)
         self.final_student = state["final_student"]
         self.first_episode_done = self.final_student is not None
 
