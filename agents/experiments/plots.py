@@ -101,6 +101,6 @@ def plot_diagnostics(histories: dict[str, list[pd.DataFrame]], path: str | Path,
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return [c for c, _ in shown]
