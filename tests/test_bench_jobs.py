@@ -4,7 +4,13 @@ the same order; a cell that fails leaves the finished cells in results.csv and n
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -89,3 +95,42 @@ def test_an_explicit_none_flag_reaches_a_worker_as_none():
     args = build_parser().parse_args(["bench", "--gold-labels", "none"])
     del args.func  # as the bench sends it
     assert env_kwargs_from(pickle.loads(pickle.dumps(args)))["gold_labels"] is None
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (read from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_end_when_the_bench_that_started_them_is_killed(tiny_env_kwargs, tmp_path):
+    command = [sys.executable, "-m", "kd_gym.cli", "bench", "--agents", "uniform,no_kd", "--seeds", "0",
+               "--steps", "100000", "--no-oracle", "--protocol", "online", "--jobs", "2",
+               "--out", str(tmp_path / "bench"), *tiny_flags(tiny_env_kwargs)]
+    bench = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "WANDB_MODE": "disabled"})
+    try:
+        deadline, workers = time.monotonic() + 120, []
+        while time.monotonic() < deadline and len(workers) < 2:  # the pool's workers (and its resource tracker)
+            time.sleep(1.0)
+            workers = [p for p in _children(bench.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(workers) >= 2, "the bench started no worker processes"
+        bench.send_signal(signal.SIGKILL)
+        bench.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
+            time.sleep(0.5)
+        alive = [p for p in workers if Path(f"/proc/{p}").exists()
+                 and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+        assert not alive, f"workers {alive} outlived their bench"
+    finally:
+        if bench.poll() is None:
+            bench.kill()

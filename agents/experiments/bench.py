@@ -147,6 +147,21 @@ def _run_cell_in_worker(args: argparse.Namespace, agent: str, seed: int, config_
     return bench_row(args, result, config_hash)
 
 
+def _start_worker(args: argparse.Namespace, parent: int) -> None:
+    """A worker's start: the threads of a cell from the start (while its env is built), and a watch that ends the
+    worker when the bench that started it is gone (killed, it cannot tell its workers; they would run on)."""
+    import threading
+
+    set_threads(args)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="kd-gym-parent-watch").start()
+
+
 def _picklable(args: argparse.Namespace) -> argparse.Namespace:
     """``args`` without what a worker process does not need and cannot receive (``func``, the command's function)."""
     sendable = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
@@ -171,8 +186,8 @@ def _run_in_workers(args: argparse.Namespace, todo: list[tuple[str, int, str]], 
     failed: tuple[str, int, BaseException] | None = None
     print(f"running them in {jobs} worker processes", file=sys.stderr)
     # spawn, not fork: a forked child of a process that has used torch's thread pools can deadlock
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=set_threads,
-                               initargs=(sendable,))  # the threads of a cell from the start, while its env is built
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                               initargs=(sendable, os.getpid()))
     bar = tqdm(total=len(todo), desc="bench cells", unit="cell")
     try:
         running: dict[Future, int] = {pool.submit(_run_cell_in_worker, sendable, *cell): i
