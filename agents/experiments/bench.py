@@ -26,17 +26,16 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from agents.experiments.cells import bench_row, cell_config_hash, cell_folder, write_atomic
+from agents.experiments.cells import split_list as _split
 from agents.experiments.common import (
-    agent_kwargs_from,
     check_env_options,
     env_kwargs_from,
     protocol_kwargs_from,
     run_one,
     set_threads,
 )
-from agents.experiments.grid import bench_row
 from kd_gym.cli import task_kwargs_from
-from kd_gym.prepare.cache import fingerprint
 
 BENCH_DEFAULTS = {"agents": "no_kd,uniform,best_teacher,confidence,reinforce,ppo", "seeds": "0,1,2,3,4",
                   "out": "runs/bench", "protocol": "train-eval"}
@@ -47,32 +46,6 @@ MAX_AUTO_JOBS = 8
 AUTO_JOBS_MIN_STEPS = 100
 """``--jobs 0`` runs a bench of shorter cells (``--steps``) in this process: a worker takes about 10 s to start
 (importing torch, transformers and datasets, building the env), longer than such a cell takes to run"""
-
-
-def cell_config_hash(args: argparse.Namespace, agent: str) -> str:
-    """A short hash of everything that defines a cell's result except its seed: agent, env, budget, scenario, and
-    the env and agent options given on the command line."""
-    config = {"agent": agent, "env": args.env, "steps": args.steps, "scenario": args.scenario or "default",
-              "env_kwargs": env_kwargs_from(args), "agent_kwargs": agent_kwargs_from(args, agent)}
-    protocol = protocol_kwargs_from(args)
-    if protocol["protocol"] != "online":  # online cells keep the hashes they had before protocols existed
-        config["protocol"] = protocol
-    return fingerprint(config)[:12]
-
-
-def cell_folder(out: Path, agent: str, seed: int) -> Path:
-    """Where cell (agent, seed) writes its run (``module:Class`` names made path-safe)."""
-    return out / "cells" / f"{agent.replace(':', '-')}__{seed}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _split(text: str) -> list[str]:
-    return [part for part in text.split(",") if part]
 
 
 def bench_jobs(args: argparse.Namespace, cells: int) -> int:
@@ -124,7 +97,7 @@ def run_bench(args: argparse.Namespace) -> pd.DataFrame:
         result = run_one(args, agent, seed, cell_folder(out, agent, seed), built_env=env)
         row = bench_row(args, result, config_hash)
         rows.append(row)
-        _write_atomic(csv, pd.DataFrame(rows).to_csv(index=False))
+        write_atomic(csv, pd.DataFrame(rows).to_csv(index=False))
         tqdm.write(_cell_line(agent, seed, result.dev_metric, result.test_metric, result.wall_s), file=sys.stderr)
     return pd.DataFrame(rows)
 
@@ -205,7 +178,7 @@ def _run_in_workers(args: argparse.Namespace, todo: list[tuple[str, int, str]], 
                         running = {other: i for other, i in running.items() if not other.cancel()}
                     continue
                 row = finished[index] = future.result()
-                _write_atomic(csv, pd.DataFrame(rows + [finished[i] for i in sorted(finished)]).to_csv(index=False))
+                write_atomic(csv, pd.DataFrame(rows + [finished[i] for i in sorted(finished)]).to_csv(index=False))
                 tqdm.write(_cell_line(agent, seed, row["dev_metric"], row["test_metric"], row["wall_s"]),
                            file=sys.stderr)
                 bar.update(1)
@@ -259,7 +232,7 @@ def bench(args: argparse.Namespace) -> int:
     protocol = protocol_kwargs_from(args)
     title = bench_title(name, args.task, args.env, args.scenario, args.steps, protocol)
     report = bench_report(frame, command=command, title=title, metric_label=metric)
-    _write_atomic(out / "results.md", report)
+    write_atomic(out / "results.md", report)
     histories = _histories(frame, out)
     plot_curves(histories, out / "curves.png", title=f"dev {metric}, {args.scenario}")
     plot_weights(histories, out / "weights.png")

@@ -15,10 +15,7 @@ report that merges finished cells from several places.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import os
 import shlex
 import sys
 import time
@@ -27,49 +24,21 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-RESULTS = "results.csv"
-"""the rows of a bench (in its folder) or of one cell (in the cell's folder)"""
-SWEEP_PARAMETER = "cell"
+from agents.experiments.cells import (  # noqa: F401 (bench_row, parse_cell: public here too)
+    RESULTS,
+    SWEEP_PARAMETER,
+    bench_row,
+    cell_config_hash,
+    cell_folder,
+    grid_cells,
+    parse_cell,
+    write_atomic,
+)
+from agents.experiments.cells import split_list as _split
+from agents.experiments.sweep_check import check_bench_grid, check_sweep, subcommand_parser  # noqa: F401
+
 DROPPED_FLAGS = ("--emit-sweep", "--cell", "--agents", "--seeds", "--out")
 """flags of the bench command line that the sweep command sets itself (each takes one value)"""
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def parse_cell(text: str) -> tuple[str, int]:
-    """``AGENT@SEED`` -> (agent, seed); ``ValueError`` naming the text otherwise."""
-    agent, _, seed = text.rpartition("@")
-    if not agent or not seed.strip().isdigit():
-        raise ValueError(f"cell {text!r} is not AGENT@SEED (e.g. uniform@0)")
-    return agent.strip(), int(seed)
-
-
-def grid_cells(args: argparse.Namespace) -> list[str]:
-    """The cells of the bench, ``AGENT@SEED``, agent-major as the bench runs them."""
-    return [f"{agent}@{int(seed)}" for agent in _split(args.agents) for seed in _split(args.seeds)]
-
-
-def bench_row(args: argparse.Namespace, result, config_hash: str) -> dict:
-    """The ``results.csv`` row of a finished cell: the run's summary (agent metrics aside), its scenario and config
-    hash, and what the report needs to write the bench's results.md (the command, ``--task`` as given, the agents in
-    the bench's order, the protocol).
-
-    :param result: the cell's :class:`~agents.experiments.run.RunResult`.
-    """
-    from agents.experiments.common import protocol_kwargs_from
-
-    summary = {k: v for k, v in result.summary().items() if k != "agent_metrics"}
-    return {**summary, "scenario": args.scenario or "default", "config_hash": config_hash,
-            "bench_command": getattr(args, "command", "bench"), "bench_task": args.task, "bench_agents": args.agents,
-            **protocol_kwargs_from(args)}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_cell(args: argparse.Namespace) -> int:
@@ -78,7 +47,6 @@ def run_cell(args: argparse.Namespace) -> int:
 
     :raises ValueError: when the cell's agent is not in ``--agents`` or its seed not in ``--seeds``.
     """
-    from agents.experiments.bench import cell_config_hash, cell_folder
     from agents.experiments.common import run_one
 
     agent, seed = parse_cell(args.cell)
@@ -96,7 +64,7 @@ def run_cell(args: argparse.Namespace) -> int:
         return 0
     result = run_one(args, agent, seed, folder)
     row = bench_row(args, result, config_hash)
-    _write_atomic(csv, pd.DataFrame([row]).to_csv(index=False))
+    write_atomic(csv, pd.DataFrame([row]).to_csv(index=False))
     print(json.dumps({**row, "out": str(folder)}))
     print(f"merge finished cells with: kd-gym report {args.out} --out {args.out}", file=sys.stderr)
     return 0
@@ -119,13 +87,6 @@ def _strip_flags(argv: list[str], dropped: tuple[str, ...], options: set[str]) -
     return kept
 
 
-def _subcommand_parser(name: str) -> argparse.ArgumentParser:
-    from kd_gym.cli import build_parser
-
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices[name]
-
-
 def sweep_config(args: argparse.Namespace) -> dict:
     """The W&B sweep of the bench's grid: ``method: grid`` over ``cell`` (every ``AGENT@SEED``), ``metric:
     dev_metric`` (logged by every run; the grid optimises nothing), and the bench's command line (every env, agent
@@ -135,7 +96,7 @@ def sweep_config(args: argparse.Namespace) -> dict:
     """
     name = getattr(args, "command", "bench")
     argv = list(getattr(args, "argv", [name]))
-    options = {o for action in _subcommand_parser(name)._actions for o in action.option_strings}
+    options = {o for action in subcommand_parser(name)._actions for o in action.option_strings}
     flags = _strip_flags(argv[1:], DROPPED_FLAGS, options)
     flags += ["--agents", args.agents, "--seeds", args.seeds, "--out", str(args.out)]
     if "--track" not in flags:
@@ -148,8 +109,6 @@ def sweep_config(args: argparse.Namespace) -> dict:
 def emit_sweep(args: argparse.Namespace) -> int:
     """Write :func:`sweep_config` to ``args.emit_sweep``, check it with the sweep checker, print how to run it;
     run no cell. Returns the exit code."""
-    from agents.experiments.sweep_check import check_sweep
-
     config = sweep_config(args)
     path = Path(args.emit_sweep)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,47 +122,6 @@ def emit_sweep(args: argparse.Namespace) -> int:
           "# on every machine\nthen, with the cell folders gathered under one folder:\n"
           f"  kd-gym report {args.out} --out {args.out}")
     return 0
-
-
-def check_bench_grid(path: Path, config: dict) -> dict:
-    """Check a bench-grid sweep (:func:`sweep_config`): the command runs ``kd-gym bench`` (or ``demo``) with flags
-    that parse, ends with ``${args}``, the only parameter is ``cell`` and each of its values is a cell of the
-    command's ``--agents`` x ``--seeds``, and the metric is one the run logs. Called by
-    :func:`agents.experiments.sweep_check.check_sweep`.
-
-    :raises ValueError: naming the file, what is wrong and what to write instead.
-    """
-    from agents.experiments.sweep_check import ARGS_MACROS, LOGGED_METRICS, LOGGED_PREFIXES
-
-    command = [str(part) for part in config["command"]]
-    name = next(part for part in command if part in ("bench", "demo"))
-    if command[-1] not in ARGS_MACROS:
-        raise ValueError(f"{path}: a bench grid's command must end with ${{args}}, which W&B replaces with "
-                         f"--cell=AGENT@SEED; got {command[-1]!r}")
-    parameters = config["parameters"] or {}
-    if set(parameters) != {SWEEP_PARAMETER} or not parameters[SWEEP_PARAMETER].get("values"):
-        raise ValueError(f"{path}: a bench grid sweeps one parameter, {SWEEP_PARAMETER!r}, with values AGENT@SEED; "
-                         f"got {sorted(parameters)} (write it with kd-gym bench ... --emit-sweep FILE)")
-    flags = command[command.index(name) + 1:-1]
-    errors = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(errors):
-            args = _subcommand_parser(name).parse_args(flags)
-    except SystemExit:
-        message = errors.getvalue().strip().splitlines()
-        raise ValueError(f"{path}: the command's kd-gym {name} flags do not parse: "
-                         f"{message[-1] if message else flags}") from None
-    agents = _split(args.agents) + (["oracle"] if args.oracle_row and "oracle" not in _split(args.agents) else [])
-    seeds = [int(s) for s in _split(args.seeds)]
-    for value in parameters[SWEEP_PARAMETER]["values"]:
-        agent, seed = parse_cell(str(value))
-        if agent not in agents or seed not in seeds:
-            raise ValueError(f"{path}: cell {value!r} is not in the command's grid --agents {','.join(agents)} x "
-                             f"--seeds {args.seeds}; add it there or drop the cell")
-    metric = (config["metric"] or {}).get("name", "")
-    if metric not in LOGGED_METRICS and not metric.startswith(LOGGED_PREFIXES):
-        raise ValueError(f"{path}: metric {metric!r} is not logged by a bench cell; use dev_metric")
-    return config
 
 
 def _cell_results(folder: Path) -> list[Path]:
@@ -230,8 +148,6 @@ def result_files(paths: list[str | Path]) -> list[Path]:
 def _history_path(csv: Path, agent: str, seed: int) -> Path:
     """Where the dev curve of a cell read from ``csv`` lies: beside it for a cell's own results.csv, else in the
     bench folder's ``cells/``."""
-    from agents.experiments.bench import cell_folder
-
     own = cell_folder(csv.parent.parent.parent, agent, seed)
     return csv.parent / "history.csv" if own == csv.parent else cell_folder(csv.parent, agent, seed) / "history.csv"
 
@@ -340,8 +256,8 @@ def write_report(frame: pd.DataFrame, out: Path, command: str) -> str:
     if len(scenarios) > 1:
         parts += [f"Command: `{command}`", ""]
     text = "\n".join(parts)
-    _write_atomic(out / "results.md", text)
-    _write_atomic(out / "results-merged.csv", frame.to_csv(index=False))
+    write_atomic(out / "results.md", text)
+    write_atomic(out / "results-merged.csv", frame.to_csv(index=False))
     return text
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agents.experiments.run import DevMetrics
+from agents.experiments.monitor import DevMetrics
 from kd_gym.prepare.inference import resolve_device
 from kd_gym.rewards import REWARDS
 from kd_gym.vector import SUPPORTED_REWARDS, TeacherSelectionVectorEnv
@@ -59,7 +59,7 @@ def evaluate_policy(agent, monitors: list[gym.Wrapper], steps: int, seeds: list[
     (:func:`why_not_at_once` says when it does not), otherwise one after another. The results are the same.
 
     :param agent: an :class:`agents.Agent` built on the env the monitors wrap.
-    :param monitors: one :class:`~agents.experiments.run.TrainingMonitor` per seed around that env (each records its
+    :param monitors: one :class:`~agents.experiments.monitor.TrainingMonitor` per seed around that env (each records its
         student's dev curve).
     :param steps: student updates per student (the env's ``episode_steps``).
     :param seeds: the env seed of each student's reset.

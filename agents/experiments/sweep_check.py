@@ -12,13 +12,18 @@ select on the test split, which agents never see).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
+import io
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from agents.experiments.cells import SWEEP_PARAMETER, parse_cell
+from agents.experiments.cells import split_list as _split
 
 REQUIRED_KEYS = ("program", "method", "metric", "parameters", "command")
 ARGS_MACROS = ("${args}", "${args_no_boolean_flags}")
@@ -26,11 +31,51 @@ LOGGED_METRICS = ("dev_metric", "dev_loss", "reward")  # logged per record and (
 LOGGED_PREFIXES = ("agent/", "weight/", "train/")
 
 
-def _train_parser() -> argparse.ArgumentParser:
+def subcommand_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of ``kd-gym NAME`` (``train``, ``bench``, ``demo``, ...), as the CLI builds it."""
     from kd_gym.cli import build_parser
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices["train"]
+    return commands.choices[name]
+
+
+def check_bench_grid(path: Path, config: dict) -> dict:
+    """Check a bench-grid sweep (:func:`agents.experiments.grid.sweep_config`): the command runs ``kd-gym bench`` (or ``demo``) with flags
+    that parse, ends with ``${args}``, the only parameter is ``cell`` and each of its values is a cell of the
+    command's ``--agents`` x ``--seeds``, and the metric is one the run logs. Called by
+    :func:`check_sweep`.
+
+    :raises ValueError: naming the file, what is wrong and what to write instead.
+    """
+    command = [str(part) for part in config["command"]]
+    name = next(part for part in command if part in ("bench", "demo"))
+    if command[-1] not in ARGS_MACROS:
+        raise ValueError(f"{path}: a bench grid's command must end with ${{args}}, which W&B replaces with "
+                         f"--cell=AGENT@SEED; got {command[-1]!r}")
+    parameters = config["parameters"] or {}
+    if set(parameters) != {SWEEP_PARAMETER} or not parameters[SWEEP_PARAMETER].get("values"):
+        raise ValueError(f"{path}: a bench grid sweeps one parameter, {SWEEP_PARAMETER!r}, with values AGENT@SEED; "
+                         f"got {sorted(parameters)} (write it with kd-gym bench ... --emit-sweep FILE)")
+    flags = command[command.index(name) + 1:-1]
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            args = subcommand_parser(name).parse_args(flags)
+    except SystemExit:
+        message = errors.getvalue().strip().splitlines()
+        raise ValueError(f"{path}: the command's kd-gym {name} flags do not parse: "
+                         f"{message[-1] if message else flags}") from None
+    agents = _split(args.agents) + (["oracle"] if args.oracle_row and "oracle" not in _split(args.agents) else [])
+    seeds = [int(s) for s in _split(args.seeds)]
+    for value in parameters[SWEEP_PARAMETER]["values"]:
+        agent, seed = parse_cell(str(value))
+        if agent not in agents or seed not in seeds:
+            raise ValueError(f"{path}: cell {value!r} is not in the command's grid --agents {','.join(agents)} x "
+                             f"--seeds {args.seeds}; add it there or drop the cell")
+    metric = (config["metric"] or {}).get("name", "")
+    if metric not in LOGGED_METRICS and not metric.startswith(LOGGED_PREFIXES):
+        raise ValueError(f"{path}: metric {metric!r} is not logged by a bench cell; use dev_metric")
+    return config
 
 
 def _applicable_fields(agent: str) -> set[str]:
@@ -61,8 +106,6 @@ def check_sweep(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: missing key(s) {missing}; a sweep file needs {list(REQUIRED_KEYS)}")
     command = [str(part) for part in config["command"]]
     if "train" not in command and ("bench" in command or "demo" in command):  # kd-gym bench --emit-sweep
-        from agents.experiments.grid import check_bench_grid
-
         return check_bench_grid(path, config)
     if "train" not in command or not any(macro in command for macro in ARGS_MACROS):
         raise ValueError(f"{path}: the command must run `kd-gym train` and pass the parameters with one of "
@@ -74,7 +117,7 @@ def check_sweep(path: str | Path) -> dict[str, Any]:
         applicable = _applicable_fields(agent)
     except ValueError as error:  # an unknown agent name or path
         raise ValueError(f"{path}: {error}") from error
-    options = {option for action in _train_parser()._actions for option in action.option_strings}
+    options = {option for action in subcommand_parser("train")._actions for option in action.option_strings}
     # a plug-in agent (module:Class) gets its Config fields as flags once named, like the built-ins
     options |= {f"--{name}" for name in applicable} | {f"--{name.replace('_', '-')}" for name in applicable}
     for name in config["parameters"] or {}:

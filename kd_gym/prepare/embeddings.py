@@ -10,7 +10,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kd_gym.prepare.cache import cached_tensor, fingerprint, hash_files, kd_gym_home, resolve_model_folder
+from kd_gym.prepare.cache import (
+    cached_tensor,
+    fingerprint,
+    hash_files,
+    kd_gym_home,
+    minilm_path,
+    resolve_model_folder,
+)
 from kd_gym.prepare.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
 from kd_gym.tasks import Task
 
@@ -32,8 +39,6 @@ class SentenceEncoder:
     def __init__(self, model: str | Path | None = None, *, cache_dir: str | Path | None = None,
                  max_length: int = 64, batch_size: int = 128, device: str = "auto", precision: str = "auto") -> None:
         if model is None:
-            from kd_gym.defaults import minilm_path
-
             model = minilm_path()
         self.folder = resolve_model_folder(model)
         self.cache_dir = Path(cache_dir) if cache_dir else kd_gym_home()
