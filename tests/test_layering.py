@@ -66,3 +66,10 @@ def test_no_reach_into_the_env_trainer(folder):
             for number, line in enumerate(path.read_text().splitlines(), 1)
             if re.search(r"unwrapped\.trainer\b|\.unwrapped\._\w", line)]
     assert hits == [], f"env internals read at {hits}; use the documented attributes (docs/env.md)"
+
+
+def test_policies_do_not_import_the_harness():
+    graph = import_graph()
+    wrong = [(a, b) for a, b in graph.edges
+             if a.startswith("agents") and not a.startswith("agents.experiments") and b.startswith("agents.experiments")]
+    assert wrong == [], f"policies import the experiment harness: {wrong}"
