@@ -61,11 +61,11 @@ def check_pool_rows(pool_dir: str | Path, task: Task) -> None:
                 f"for this task and split: `kd-gym teachers build --task {task.name} --seed <split seed>`")
 
 
-def pool_silos(pool_dir: str | Path, task: Task) -> tuple[np.ndarray, list[str | None]] | None:
-    """Which silo each train row of ``task`` is in, and which silo each teacher of the pool is the expert of,
+def pool_silos(pool_dir: str | Path, task: Task, split: str = "train") -> tuple[np.ndarray, list[str | None]] | None:
+    """Which silo each row of ``task``'s ``split`` is in, and which silo each teacher of the pool is the expert of,
     from the ``pool.json`` of ``kd-gym teachers build`` (None for a pool that does not say).
 
-    :return: ((N,) silo names of the train rows, (K,) a teacher's silo or None for one trained on every silo).
+    :return: ((N,) silo names of the split's rows, (K,) a teacher's silo or None for one trained on every silo).
     """
     manifest = Path(pool_dir) / "pool.json"
     if not manifest.exists():
@@ -75,11 +75,11 @@ def pool_silos(pool_dir: str | Path, task: Task) -> tuple[np.ndarray, list[str |
     if silos is None:
         return None
     if silos["kind"] == "column":
-        rows = np.asarray(task.splits["train"][silos["column"]]).astype(str)
+        rows = np.asarray(task.splits[split][silos["column"]]).astype(str)
     else:  # k-means: the nearest centroid of the row's sentence embedding (the encoder the silos were made with)
         from kd_gym.prepare.embeddings import SentenceEncoder
 
-        embeddings = SentenceEncoder(info.get("base")).encode(task, "train").numpy()
+        embeddings = SentenceEncoder(info.get("base")).encode(task, split).numpy()
         centroids = np.asarray(silos["centroids"], dtype=np.float32)
         nearest = ((embeddings[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
         rows = np.asarray(silos["names"])[nearest]

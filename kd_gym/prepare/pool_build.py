@@ -48,8 +48,8 @@ class TeacherRecipe:
     :param examples: rows drawn at random from the allowed teacher rows (None: all of them).
     :param silos: restrict the rows to these silos (None: every silo); see :func:`silo_labels`.
     :param lr: minilm: peak learning rate.
-    :param min_steps: minilm: train for at least this many updates (whole epochs; a small silo gets several, so that
-        its expert learns its silo instead of predicting its most common label).
+    :param min_steps: minilm: train for at least this many updates (a small silo gets several passes, the last one
+        partial, so that its expert learns its silo instead of predicting its most common label).
     :param c: tfidf: inverse regularisation strength.
     """
 
@@ -67,8 +67,12 @@ TEACHER_SHARE = 0.4  # share of the train rows reserved for teachers; the studen
 # Shallow models need larger learning rates to move in one short epoch (measured on a dev sample: a 2-layer
 # teacher reaches 51% at 1e-4 and 69% at 5e-4).
 # One epoch of a 992-row silo is 31 updates, after which a 3-layer expert still predicts one label everywhere
-# (measured: dev accuracy 38.8%, the share of the majority class); 150 updates (5 epochs) teach it its silo.
+# (measured: dev accuracy 38.8%, the share of the majority class); 150 updates (about 5 epochs) teach it its silo.
 EXPERT_MIN_STEPS = 150
+MICRO_BATCHES = 2
+"""each fine-tuning batch is sorted by token count and run as this many micro-batches whose gradients add up to the
+batch's: the same update on fewer padding tokens (measured on 2 CPU cores: 0.9 s -> 0.5 s per update with fused
+AdamW; docs/tasks-and-teachers.md)"""
 SILO_COLUMN = "topic"  # a task column that names each row's silo (tweets: its topic)
 KMEANS_SILOS = 5  # silos of a task without a SILO_COLUMN: k-means clusters of the sentence embeddings
 
@@ -119,6 +123,16 @@ def silo_labels(task: Task, fit_rows: np.ndarray, *, seed: int = 0, k: int = KME
                     "centroids": kmeans.cluster_centers_[order].round(6).tolist()}
 
 
+def fast_adamw(params, **kwargs) -> torch.optim.AdamW:
+    """``torch.optim.AdamW(params, **kwargs)`` with the fused kernel (one pass over all parameters, CPU and CUDA,
+    torch >= 2.4), or the default (foreach) implementation where this torch has no fused kernel for the device."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, **kwargs)
+
+
 def finetune_classifier(
     base: str | Path,
     task: Task,
@@ -133,9 +147,14 @@ def finetune_classifier(
     precision: str = "auto",
     desc: str = "fine-tune",
     min_steps: int = 0,
+    micro_batches: int = MICRO_BATCHES,
 ):
-    """Fine-tune a sequence classifier from ``base`` on train instances ``indices``: one epoch, or as many whole
-    epochs as reach ``min_steps`` updates (each epoch in its own seeded order).
+    """Fine-tune a sequence classifier from ``base`` on train instances ``indices``: one epoch, or ``min_steps``
+    updates if that is more (passes in their own seeded orders, the last one cut at ``min_steps``).
+
+    Each batch is sorted by token count and split into ``micro_batches`` parts whose gradients are summed (each part's
+    mean loss weighted by its share of the batch): the batch's gradient, computed on less padding. The optimizer is
+    AdamW with PyTorch's fused kernel where this torch has it (:func:`fast_adamw`).
 
     :return: (model, tokenizer), the model on CPU in eval mode.
     """
@@ -154,21 +173,30 @@ def finetune_classifier(
     texts, pairs, labels = task.texts("train"), task.text_pairs("train"), task.labels("train")
     rng = np.random.default_rng(seed)
     per_epoch = math.ceil(len(indices) / batch_size)
-    epochs = max(1, math.ceil(min_steps / per_epoch))
+    steps = max(per_epoch, min_steps)
+    epochs = math.ceil(steps / per_epoch)
     order = np.concatenate([rng.permutation(indices) for _ in range(epochs)])
-    steps = epochs * per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    optimizer = fast_adamw(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=max(1, steps // 10), num_training_steps=steps)
-    starts = [e * len(indices) + i for e in range(epochs) for i in range(0, len(indices), batch_size)]
+    starts = [e * len(indices) + i for e in range(epochs) for i in range(0, len(indices), batch_size)][:steps]
+    tokens = np.zeros(len(texts), dtype=int)  # token count of each training row, to sort a batch by
+    if micro_batches > 1:
+        rows = np.unique(indices)
+        ids = tokenizer([texts[i] for i in rows], [pairs[i] for i in rows] if pairs is not None else None,
+                        truncation=True, max_length=max_length)["input_ids"]
+        tokens[rows] = [len(x) for x in ids]
     for start in tqdm(starts, desc=desc, unit="batch", leave=False):
         idx = order[start : min(start + batch_size, (start // len(indices) + 1) * len(indices))]
-        batch = tokenizer(
-            [texts[i] for i in idx], [pairs[i] for i in idx] if pairs is not None else None,
-            truncation=True, max_length=max_length, padding=True, return_tensors="pt",
-        ).to(dev)
-        with autocast(dev, dtype):
-            loss = model(**batch, labels=torch.as_tensor(labels[idx], device=dev)).loss
-        loss.backward()
+        if micro_batches > 1:  # shortest first, so that each micro-batch pads to a length close to its own
+            idx = idx[np.argsort(tokens[idx], kind="stable")]
+        for part in np.array_split(idx, min(micro_batches, len(idx))):
+            batch = tokenizer(
+                [texts[i] for i in part], [pairs[i] for i in part] if pairs is not None else None,
+                truncation=True, max_length=max_length, padding=True, return_tensors="pt",
+            ).to(dev)
+            with autocast(dev, dtype):
+                loss = model(**batch, labels=torch.as_tensor(labels[part], device=dev)).loss
+            (loss * (len(part) / len(idx))).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
@@ -269,6 +297,7 @@ def build_default_pool(
         if not force and (folder / "config.json").exists() and any(folder.glob("*.safetensors")):
             continue
         _train_teacher(recipe, task, indices, folder, base, seed + k, device, precision)
+    trained_at = time.perf_counter()
     hashes = task.row_hashes("train")  # all reserved rows count as seen, so the student's rows stay teacher-free
     seen = sorted({hashes[i] for i in reserved})
     (out / TRAINING_ROWS_FILE).write_text("\n".join(seen) + "\n")
@@ -297,9 +326,30 @@ def build_default_pool(
         "silos": {**silo_info, "teacher_rows": {name: int((silos[reserved] == name).sum())
                                                   for name in silo_info["names"]}},
         "build_seconds": round(time.perf_counter() - started, 1),
+        "train_seconds": round(trained_at - started, 1),  # fine-tuning (and silos); the rest is logits
     }
     (out / "pool.json").write_text(json.dumps(manifest, indent=2))
+    manifest["dev_by_silo"] = silo_accuracy(out, task, teachers, "dev")
+    (out / "pool.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def silo_accuracy(pool_dir: Path, task: Task, teachers: TeacherPool, split: str = "dev") -> dict:
+    """Each teacher's accuracy on the rows of each silo of ``split`` (and the rows per silo), from the cached logits:
+    ``{"rows": {silo: n}, "accuracy": {teacher: {silo: acc}}, "routed": acc}``, where ``routed`` sends every row
+    to its own silo's expert (a teacher of the pool trained on that silo alone)."""
+    from kd_gym.defaults import pool_silos
+
+    row_silos, expert_of = pool_silos(pool_dir, task, split)
+    right = (teachers.logits(task, split).argmax(-1).numpy() == task.labels(split)[:, None])  # (N, K)
+    recorded = json.loads((pool_dir / "pool.json").read_text()).get("silos", {}).get("names", [])
+    names = [n for n in recorded if n in set(row_silos)] + sorted(set(row_silos) - set(recorded))
+    accuracy = {t: {s: round(float(right[row_silos == s, k].mean()), 4) for s in names}
+                for k, t in enumerate(teachers.names)}
+    experts = {silo: k for k, silo in enumerate(expert_of) if silo is not None}
+    routed = [right[i, experts[s]] for i, s in enumerate(row_silos) if s in experts]
+    return {"rows": {s: int((row_silos == s).sum()) for s in names}, "accuracy": accuracy,
+            "routed": round(float(np.mean(routed)), 4) if routed else None}
 
 
 def format_manifest(manifest: dict) -> str:
@@ -312,6 +362,16 @@ def format_manifest(manifest: dict) -> str:
         kind = f"{r.get('kind', 'minilm')}" + (f"-l{r['num_layers']}" if r.get("kind", "minilm") == "minilm" else "")
         lines.append(f"{t['name']:<{width}}{kind:>10}{t.get('rows', r.get('examples')) or '-':>8}"
                      f"{t['dev']['accuracy']:>9.4f}{t['test']['accuracy']:>10.4f}")
+    by_silo = manifest.get("dev_by_silo")
+    if by_silo:
+        silos = list(by_silo["rows"])
+        lines.append("")
+        lines.append("dev accuracy per silo (rows)")
+        lines.append(" " * width + "".join(f"{f'{s[:9]} ({n})':>18}" for s, n in by_silo["rows"].items()))
+        for name in names:
+            lines.append(f"{name:<{width}}" + "".join(f"{by_silo['accuracy'][name][s]:>18.4f}" for s in silos))
+        if by_silo.get("routed") is not None:
+            lines.append(f"every row to its own silo's expert: {by_silo['routed']:.4f}")
     lines.append("")
     lines.append("dev disagreement (share of instances where two teachers predict different labels)")
     lines.append(" " * width + "".join(f"{n[:12]:>14}" for n in names))
