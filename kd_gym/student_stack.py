@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
-from kd_gym.student import LiteStudent
+from kd_gym.student import LiteStudent, fused_adamw
 
 
 class StackedLiteStudents:
@@ -78,6 +78,11 @@ class StackedLiteStudents:
         self.params, self.grads = self._views(self.flat_params, shapes), self._views(self.flat_grads, shapes)
         self._moments = self._views(self.exp_avg, shapes), self._views(self.exp_avg_sq, shapes)
         self._denom_views = self._views(self._denom, shapes)
+        # the fused update's operands: student n's blocks, each with student n's step count (a 0-d view of one
+        # (N,) tensor that every update refreshes with one copy)
+        self._blocks = [[t[i] for i in range(n) for t in views] for views in (self.params, self.grads, *self._moments)]
+        self._step_values = torch.zeros(n, dtype=torch.float32, device=self.device)
+        self._block_steps = [self._step_values[i] for i in range(n) for _ in self.params]
         self._saved: tuple = ()
         #: (N,) updates of each student since it was drawn
         self.steps = np.zeros(n, dtype=np.int64)
@@ -228,8 +233,13 @@ class StackedLiteStudents:
                 g.mul_(_per_student(coef, g))
 
     def _adamw(self) -> None:
-        """torch.optim.AdamW's single-tensor update, elementwise on the flat buffers, per-student bias corrections:
-        the same float32 operations in the same order, so the same numbers."""
+        """The trainer's AdamW update of every student: PyTorch's fused kernel (:func:`~kd_gym.student.fused_adamw`)
+        on each student's own parameter blocks, with its own step count, where this torch has it (the same kernel on
+        tensors of the same shapes and values as the trainer's, so the same numbers); else
+        ``torch.optim.AdamW``'s single-tensor update, elementwise on the flat buffers."""
+        if fused_adamw(self.device):
+            self._fused_adamw()
+            return
         beta1, beta2 = self.betas
         p, g, m, v, denom = self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq, self._denom
         same = bool((self.steps == self.steps[0]).all())
@@ -251,6 +261,15 @@ class StackedLiteStudents:
             for p_k, m_k, d_k in zip(self.params, self._moments[0], self._denom_views):
                 d_k.div_(_per_student(bias2_sqrt_t, d_k)).add_(self.eps)
                 p_k.addcdiv_(m_k * _per_student(step_size_t, m_k), d_k, value=-1.0)
+
+    def _fused_adamw(self) -> None:
+        """One ``torch._fused_adamw_`` call over every (student, parameter) block: what ``AdamW(fused=True).step()``
+        runs for one student, for all N (each block a contiguous (shape,) view of the flat buffers)."""
+        self._step_values.copy_(torch.from_numpy(self.steps))
+        params, grads, exp_avgs, exp_avg_sqs = self._blocks
+        torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], self._block_steps, amsgrad=False, lr=self.lr,
+                            beta1=self.betas[0], beta2=self.betas[1], weight_decay=self.weight_decay, eps=self.eps,
+                            maximize=False, grad_scale=None, found_inf=None)
 
     def predict(self, inputs: torch.Tensor, index: np.ndarray | None = None, chunk: int = 512) -> torch.Tensor:
         """(n, M, C) eval-mode logits of the students ``index`` (None: all) on shared rows ``inputs`` (M, D), in
