@@ -29,6 +29,7 @@ from kd_gym.data import KDData, SplitTensors
 from kd_gym.defaults import default_pool, minilm_path
 from kd_gym.env_setup import build_student
 from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
+from kd_gym.student import fused_adamw
 
 
 def build_data(student: str, config: EnvConfig) -> KDData:
@@ -63,7 +64,8 @@ def plain_kd_loop(model: torch.nn.Module, split: SplitTensors, batches: list[np.
     """A textbook KD loop: equal-weight teacher average, CE + T^2 KL, AdamW, the trainer's autocast; no env, no
     features, no host copies."""
     model = model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    fused = {"fused": True} if fused_adamw(device) else {}  # the trainer's optimizer, so only the env's work differs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, **fused)
 
     def run() -> float:
         started = time.perf_counter()

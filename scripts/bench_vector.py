@@ -57,7 +57,7 @@ def tiny_data(seed: int = 0, n_train: int = 4000, n_dev: int = 1000, dim: int = 
 def default_data() -> KDData:
     """The default lite env's data (task, pool and embeddings read from the cache), built once: every env of the run
     gets it through ``data=``, which gives the default env's student rows, regime and dev subset again."""
-    return gym.make(LITE, device="cpu").unwrapped.student_data
+    return gym.make(LITE, device="cpu", lite_student="mlp").unwrapped.student_data  # the student the vector env batches
 
 
 def vector_runner(num_envs: int, options: dict, steps: int, seed: int, clock):

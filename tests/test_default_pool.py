@@ -149,3 +149,54 @@ def test_a_silo_oracle_on_a_pool_without_silo_experts_is_an_error_and_auto_is_go
     with pytest.raises(ValueError, match="oracle='silo' reads each instance's silo"):
         gym.make(kd_gym.ENV_IDS[1], oracle="silo", **options)
     assert gym.make(kd_gym.ENV_IDS[1], **options).unwrapped.oracle_kind == "gold"
+
+
+def test_micro_batches_give_the_batch_update_and_min_steps_cuts_the_last_pass(tiny_csv, tiny_encoder, tmp_path,
+                                                                               monkeypatch):
+    """Fine-tuning sorts each batch by length into micro-batches whose gradients add up to the batch's: without
+    dropout, one batch of 32 and two micro-batches of 16 give the same teacher (to float rounding); ``min_steps``
+    updates are made exactly, the last pass over the rows cut short."""
+    import torch
+    from transformers import AutoConfig
+
+    import kd_gym.prepare.pool_build as pool_build
+    from kd_gym.teachers import load_classifier
+
+    folder = tmp_path / "no-dropout"
+    model, tokenizer = load_classifier(tiny_encoder, num_labels=3)
+    config = AutoConfig.from_pretrained(tiny_encoder)
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    assert config.hidden_dropout_prob > 0  # the test would be vacuous with a dropout-free base
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    task = load_task(str(tiny_csv))
+    lengths = [len(tokenizer(t)["input_ids"]) for t in task.texts("train")[:70]]
+    assert len(set(lengths)) > 1  # rows of different lengths: the micro-batches pad differently from the batch
+
+    updates = []
+
+    def counting_sgd(params, lr, weight_decay):
+        # SGD, not AdamW: an update linear in the gradient, so equal gradients give equal teachers to float rounding
+        # (Adam turns the rounding noise of a zero gradient, e.g. the attention keys' bias, into a full step)
+        optimizer = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+        optimizer.register_step_post_hook(lambda *_: updates.append(1))
+        return optimizer
+
+    monkeypatch.setattr(pool_build, "fast_adamw", counting_sgd)
+    # no clipping either: a clipped update would hide a gradient of the right direction but the wrong size
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *args, **kwargs: None)
+    updates.clear()
+    pool_build.finetune_classifier(folder, task, np.arange(70), lr=0.05, min_steps=5, max_length=16)
+    assert len(updates) == 5  # 3 batches per pass (32, 32, 6): one pass and 2 batches of the next
+    trained = {}
+    for parts in (1, 2, 4):  # two batches of 32: the warm-up gives the first a learning rate of 0, the second 0.05
+        teacher, _ = pool_build.finetune_classifier(folder, task, np.arange(64), lr=0.05, micro_batches=parts,
+                                                    max_length=16)
+        trained[parts] = teacher.state_dict()
+    start = load_classifier(folder, num_labels=3)[0].state_dict()
+    moved = max((trained[1][name] - value).abs().max().item() for name, value in start.items()
+                if not name.startswith("classifier"))  # the head is drawn afresh by seed
+    assert moved > 1e-4  # the update is real, so equal teachers mean equal gradients
+    for parts in (2, 4):
+        for name, value in trained[1].items():
+            torch.testing.assert_close(trained[parts][name], value, atol=1e-5, rtol=0)  # updates: up to 6e-4

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datasets
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 import kd_gym  # noqa: F401  (registers the ids)
@@ -41,7 +42,16 @@ def default_sized_data(seed: int = 0, rows: int = 640) -> KDData:
                   {"train": split(rows), "dev": split(rows // 2), "test": split(rows // 2)})
 
 
-def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes() -> None:
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-adamw", "whole-buffer-adamw"])
+def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes(fused, monkeypatch) -> None:
+    import kd_gym.student
+    import kd_gym.student_stack
+
+    if fused and not kd_gym.student.fused_adamw(torch.device("cpu")):
+        pytest.skip("this torch has no fused AdamW kernel for the CPU")
+    if not fused:  # the path of a torch without one: torch.optim.AdamW's default, the stack's whole-buffer update
+        for module in (kd_gym.student, kd_gym.student_stack):
+            monkeypatch.setattr(module, "fused_adamw", lambda device: False)
     options = {"data": default_sized_data(), "lite_student": "mlp", "device": "cpu", "episode_steps": 9, "dev_subset": 200,
                "reward_interval": 4, "gold_labels": 300, "include_representation": True}
     vector = gym.make_vec(LITE, num_envs=N, vectorization_mode="vector_entry_point", **options)
