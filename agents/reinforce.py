@@ -84,6 +84,16 @@ class ReinforceConfig(AgentConfig):
     so that the selector can route instances to teachers (TeacherSelector); False: the paper's shared unit"""
     router_hidden: int = 0
     """routed: tanh units of the router's hidden layer (0: a linear router)"""
+    gold_replay: int = 0
+    """advantage='gold': keep the last this many labelled instances seen (their raw states and per-teacher gold
+    signal) and fit every update on a minibatch of them with the expected (all-action) gradient of the kept
+    teachers' signal, sum_k p_k delta_k, which needs no sampled action and so stays exact off-policy (0: only the
+    step's own labelled instances, with sampled actions); beyond the paper"""
+    gold_replay_batch: int = 64
+    """gold_replay: replayed instances per update"""
+    gold_signal: str = "ce"
+    """advantage='gold': 'ce' (minus each teacher's CE on the gold label, centred per instance) or 'best' (1 for
+    the teacher with the lowest CE, 0 for the others, centred: only the instance's best teacher is worth keeping)"""
 
 
 @dataclasses.dataclass
@@ -204,6 +214,17 @@ class ReinforceAgent(Agent):
         self.baseline, self.return_var, self.updates, self.credit_var = 0.0, 1.0, 0, 1.0
         self.metrics: dict[str, float] = {}
         self.window = Window()
+        if cfg.gold_signal not in ("ce", "best"):
+            raise ValueError(f"gold_signal={cfg.gold_signal!r} is invalid; use 'ce' or 'best'")
+        if cfg.gold_replay < 0 or cfg.gold_replay_batch < 1:
+            raise ValueError(f"gold_replay={cfg.gold_replay} must be >= 0 and gold_replay_batch="
+                             f"{cfg.gold_replay_batch} >= 1")
+        if cfg.gold_replay and cfg.advantage != "gold":
+            raise ValueError(f"gold_replay={cfg.gold_replay} replays labelled instances for advantage='gold', not "
+                             f"advantage={cfg.advantage!r}; set advantage='gold' or gold_replay=0")
+        #: advantage='gold' with gold_replay: (raw state (K, d), centred signal (K,)) of the last labelled instances
+        self.replay: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.replay_cursor = 0
 
     # -- state and policy
     def _update_input_stats(self, states: list[torch.Tensor]) -> None:
@@ -291,11 +312,47 @@ class ReinforceAgent(Agent):
         self._record(loss, entropy, probs, credit_std=float(np.sqrt(self.credit_var)), grad_norm=grad_norm,
                      advantage_mean=float(advantage.mean()), advantage_std=float(advantage.std()))
 
+    def _replay_update(self, states: torch.Tensor, signal: np.ndarray) -> None:
+        """``advantage='gold'`` with ``gold_replay``: add the step's labelled instances (raw states (B, K, d), signal
+        (B, K)) to the replay and take one step on ``gold_replay_batch`` replayed ones: minimise
+        ``-mean_i sum_k p_ik delta_ik / std - entropy_coef * entropy``, with ``delta`` the signal centred per instance
+        and ``std`` its running spread. States are normalised with the current statistics at every update."""
+        cfg = self.config
+        rows = np.flatnonzero(np.abs(signal).sum(axis=1) > 0)
+        if len(rows):
+            delta = signal[rows] - signal[rows].mean(axis=1, keepdims=True)
+            self.credit_var = 0.99 * self.credit_var + 0.01 * float((delta**2).mean())
+            for i, d in zip(rows, torch.as_tensor(delta, dtype=torch.float32)):
+                if len(self.replay) < cfg.gold_replay:
+                    self.replay.append((states[i], d))
+                else:
+                    self.replay[self.replay_cursor] = (states[i], d)
+                self.replay_cursor = (self.replay_cursor + 1) % cfg.gold_replay
+        if not self.replay:
+            return
+        pick = torch.randint(len(self.replay), (min(cfg.gold_replay_batch, len(self.replay)),), generator=self.generator)
+        batch_states = torch.stack([self.replay[i][0] for i in pick.tolist()])
+        batch_delta = torch.stack([self.replay[i][1] for i in pick.tolist()])
+        logits = self.policy(self._normalise(batch_states))
+        probs = torch.sigmoid(logits)
+        entropy = torch.distributions.Bernoulli(logits=logits, validate_args=False).entropy().mean()
+        gain = (probs * batch_delta).sum(-1).mean() / float(np.sqrt(self.credit_var + 1e-12))
+        loss = -gain - cfg.entropy_coef * entropy
+        grad_norm = self._step(loss)
+        self._record(loss, entropy, probs, credit_std=float(np.sqrt(self.credit_var)), grad_norm=grad_norm,
+                     advantage_mean=float(gain), replay=float(len(self.replay)))
+
     def _gold_signal(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """(B, K) per-pair signal of ``advantage='gold'``: minus teacher k's CE against the gold label on the
         labelled instances (centred per instance in :meth:`_credit_update`), 0 on the transfer rows."""
         labelled = obs["instance_features"][:, self._labelled_column] > 0.5
-        return np.where(labelled[:, None], -obs["teacher_features"][..., self._ce_column], 0.0)
+        ce = obs["teacher_features"][..., self._ce_column]
+        if self.config.gold_signal == "best":
+            signal = (ce == ce.min(axis=1, keepdims=True)).astype(np.float64)
+            signal /= signal.sum(axis=1, keepdims=True)  # ties share the instance's one unit
+        else:
+            signal = -ce
+        return np.where(labelled[:, None], signal, 0.0)
 
     def _step(self, loss: torch.Tensor) -> float:
         """One Adam step on ``loss``; returns the gradient's norm (a diagnostic)."""
@@ -366,7 +423,9 @@ class ReinforceAgent(Agent):
             obs, reward, terminated, truncated, info = self.env.step(action)
             self._advance(obs, terminated, truncated)
             if cfg.advantage in ("credit", "gold"):
-                if step >= cfg.warmup_steps:
+                if step >= cfg.warmup_steps and cfg.advantage == "gold" and cfg.gold_replay:
+                    self._replay_update(states, credit)
+                elif step >= cfg.warmup_steps:
                     self._credit_update(inputs, taken, info["credit"] if credit is None else credit)
                 window.inputs, window.actions = [], []  # the window return is only used for the baseline metric
             window.total_return += float(reward)
@@ -401,13 +460,16 @@ class ReinforceAgent(Agent):
         return {**super().training_state(), "generator": self.generator.get_state(), "metrics": dict(self.metrics),
                 "window": {"inputs": list(window.inputs), "actions": list(window.actions),
                            "total_return": window.total_return, "steps": window.steps,
-                           "states": list(window.states)}}
+                           "states": list(window.states)},
+                "replay": [list(item) for item in self.replay], "replay_cursor": self.replay_cursor}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         super().load_training_state(state)
         self.generator.set_state(state["generator"])
         self.metrics = dict(state["metrics"])
         self.window = Window(**state["window"])
+        self.replay = [tuple(item) for item in state.get("replay", [])]
+        self.replay_cursor = int(state.get("replay_cursor", 0))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])

@@ -453,3 +453,28 @@ def test_reinforce_measures_the_credit_itself_when_the_env_does_not_report_it(da
         torch.testing.assert_close(learned[0][name], learned[1][name], rtol=0, atol=0)
     start = agents.make("reinforce", make_env(data), seed=3, advantage="credit").policy.state_dict()
     assert not torch.equal(start["teacher_bias"], learned[0]["teacher_bias"])  # it did learn something
+
+
+def test_a_routed_reinforce_learns_routing_from_replayed_gold_labels():
+    # advantage='gold' with gold_replay: the 64 labelled instances (one batch in 8 holds one) are replayed, each
+    # update fitting the expected gain sum_k p_k delta_k on 64 of them; the router learns which teacher is right on
+    # which cluster of the embedding and routes the transfer rows by it. gold_signal='best' (only the instance's
+    # best teacher is worth keeping); with 'ce' every teacher better than the instance's mean is kept (about 0.6 of
+    # the weight on the right teacher here). 4 seeds.
+    data = split_experts_data()
+    routed = []
+    for seed in range(4):
+        env = make_env(data, include_embedding=True, gold_labels=64)
+        agent = agents.make("reinforce", env, seed=seed, learning_rate=0.05, routed=True, advantage="gold",
+                            gold_replay=256, gold_signal="best")
+        agent.learn(400)
+        assert 0 < len(agent.replay) <= 256 and agent.metrics["replay"] == len(agent.replay)
+        routed.append(routed_weight(agent, env))
+    assert sum(w > 0.65 for w in routed) >= 3, routed
+
+
+def test_gold_replay_needs_the_gold_advantage(data):
+    with pytest.raises(ValueError, match="gold_replay=16 replays labelled instances for advantage='gold'"):
+        agents.make("reinforce", make_env(data), gold_replay=16)
+    with pytest.raises(ValueError, match="gold_signal='mean' is invalid"):
+        agents.make("reinforce", make_env(data), advantage="gold", gold_signal="mean")
