@@ -43,11 +43,13 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from torch import nn
 
 from agents.base import Agent, AgentConfig
+from agents.gold_router import GoldRouter
 from agents.selector import TeacherSelector
 from agents.state import PerTeacherState
 
 ACTION_MODES = ("sample", "prob")
-ADVANTAGES = ("return", "credit", "gold")
+MIXTURE_REPLAY = 4096  # advantage='mixture' with gold_replay=0: keep this many labelled instances
+ADVANTAGES = ("return", "credit", "gold", "mixture")
 
 
 @dataclasses.dataclass
@@ -69,7 +71,8 @@ class ReinforceConfig(AgentConfig):
     advantages from each (instance, teacher) pair's credit (env.unwrapped.pair_credit(), or info['credit'] with the
     env option credit=True), measured while learning only; 'gold': per-action advantages on the labelled instances
     from each teacher's CE against the gold label (the observation's teacher_ce), none on the transfer rows;
-    beyond the paper"""
+    'mixture': a categorical router over the teachers fitted by REINFORCE to the labelled instances' gold-label
+    likelihood, log sum_k pi_k p_k(y) (agents.gold_router); beyond the paper"""
     action_mode: str = "sample"
     """weights mode: 'sample' (0/1 Bernoulli weights, the paper) or 'prob' (logit-normal continuous weights)"""
     anneal_lr: bool = False
@@ -95,6 +98,10 @@ class ReinforceConfig(AgentConfig):
     gold_signal: str = "ce"
     """advantage='gold': 'ce' (minus each teacher's CE on the gold label, centred per instance) or 'best' (1 for
     the teacher with the lowest CE, 0 for the others, centred: only the instance's best teacher is worth keeping)"""
+    router_l2: float = 0.3
+    """advantage='mixture': L2 penalty on the router's weights (keeps a gate fitted on few labels smooth)"""
+    mixture_samples: int = 4
+    """advantage='mixture': arms drawn per replayed instance for the REINFORCE estimate"""
 
 
 @dataclasses.dataclass
@@ -175,9 +182,18 @@ class ReinforceAgent(Agent):
         if cfg.gold_replay < 0 or cfg.gold_replay_batch < 1:
             raise ValueError(f"gold_replay={cfg.gold_replay} must be >= 0 and gold_replay_batch="
                              f"{cfg.gold_replay_batch} >= 1")
-        if cfg.gold_replay and cfg.advantage != "gold":
-            raise ValueError(f"gold_replay={cfg.gold_replay} replays labelled instances for advantage='gold', not "
-                             f"advantage={cfg.advantage!r}; set advantage='gold' or gold_replay=0")
+        if cfg.gold_replay and cfg.advantage not in ("gold", "mixture"):
+            raise ValueError(f"gold_replay={cfg.gold_replay} replays labelled instances for advantage='gold' or "
+                             f"'mixture', not advantage={cfg.advantage!r}; set one of those or gold_replay=0")
+        #: advantage='mixture': the gold-likelihood router that acts and learns instead of the keep/drop selector
+        self.router = None
+        if cfg.advantage == "mixture":
+            self.router = GoldRouter(
+                self.unwrapped.instance_feature_names, self.unwrapped.teacher_feature_names, len(teachers),
+                self.unwrapped.num_labels, learning_rate=cfg.learning_rate, l2=cfg.router_l2,
+                entropy_coef=cfg.entropy_coef, samples=cfg.mixture_samples,
+                replay_size=cfg.gold_replay or MIXTURE_REPLAY, replay_batch=cfg.gold_replay_batch,
+                generator=self.generator)
         #: advantage='gold' with gold_replay: (raw state (K, d), centred signal (K,)) of the last labelled instances
         self.replay: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.replay_cursor = 0
@@ -227,7 +243,20 @@ class ReinforceAgent(Agent):
             z = logits + self.config.logit_std * noise
             return torch.sigmoid(z).numpy().astype(np.float32), z
 
+    def _route(self, obs: dict[str, np.ndarray], deterministic: bool) -> np.ndarray:
+        """advantage='mixture': the router's action, one teacher per instance drawn from pi (one-hot); with
+        ``deterministic``, pi itself as the weights (select mode: the most probable teacher)."""
+        probs = self.router.probabilities(self.router.view(obs))
+        if deterministic and not self.select_mode:
+            return probs.numpy().astype(np.float32)
+        arms = probs.argmax(-1) if deterministic else torch.multinomial(probs, 1, generator=self.generator)[:, 0]
+        action = np.zeros(self.batch_shape, dtype=self._action_dtype)
+        action[np.arange(len(action)), arms.numpy()] = 1
+        return action
+
     def predict(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
+        if self.router is not None:
+            return self._route(obs, deterministic)
         if deterministic:
             probs = self.keep_probabilities(obs)
             return (probs > 0.5).astype(np.int8) if self.select_mode else probs.astype(np.float32)
@@ -352,6 +381,8 @@ class ReinforceAgent(Agent):
         ``callback(locals())`` after each step. ``resume``: continue a loaded :meth:`training_state` (the loop, the
         open window, the action noise's generator) exactly; see :class:`~agents.base.Agent`."""
         cfg = self.config
+        if self.router is not None:
+            return self._learn_mixture(total_steps, callback, resume)
         self._begin(total_steps, resume)
         if not resume:
             self.window = Window()
@@ -401,8 +432,42 @@ class ReinforceAgent(Agent):
                 break
         return self
 
+    def _learn_mixture(self, total_steps: int, callback, resume: bool) -> ReinforceAgent:
+        """advantage='mixture': every step folds the batch's views into the router's standardisation and its
+        labelled instances into the replay, acts (every teacher during the warm-up, then one drawn from pi per
+        instance) and takes one router step on a replayed minibatch (agents.gold_router)."""
+        cfg, router = self.config, self.router
+        self._begin(total_steps, resume)
+        while self.loop.step < total_steps:
+            step = self.loop.step
+            if cfg.anneal_lr:
+                for group in router.optimizer.param_groups:
+                    group["lr"] = cfg.learning_rate * (1.0 - step / total_steps)
+            obs = self._observation()
+            views = router.view(obs)
+            router.observe(views)
+            router.remember(obs, views)
+            if step < cfg.warmup_steps:
+                action = np.ones(self.batch_shape, dtype=self._action_dtype)
+            else:
+                action = self._route(obs, deterministic=False)
+                metrics = router.update()
+                if metrics is not None:
+                    self.updates += 1
+                    routes = [metrics.pop(f"route[{k}]") for k in range(len(self.unwrapped.teacher_names))]
+                    self.metrics.update(metrics, updates=float(self.updates), keep_probability=float(np.mean(routes)))
+                    for teacher, share in zip(self.unwrapped.teacher_names, routes):
+                        self.metrics[f"keep_probability[{teacher}]"] = share
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            self._advance(obs, terminated, truncated)
+            if callback is not None and callback(locals()) is False:
+                break
+        return self
+
     # -- persistence
     def state_dict(self) -> dict[str, Any]:
+        if self.router is not None:
+            return {"router": self.router.state_dict(), "updates": self.updates}
         return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "input_mean": self.input_stats.mean, "input_var": self.input_stats.var,
                 "input_count": self.input_stats.count, "baseline": self.baseline, "return_var": self.return_var,
@@ -417,7 +482,8 @@ class ReinforceAgent(Agent):
                 "window": {"inputs": list(window.inputs), "actions": list(window.actions),
                            "total_return": window.total_return, "steps": window.steps,
                            "states": list(window.states)},
-                "replay": [list(item) for item in self.replay], "replay_cursor": self.replay_cursor}
+                "replay": [list(item) for item in self.replay], "replay_cursor": self.replay_cursor,
+                **({"router": self.router.training_state()} if self.router is not None else {})}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         super().load_training_state(state)
@@ -426,8 +492,14 @@ class ReinforceAgent(Agent):
         self.window = Window(**state["window"])
         self.replay = [tuple(item) for item in state.get("replay", [])]
         self.replay_cursor = int(state.get("replay_cursor", 0))
+        if self.router is not None:
+            self.router.load_training_state(state["router"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.router is not None:
+            self.router.load_state_dict(state["router"])
+            self.updates = state["updates"]
+            return
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.input_stats.mean, self.input_stats.var = np.asarray(state["input_mean"]), np.asarray(state["input_var"])

@@ -11,42 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import datasets
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from agent_data import BATCH, LABELS, TEACHERS, WRONG, make_env, noisy_teacher_data
 
 import agents
 import kd_gym  # noqa: F401 - registers the envs
 from agents.sb3 import InstanceVecEnv, load_hyperparams
 from agents.state import PerTeacherState
-from kd_gym.data import KDData, SplitTensors
-from kd_gym.tasks import Task
-
-BATCH, TEACHERS, LABELS, WRONG = 16, 3, 3, 2
-
-
-def noisy_teacher_data(seed: int = 0, n_train: int = 2048, n_dev: int = 512, dim: int = 16) -> KDData:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(0.0, 1.0, (LABELS, dim))
-
-    def split(n: int, label_noise: float, with_teachers: bool = True) -> SplitTensors:
-        truth = rng.integers(0, LABELS, n)
-        embeddings = centers[truth] + rng.normal(0.0, 1.0, (n, dim))
-        labels = np.where(rng.random(n) < label_noise, rng.integers(0, LABELS, n), truth)
-        logits = rng.normal(0.0, 1.0, (n, TEACHERS, LABELS))
-        for k in range(TEACHERS):
-            target = (truth + 1) % LABELS if k == WRONG else truth
-            logits[np.arange(n), k, target] += 6.0 if k == WRONG else 4.0
-        return SplitTensors({"embeddings": torch.tensor(embeddings, dtype=torch.float32)}, torch.tensor(labels),
-                            torch.tensor(rng.integers(5, 20, n)),
-                            torch.tensor(logits, dtype=torch.float32) if with_teachers else None)
-
-    tables = {s: datasets.Dataset.from_dict({"text": ["unused"], "label": [0]}) for s in ("train", "dev", "test")}
-    task = Task("synthetic", tables, ["l0", "l1", "l2"], "accuracy")
-    splits = {"train": split(n_train, 0.3), "dev": split(n_dev, 0.0), "test": split(n_dev, 0.0, False)}
-    return KDData(task, [f"teacher{k}" for k in range(TEACHERS)], splits)
+from kd_gym.data import KDData
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,14 +36,6 @@ def one_thread():
 @pytest.fixture(scope="module")
 def data() -> KDData:
     return noisy_teacher_data()
-
-
-def make_env(data: KDData, **options) -> gym.Env:
-    config = {"data": data, "lite_student": "mlp", "batch_size": BATCH, "reward": "dev_loss_delta", "reward_interval": 1,
-              "alpha": 0.2,
-              "gold_labels": None,
-              "episode_steps": 100, "dev_subset": 256, "device": "cpu", **options}
-    return gym.make("kd_gym/TeacherSelectionLite-v0", **config)
 
 
 def mean_weights(agent: agents.Agent, env: gym.Env, steps: int = 5) -> np.ndarray:
@@ -382,99 +349,3 @@ def test_sb3_agents_leave_no_log_folder_behind(env_kwargs, tmp_path, monkeypatch
     env = gym.make("kd_gym/TeacherSelectionLite-v0", **{**env_kwargs, "episode_steps": 4})
     agents.make("ppo", env, seed=0, n_steps=2).learn(4)
     assert not list(tmp_path.glob("SB3-*"))
-
-
-# -- routing: a teacher right on one cluster of instances and wrong on the other
-def split_experts_data(seed: int = 0, n_train: int = 2048, n_dev: int = 512, dim: int = 16) -> KDData:
-    """Two clusters of 16-d embeddings, each with the same three class centres. Teacher 0 puts +5 on the true class in cluster 0
-    and on the next class in cluster 1, teacher 1 the reverse, teacher 2 is noise. Only the instance's embedding
-    tells which teacher to follow: each teacher is as confident everywhere. The cluster is the embedding's sign
-    along ``centers[1] - centers[0]`` (they are far apart), which :func:`cluster_of` reads back."""
-    rng = np.random.default_rng(seed)
-    centers = np.stack([np.full(dim, -1.5), np.full(dim, 1.5)])
-    classes = rng.normal(0.0, 1.0, (LABELS, dim))
-    classes -= classes.mean(1, keepdims=True)  # no shift along the clusters' axis
-
-    def split(n: int, with_teachers: bool = True) -> SplitTensors:
-        cluster = rng.integers(0, 2, n)
-        truth = rng.integers(0, LABELS, n)
-        embeddings = centers[cluster] + classes[truth] + rng.normal(0.0, 1.0, (n, dim))
-        logits = rng.normal(0.0, 0.5, (n, TEACHERS, LABELS))
-        for k in range(2):
-            target = np.where(cluster == k, truth, (truth + 1) % LABELS)
-            logits[np.arange(n), k, target] += 5.0
-        return SplitTensors({"embeddings": torch.tensor(embeddings, dtype=torch.float32)}, torch.tensor(truth),
-                            torch.tensor(rng.integers(5, 20, n)),
-                            torch.tensor(logits, dtype=torch.float32) if with_teachers else None)
-
-    tables = {s: datasets.Dataset.from_dict({"text": ["unused"], "label": [0]}) for s in ("train", "dev", "test")}
-    task = Task("synthetic", tables, ["l0", "l1", "l2"], "accuracy")
-    splits = {"train": split(n_train), "dev": split(n_dev), "test": split(n_dev, False)}
-    return KDData(task, [f"teacher{k}" for k in range(TEACHERS)], splits)
-
-
-def routed_weight(agent: agents.Agent, env: gym.Env, steps: int = 5) -> float:
-    """Mean deterministic weight an instance gives the teacher that is right on its cluster, over fresh batches."""
-    obs, _ = env.reset(seed=1234)
-    right = []
-    for _ in range(steps):
-        weights = agent.predict(obs, deterministic=True)
-        weights = weights / np.maximum(weights.sum(1, keepdims=True), 1e-8)
-        cluster = (obs["instance_features"][:, -16:].mean(1) > 0).astype(int)  # the embedding's columns
-        right.append(weights[np.arange(len(cluster)), cluster].mean())
-        obs, *_ = env.step(np.ones((BATCH, TEACHERS), np.float32))
-    return float(np.mean(right))
-
-
-def test_a_routed_reinforce_learns_which_teacher_each_instance_needs_and_the_shared_unit_cannot():
-    # The paper's shared unit adds the same instance term to every teacher's keep logit, so it cannot route by the
-    # embedding (only by each teacher's own columns, e.g. its agreement with the student); the routed selector
-    # (per-teacher weights on the instance's view) can. 64 gold labels, so teacher_correct does not give it away;
-    # per-pair credit; 4 seeds.
-    data = split_experts_data()
-    routed, shared = [], []
-    for seed in range(4):
-        env = make_env(data, include_embedding=True, gold_labels=64)
-        for kwargs, out in (({"routed": True}, routed), ({"routed": False}, shared)):
-            agent = agents.make("reinforce", env, seed=seed, learning_rate=0.05, advantage="credit", **kwargs)
-            out.append(routed_weight(agent.learn(600), env))
-    assert sum(w > 0.65 for w in routed) >= 3, routed
-    assert np.mean(routed) > np.mean(shared) + 0.1, (routed, shared)
-
-
-def test_reinforce_measures_the_credit_itself_when_the_env_does_not_report_it(data):
-    # advantage='credit' without the env option credit=True: the agent calls env.unwrapped.pair_credit() before each
-    # step, the quantity info["credit"] reports after it, so it learns exactly what it learns from info["credit"].
-    learned = []
-    for credit in (True, False):
-        agent = agents.make("reinforce", make_env(data, credit=credit), seed=3, advantage="credit", learning_rate=0.05)
-        learned.append(agent.learn(60).policy.state_dict())
-    for name in learned[0]:
-        torch.testing.assert_close(learned[0][name], learned[1][name], rtol=0, atol=0)
-    start = agents.make("reinforce", make_env(data), seed=3, advantage="credit").policy.state_dict()
-    assert not torch.equal(start["teacher_bias"], learned[0]["teacher_bias"])  # it did learn something
-
-
-def test_a_routed_reinforce_learns_routing_from_replayed_gold_labels():
-    # advantage='gold' with gold_replay: the 64 labelled instances (one batch in 8 holds one) are replayed, each
-    # update fitting the expected gain sum_k p_k delta_k on 64 of them; the router learns which teacher is right on
-    # which cluster of the embedding and routes the transfer rows by it. gold_signal='best' (only the instance's
-    # best teacher is worth keeping); with 'ce' every teacher better than the instance's mean is kept (about 0.6 of
-    # the weight on the right teacher here). 4 seeds.
-    data = split_experts_data()
-    routed = []
-    for seed in range(4):
-        env = make_env(data, include_embedding=True, gold_labels=64)
-        agent = agents.make("reinforce", env, seed=seed, learning_rate=0.05, routed=True, advantage="gold",
-                            gold_replay=256, gold_signal="best")
-        agent.learn(400)
-        assert 0 < len(agent.replay) <= 256 and agent.metrics["replay"] == len(agent.replay)
-        routed.append(routed_weight(agent, env))
-    assert sum(w > 0.65 for w in routed) >= 3, routed
-
-
-def test_gold_replay_needs_the_gold_advantage(data):
-    with pytest.raises(ValueError, match="gold_replay=16 replays labelled instances for advantage='gold'"):
-        agents.make("reinforce", make_env(data), gold_replay=16)
-    with pytest.raises(ValueError, match="gold_signal='mean' is invalid"):
-        agents.make("reinforce", make_env(data), advantage="gold", gold_signal="mean")
