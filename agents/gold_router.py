@@ -111,13 +111,10 @@ class GoldRouter:
                 self.replay_views[self.replay_cursor], self.replay_rewards[self.replay_cursor] = view, reward
             self.replay_cursor = (self.replay_cursor + 1) % self.replay_size
 
-    def update(self) -> dict[str, float] | None:
-        """One REINFORCE step on a replayed minibatch; its metrics, or None while the replay is empty."""
-        if not len(self.replay_views):
-            return None
-        pick = torch.randint(len(self.replay_views), (self.replay_batch,), generator=self.generator)
-        rewards = self.replay_rewards[pick]
-        log_pi = torch.log_softmax(self.logits(self.replay_views[pick]), dim=-1)
+    def loss(self, views: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The REINFORCE loss of instances (views (n, size), rewards (n, K)): ``-mean((r_k / E_pi[r] - 1) log
+        pi(k))`` over ``samples`` arms drawn per instance, ``- entropy_coef * H(pi) + l2 * |W|^2``; and its metrics."""
+        log_pi = torch.log_softmax(self.logits(views), dim=-1)
         pi = log_pi.exp()
         with torch.no_grad():
             arms = torch.multinomial(pi, self.samples, replacement=True, generator=self.generator)  # (n, S)
@@ -126,14 +123,23 @@ class GoldRouter:
         entropy = -(pi * log_pi).sum(-1).mean()
         loss = (-(advantage * log_pi.gather(1, arms)).mean() - self.entropy_coef * entropy
                 + self.l2 * self.gate.weight.square().sum())
+        metrics = {"policy_loss": float(loss.detach()), "entropy": float(entropy.detach()),
+                   "advantage_mean": float(advantage.mean()), "advantage_std": float(advantage.std()),
+                   "log_likelihood": float(expected.log().mean()),
+                   **{f"route[{k}]": float(v) for k, v in enumerate(pi.detach().mean(0))}}
+        return loss, metrics
+
+    def update(self) -> dict[str, float] | None:
+        """One REINFORCE step on a replayed minibatch; its metrics, or None while the replay is empty."""
+        if not len(self.replay_views):
+            return None
+        pick = torch.randint(len(self.replay_views), (self.replay_batch,), generator=self.generator)
+        loss, metrics = self.loss(self.replay_views[pick], self.replay_rewards[pick])
         self.optimizer.zero_grad()
         loss.backward()
         grad_norm = float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in self.gate.parameters()])))
         self.optimizer.step()
-        return {"policy_loss": float(loss.detach()), "entropy": float(entropy.detach()), "grad_norm": grad_norm,
-                "advantage_mean": float(advantage.mean()), "advantage_std": float(advantage.std()),
-                "log_likelihood": float(expected.log().mean()), "replay": float(len(self.replay_views)),
-                **{f"route[{k}]": float(v) for k, v in enumerate(pi.detach().mean(0))}}
+        return {**metrics, "grad_norm": grad_norm, "replay": float(len(self.replay_views))}
 
     # -- persistence
     def state_dict(self) -> dict:

@@ -254,6 +254,7 @@ def _restore(data: KDData, name: str, kwargs: dict, saved: dict, **env_options) 
     ("random", {}),
     ("reinforce", {"warmup_steps": 4, "update_interval": 3}),
     ("reinforce", {"warmup_steps": 4, "action_mode": "prob", "anneal_lr": True}),
+    ("reinforce", {"warmup_steps": 4, "advantage": "mixture", "gold_replay": 40}),
 ])
 def test_learn_resumed_from_a_checkpoint_continues_exactly(data, name, kwargs, stop_after, tmp_path):
     steps, options = 30, {"episode_steps": 10, "reward_interval": 3}

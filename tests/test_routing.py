@@ -91,3 +91,71 @@ def test_gold_replay_needs_the_gold_advantage(data):
         agents.make("reinforce", make_env(data), gold_replay=16)
     with pytest.raises(ValueError, match="gold_signal='mean' is invalid"):
         agents.make("reinforce", make_env(data), advantage="gold", gold_signal="mean")
+
+
+# -- the mixture router (advantage='mixture', agents/gold_router.py)
+def _router_agent(env: gym.Env, seed: int = 0, **kwargs) -> agents.Agent:
+    return agents.make("reinforce", env, seed=seed, advantage="mixture", **kwargs)
+
+
+def test_the_mixture_routers_reinforce_estimate_is_the_gradient_of_the_log_likelihood(data):
+    # E_{k ~ pi}[(r_k / E_pi[r] - 1) grad log pi_k] = grad log sum_k pi_k r_k: with many arms drawn per instance the
+    # estimate agrees with autograd on the exact mixture log-likelihood (a sampler that drew the wrong arms, or an
+    # advantage without the 1 / E_pi[r], would not).
+    agent = _router_agent(make_env(data))
+    router = agent.router
+    torch.manual_seed(0)
+    with torch.no_grad():  # a gate that is not uniform, so the check is not at a symmetric point
+        router.gate.weight.normal_(0.0, 0.3)
+    views = torch.randn(8, router.size)
+    rewards = torch.rand(8, TEACHERS)
+    router.samples, router.l2, router.entropy_coef = 20_000, 0.0, 0.0
+    loss, _ = router.loss(views, rewards)
+    estimate = torch.autograd.grad(loss, router.gate.weight)[0]
+    exact_loss = -torch.log((torch.softmax(router.logits(views), -1) * rewards).sum(-1)).mean()
+    exact = torch.autograd.grad(exact_loss, router.gate.weight)[0]
+    assert torch.linalg.vector_norm(exact) > 0.05
+    torch.testing.assert_close(estimate, exact, atol=0.02 * float(exact.abs().max()), rtol=0.05)
+
+
+def test_the_mixture_router_reads_no_gold_label_column(data):
+    # student_ce uses the gold label and `labelled` says whether it is there: a gate fitted on labelled rows would
+    # read them as constants and misread the transfer rows, so the router never sees them
+    env = make_env(data, gold_labels=300)
+    agent = _router_agent(env)
+    with torch.no_grad():
+        agent.router.gate.weight.normal_(0.0, 1.0)
+    obs, _ = env.reset(seed=0)
+    names = env.unwrapped.instance_feature_names
+    changed = {key: value.copy() for key, value in obs.items()}
+    for name in ("student_ce", "labelled"):
+        changed["instance_features"][:, names.index(name)] += 3.0
+    np.testing.assert_array_equal(agent.predict(obs, deterministic=True), agent.predict(changed, deterministic=True))
+    changed["instance_features"][:, names.index("length")] += 3.0  # a label-free column does move it
+    assert not np.array_equal(agent.predict(obs, deterministic=True), agent.predict(changed, deterministic=True))
+
+
+def test_the_mixture_router_learns_routing_from_few_gold_labels():
+    # split experts, 64 gold labels among 2,048 rows: the router replays the labelled instances and routes the
+    # transfer rows by the embedding; 4 seeds. Its sampled actions pick one teacher per instance.
+    data = split_experts_data()
+    routed = []
+    for seed in range(4):
+        env = make_env(data, include_embedding=True, gold_labels=64)
+        agent = _router_agent(env, seed=seed, learning_rate=0.01).learn(400)
+        assert 0 < len(agent.router.replay_views) <= 4096 and agent.metrics["updates"] > 0
+        action = agent.predict(env.reset(seed=5)[0])
+        assert set(np.unique(action)) <= {0.0, 1.0} and (action.sum(1) == 1).all()
+        routed.append(routed_weight(agent, env))
+    assert sum(w > 0.8 for w in routed) >= 3, routed
+
+
+def test_the_mixture_router_saves_loads_and_resumes(data, tmp_path):
+    env = make_env(data, gold_labels=300)
+    agent = _router_agent(env, seed=2).learn(30)
+    agent.save(tmp_path / "router")
+    loaded = agents.load(tmp_path / "router", make_env(data, gold_labels=300))
+    obs, _ = env.reset(seed=9)
+    np.testing.assert_array_equal(agent.predict(obs, deterministic=True), loaded.predict(obs, deterministic=True))
+    with pytest.raises(ValueError, match="router_l2=-1.0"):
+        _router_agent(env, router_l2=-1.0)
