@@ -54,8 +54,8 @@ ADVANTAGES = ("return", "credit", "gold", "mixture")
 
 @dataclasses.dataclass
 class ReinforceConfig(AgentConfig):
-    learning_rate: float = 0.01
-    """Adam learning rate of the selector"""
+    learning_rate: float = 0.003
+    """Adam learning rate of the selector (of the router with advantage='mixture'; the paper's setting: 0.01)"""
     update_interval: int = 0
     """minimum steps per policy update; a window closes at the next measured reward (0: at every measured reward)"""
     baseline_decay: float = 0.9
@@ -66,7 +66,7 @@ class ReinforceConfig(AgentConfig):
     """first steps keep every teacher while the baseline is fitted (no policy update)"""
     normalize_advantage: bool = True
     """divide advantages by a running std of the returns"""
-    advantage: str = "return"
+    advantage: str = "mixture"
     """'return': the window's return minus the baseline, shared by its actions (the paper); 'credit': per-action
     advantages from each (instance, teacher) pair's credit (env.unwrapped.pair_credit(), or info['credit'] with the
     env option credit=True), measured while learning only; 'gold': per-action advantages on the labelled instances
@@ -141,8 +141,8 @@ class ReinforceAgent(Agent):
         # advantage='credit' reads info["credit"] when the env puts it there (credit=True), else it measures the
         # same per-pair credit itself before each step, while learning only (env.unwrapped.pair_credit())
         self._env_credit = bool(self.unwrapped.config.credit)
-        if cfg.advantage in ("credit", "gold") and cfg.action_mode == "prob" and not self.select_mode:
-            raise ValueError(f"advantage={cfg.advantage!r} needs keep/drop actions: use action_mode='sample'")
+        if cfg.advantage in ("credit", "gold", "mixture") and cfg.action_mode == "prob" and not self.select_mode:
+            raise ValueError(f"advantage={cfg.advantage!r} draws discrete actions (keep/drop or one teacher): use action_mode='sample'")
         if cfg.advantage == "gold":  # the observation's columns it reads
             self._ce_column = self.unwrapped.teacher_feature_names.index("teacher_ce")
             self._labelled_column = self.unwrapped.instance_feature_names.index("labelled")
@@ -325,7 +325,7 @@ class ReinforceAgent(Agent):
         loss = -gain - cfg.entropy_coef * entropy
         grad_norm = self._step(loss)
         self._record(loss, entropy, probs, credit_std=float(np.sqrt(self.credit_var)), grad_norm=grad_norm,
-                     advantage_mean=float(gain), replay=float(len(self.replay)))
+                     advantage_mean=float(gain.detach()), replay=float(len(self.replay)))
 
     def _gold_signal(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """(B, K) per-pair signal of ``advantage='gold'``: minus teacher k's CE against the gold label on the
@@ -513,6 +513,7 @@ class ReinforceAgent(Agent):
 class PaperReinforceConfig(ReinforceConfig):
     """RL-KD's own design: the shared logistic unit and one window return shared by every action."""
 
+    learning_rate: float = 0.01
     routed: bool = False
     advantage: str = "return"
 

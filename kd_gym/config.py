@@ -106,8 +106,9 @@ class EnvConfig:
     """dev instances used for rewards (a fixed subset, kept on the device)"""
     include_representation: bool = False
     """append the student's pooled representation to instance_features"""
-    include_embedding: bool = False
-    """lite student: append the instance's frozen sentence embedding to instance_features"""
+    include_embedding: bool | None = None
+    """append the instance's frozen sentence embedding to instance_features (None: yes for the lite student, no
+    for the full one, which has none; validate() resolves it)"""
     credit: bool = False
     """put info["credit"] (B, K): each (instance, teacher) pair's first-order effect on the dev loss (docs/env.md)"""
 
@@ -135,6 +136,8 @@ class EnvConfig:
                 "gold_labels", "use an integer >= 1, or None for every label")
         require(not (self.include_embedding and self.student == "full"), "include_embedding",
                 "the full student has no frozen embedding; use include_representation=True")
+        if self.include_embedding is None:  # what the instance is: the lite student has it cached, the full has not
+            self.include_embedding = self.student == "lite"
         require(_real(self.temperature) and self.temperature > 0, "temperature", "use a number > 0, e.g. 2.0")
         require(_real(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", "use a number in [0, 1], e.g. 0.5")
         require(self.lr is None or (_real(self.lr) and self.lr > 0), "lr", "use a number > 0, or None for the default")

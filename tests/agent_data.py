@@ -39,7 +39,7 @@ def noisy_teacher_data(seed: int = 0, n_train: int = 2048, n_dev: int = 512, dim
 
 def make_env(data: KDData, **options) -> gym.Env:
     config = {"data": data, "lite_student": "mlp", "batch_size": BATCH, "reward": "dev_loss_delta", "reward_interval": 1,
-              "alpha": 0.2,
+              "alpha": 0.2, "include_embedding": False,
               "gold_labels": None,
               "episode_steps": 100, "dev_subset": 256, "device": "cpu", **options}
     return gym.make("kd_gym/TeacherSelectionLite-v0", **config)
@@ -70,3 +70,21 @@ def split_experts_data(seed: int = 0, n_train: int = 2048, n_dev: int = 512, dim
     task = Task("synthetic", tables, ["l0", "l1", "l2"], "accuracy")
     splits = {"train": split(n_train), "dev": split(n_dev), "test": split(n_dev, False)}
     return KDData(task, [f"teacher{k}" for k in range(TEACHERS)], splits)
+
+
+def assert_same(a, b, where: str = "state") -> None:
+    """Nested dicts / lists of tensors, arrays and plain values are exactly equal."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}.{i}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, torch.as_tensor(b)), where
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    else:
+        assert a == b, where

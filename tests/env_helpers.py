@@ -12,6 +12,12 @@ import kd_gym
 B, K, C = 8, 3, 3  # tiny_env_kwargs: batch_size 8, three teachers, three labels
 P = 4  # teacher_features columns: teacher_ce, teacher_entropy, teacher_correct, teacher_student_kl
 S_BASE = 5  # instance_features columns: teacher_agreement, student_ce, student_entropy, length, labelled
+D_EMBED = 32  # the tiny encoder's hidden size: the embedding columns a lite env appends by default
+
+
+def instance_size(env_id: str) -> int:
+    """S of an env with the default options: the lite env appends the instance's embedding, the full env has none."""
+    return S_BASE + (D_EMBED if "Lite" in env_id else 0)
 OBS_KEYS = {"teacher_features", "instance_features", "teacher_logits", "student_logits"}
 LR = {"kd_gym/TeacherSelection-v0": 3e-3, "kd_gym/TeacherSelectionLite-v0": 1e-2}  # fast enough to move dev
 ENV_IDS = pytest.mark.parametrize("env_id", kd_gym.ENV_IDS)

@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from agent_data import BATCH, LABELS, TEACHERS, WRONG, make_env, noisy_teacher_data
+from agent_data import BATCH, LABELS, TEACHERS, WRONG, assert_same, make_env, noisy_teacher_data
 
 import agents
 import kd_gym  # noqa: F401 - registers the envs
@@ -206,7 +206,7 @@ def test_config_field_overrides_the_yml(data):
 
 # -- REINFORCE's gradient on a case small enough to compute by hand
 def test_reinforce_policy_gradient_matches_the_hand_computed_one(data):
-    agent = agents.make("reinforce", make_env(data), entropy_coef=0.1)
+    agent = agents.make("reinforce", make_env(data), entropy_coef=0.1, advantage="return")
     d = agent.states.size
     with torch.no_grad():
         agent.policy.linear.weight.zero_()
@@ -252,8 +252,8 @@ def _restore(data: KDData, name: str, kwargs: dict, saved: dict, **env_options) 
 @pytest.mark.parametrize("stop_after", [14, 20])  # 14: inside a window; 20: an episode ends, its reset to come
 @pytest.mark.parametrize(("name", "kwargs"), [
     ("random", {}),
-    ("reinforce", {"warmup_steps": 4, "update_interval": 3}),
-    ("reinforce", {"warmup_steps": 4, "action_mode": "prob", "anneal_lr": True}),
+    ("reinforce", {"warmup_steps": 4, "update_interval": 3, "advantage": "return"}),
+    ("reinforce", {"warmup_steps": 4, "action_mode": "prob", "anneal_lr": True, "advantage": "return"}),
     ("reinforce", {"warmup_steps": 4, "advantage": "mixture", "gold_replay": 40}),
 ])
 def test_learn_resumed_from_a_checkpoint_continues_exactly(data, name, kwargs, stop_after, tmp_path):
@@ -276,24 +276,6 @@ def test_learn_resumed_from_a_checkpoint_continues_exactly(data, name, kwargs, s
         assert torch.equal(value, env.unwrapped.student_state_dict()[key]), key
     assert_same(straight.state_dict(), resumed.state_dict())
     assert_same(straight.training_state(), resumed.training_state())  # loop, random streams, open window
-
-
-def assert_same(a, b, where: str = "state") -> None:
-    """Nested dicts / lists of tensors, arrays and plain values are exactly equal."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), where
-        for key in a:
-            assert_same(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}.{i}")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, torch.as_tensor(b)), where
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b, err_msg=where)
-    else:
-        assert a == b, where
 
 
 def test_resuming_past_the_budget_is_an_error(data, tmp_path):

@@ -19,6 +19,7 @@ from env_helpers import (
     K,
     P,
     assert_obs_equal,
+    instance_size,
     make,
     student_parameters,
     weights_actions,
@@ -55,7 +56,8 @@ def test_spaces_have_the_documented_shapes(env_id, action_type, env_kwargs) -> N
     env = make(env_id, env_kwargs, action_type=action_type)
     spaces = env.observation_space.spaces
     assert spaces["teacher_features"].shape == (B, K, P) and spaces["teacher_features"].dtype == np.float32
-    assert spaces["instance_features"].shape == (B, S_BASE) and spaces["instance_features"].dtype == np.float32
+    s = instance_size(env_id)
+    assert spaces["instance_features"].shape == (B, s) and spaces["instance_features"].dtype == np.float32
     assert spaces["teacher_logits"].shape == (B, K, C) and spaces["student_logits"].shape == (B, C)
     if action_type == "weights":
         assert isinstance(env.action_space, gym.spaces.Box) and env.action_space.shape == (B, K)
@@ -65,19 +67,19 @@ def test_spaces_have_the_documented_shapes(env_id, action_type, env_kwargs) -> N
     assert env.unwrapped.teacher_feature_names == ["teacher_ce", "teacher_entropy", "teacher_correct",
                                                    "teacher_student_kl"]
     assert env.unwrapped.instance_feature_names == ["teacher_agreement", "student_ce", "student_entropy", "length",
-                                                    "labelled"]
+                                                    "labelled", *(f"embedding[{i}]" for i in range(s - S_BASE))]
     assert env.unwrapped.teacher_names == ["teacher0", "teacher1", "teacher2"]
     obs, info = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     assert {key: value.shape for key, value in obs.items()} == {
-        "teacher_features": (B, K, P), "instance_features": (B, S_BASE), "teacher_logits": (B, K, C),
+        "teacher_features": (B, K, P), "instance_features": (B, s), "teacher_logits": (B, K, C),
         "student_logits": (B, C)}
     assert info["step"] == 0 and 0.0 <= info["dev_metric"] <= 1.0  # the dev reward measured its baseline
 
 
 @ENV_IDS
 def test_include_representation_appends_the_student_representation(env_id, env_kwargs) -> None:
-    env = make(env_id, env_kwargs, include_representation=True, ngram_dim=16)
+    env = make(env_id, env_kwargs, include_representation=True, include_embedding=False, ngram_dim=16)
     size = 16 if "Lite" in env_id else 32  # lite: its mean n-gram embedding; full: the encoder's hidden size
     names = env.unwrapped.instance_feature_names
     assert len(names) == S_BASE + size and names[S_BASE:] == [f"student_repr[{i}]" for i in range(size)]

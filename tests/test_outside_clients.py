@@ -13,14 +13,21 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from env_helpers import S_BASE, B, C, K, P
+from env_helpers import B, C, K, P, instance_size
 
 import kd_gym
 from kd_gym.flat import observation_layout
 
 FLAT, LITE_FLAT = kd_gym.FLAT_ENV_IDS
 RL_ZOO_PPO = Path(__file__).resolve().parents[1] / "agents" / "hyperparams" / "rl_zoo" / "ppo.yml"
-FLAT_OBS_SIZE = B * S_BASE + B * C + B * K * P + B * K * C  # instance_features, student_logits, teacher_*
+S_LITE = instance_size("kd_gym/TeacherSelectionLite-v0")  # the lite env appends the embedding
+
+
+def flat_obs_size(s: int) -> int:
+    return B * s + B * C + B * K * P + B * K * C  # instance_features, student_logits, teacher_*
+
+
+FLAT_OBS_SIZE = flat_obs_size(S_LITE)  # the lite flat id's
 
 
 def test_flat_ids_are_registered_next_to_the_dict_ids() -> None:
@@ -36,7 +43,8 @@ def test_sb3_check_env_passes_on_flat_ids_with_warnings_as_errors(env_id, action
     from stable_baselines3.common.env_checker import check_env
 
     env = gym.make(env_id, **env_kwargs, action_type=action_type)
-    assert env.observation_space == gym.spaces.Box(-50.0, 50.0, (FLAT_OBS_SIZE,), np.float32)
+    size = flat_obs_size(instance_size(env_id))
+    assert env.observation_space == gym.spaces.Box(-50.0, 50.0, (size,), np.float32)
     expected_action = (gym.spaces.Box(-1.0, 1.0, (B * K,), np.float32) if action_type == "weights"
                        else gym.spaces.MultiBinary(B * K))
     assert env.action_space == expected_action
@@ -52,7 +60,7 @@ def test_flat_view_is_the_dict_env_flattened_and_actions_map_affinely_to_weights
     dict_obs, _ = dict_env.reset(seed=3)
     layout = observation_layout(dict_env.observation_space)
     assert list(layout) == ["instance_features", "student_logits", "teacher_features", "teacher_logits"]
-    assert [shape for _, shape in layout.values()] == [(B, S_BASE), (B, C), (B, K, P), (B, K, C)]
+    assert [shape for _, shape in layout.values()] == [(B, S_LITE), (B, C), (B, K, P), (B, K, C)]
     for name, (part, shape) in layout.items():
         np.testing.assert_array_equal(flat_obs[part].reshape(shape), dict_obs[name], err_msg=name)
 

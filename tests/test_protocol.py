@@ -3,6 +3,7 @@ students on unseen seeds, and their mean is the result."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import gymnasium as gym
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from agent_data import assert_same
 
 import agents
 from agents.experiments import protocol
@@ -66,12 +68,11 @@ def test_a_learning_agent_trains_over_several_students_then_evaluates_frozen(env
     # Evaluation changes nothing the agent has learned.
     agent = agents.make("reinforce", env, seed=0, update_interval=2)
     agent.learn(2 * STEPS)
-    before = {k: v.clone() for k, v in agent.policy.state_dict().items()}
+    before = copy.deepcopy(agent.state_dict())
     monitors = [TrainingMonitor(env, 2) for _ in range(2)]
     scores = evaluate_policy(agent, monitors, STEPS, eval_seeds(0, 2))
     assert [s["seed"] for s in scores] == eval_seeds(0, 2)
-    for key, value in agent.policy.state_dict().items():
-        assert torch.equal(value, before[key]), key
+    assert_same(agent.state_dict(), before)
 
 
 def test_bench_runs_the_protocol_and_records_it(tiny_env_kwargs, tmp_path):

@@ -87,8 +87,8 @@ def test_a_routed_reinforce_learns_routing_from_replayed_gold_labels():
 
 
 def test_gold_replay_needs_the_gold_advantage(data):
-    with pytest.raises(ValueError, match="gold_replay=16 replays labelled instances for advantage='gold'"):
-        agents.make("reinforce", make_env(data), gold_replay=16)
+    with pytest.raises(ValueError, match="gold_replay=16 replays labelled instances for advantage='gold' or 'mixture'"):
+        agents.make("reinforce", make_env(data), gold_replay=16, advantage="return")
     with pytest.raises(ValueError, match="gold_signal='mean' is invalid"):
         agents.make("reinforce", make_env(data), advantage="gold", gold_signal="mean")
 
