@@ -63,9 +63,9 @@ class GoldRouter:
         self.stats = RunningMeanStd(shape=(self.size,))
         self.l2, self.entropy_coef, self.samples = l2, entropy_coef, samples
         self.replay_size, self.replay_batch, self.generator = replay_size, replay_batch, generator
-        self.replay_views = torch.zeros(0, self.size)
-        self.replay_rewards = torch.zeros(0, num_teachers)
-        self.replay_cursor = 0
+        self.replay_views = torch.zeros(replay_size, self.size)  # the first replay_count rows are filled
+        self.replay_rewards = torch.zeros(replay_size, num_teachers)
+        self.replay_count = self.replay_cursor = 0
         self._set_scale()
 
     # -- the view and the policy
@@ -104,12 +104,9 @@ class GoldRouter:
             return
         rewards = torch.from_numpy(np.exp(-obs["teacher_features"][rows, :, self.ce_column]).astype(np.float32))
         for view, reward in zip(views[rows], rewards):
-            if len(self.replay_views) < self.replay_size:
-                self.replay_views = torch.cat([self.replay_views, view[None]])
-                self.replay_rewards = torch.cat([self.replay_rewards, reward[None]])
-            else:
-                self.replay_views[self.replay_cursor], self.replay_rewards[self.replay_cursor] = view, reward
+            self.replay_views[self.replay_cursor], self.replay_rewards[self.replay_cursor] = view, reward
             self.replay_cursor = (self.replay_cursor + 1) % self.replay_size
+            self.replay_count = min(self.replay_count + 1, self.replay_size)
 
     def loss(self, views: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The REINFORCE loss of instances (views (n, size), rewards (n, K)): ``-mean((r_k / E_pi[r] - 1) log
@@ -131,15 +128,15 @@ class GoldRouter:
 
     def update(self) -> dict[str, float] | None:
         """One REINFORCE step on a replayed minibatch; its metrics, or None while the replay is empty."""
-        if not len(self.replay_views):
+        if not self.replay_count:
             return None
-        pick = torch.randint(len(self.replay_views), (self.replay_batch,), generator=self.generator)
+        pick = torch.randint(self.replay_count, (self.replay_batch,), generator=self.generator)
         loss, metrics = self.loss(self.replay_views[pick], self.replay_rewards[pick])
         self.optimizer.zero_grad()
         loss.backward()
         grad_norm = float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in self.gate.parameters()])))
         self.optimizer.step()
-        return {**metrics, "grad_norm": grad_norm, "replay": float(len(self.replay_views))}
+        return {**metrics, "grad_norm": grad_norm, "replay": float(self.replay_count)}
 
     # -- persistence
     def state_dict(self) -> dict:
@@ -154,8 +151,11 @@ class GoldRouter:
         self._set_scale()
 
     def training_state(self) -> dict:
-        return {"views": self.replay_views, "rewards": self.replay_rewards, "cursor": self.replay_cursor}
+        n = self.replay_count
+        return {"views": self.replay_views[:n].clone(), "rewards": self.replay_rewards[:n].clone(),
+                "cursor": self.replay_cursor}
 
     def load_training_state(self, state: dict) -> None:
-        self.replay_views, self.replay_rewards = state["views"], state["rewards"]
+        n = self.replay_count = len(state["views"])
+        self.replay_views[:n], self.replay_rewards[:n] = state["views"], state["rewards"]
         self.replay_cursor = int(state["cursor"])

@@ -143,7 +143,7 @@ def test_the_mixture_router_learns_routing_from_few_gold_labels():
     for seed in range(4):
         env = make_env(data, include_embedding=True, gold_labels=64)
         agent = _router_agent(env, seed=seed, learning_rate=0.01).learn(400)
-        assert 0 < len(agent.router.replay_views) <= 4096 and agent.metrics["updates"] > 0
+        assert 0 < agent.router.replay_count == agent.metrics["replay"] <= 4096 and agent.metrics["updates"] > 0
         action = agent.predict(env.reset(seed=5)[0])
         assert set(np.unique(action)) <= {0.0, 1.0} and (action.sum(1) == 1).all()
         routed.append(routed_weight(agent, env))
