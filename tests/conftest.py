@@ -115,3 +115,15 @@ def env_cache(tmp_path_factory):
 def env_kwargs(tiny_env_kwargs, env_cache) -> dict:
     """tiny_env_kwargs with the module's shared cache folder."""
     return {**tiny_env_kwargs, "cache_dir": str(env_cache)}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one thread avoids oversubscription (10x faster on a busy 2-core machine); a module asks for it
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,14 +23,7 @@ from agents.sb3 import InstanceVecEnv, load_hyperparams
 from agents.state import PerTeacherState
 from kd_gym.data import KDData
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids oversubscription (10x faster on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,7 @@ from agent_data import BATCH, TEACHERS, make_env, noisy_teacher_data, split_expe
 
 import agents
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
