@@ -29,11 +29,7 @@ import torch
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from torch import nn
 
-from kd_gym.features import GOLD_INSTANCE_FEATURES
-
-LABEL_FREE_SKIP = (*GOLD_INSTANCE_FEATURES, "labelled")
-"""instance features the router never reads: they use the gold label or say whether it is there, so a gate
-fitted on labelled rows would read them as a constant and misread them on the transfer rows"""
+from agents.state import LabelFreeView
 
 
 class GoldRouter:
@@ -52,10 +48,11 @@ class GoldRouter:
         if samples < 1 or replay_size < 1 or replay_batch < 1 or l2 < 0:
             raise ValueError(f"mixture router: samples={samples}, gold_replay={replay_size} and gold_replay_batch="
                              f"{replay_batch} must be >= 1 and router_l2={l2} >= 0")
-        self.columns = np.array([i for i, name in enumerate(instance_feature_names) if name not in LABEL_FREE_SKIP])
+        #: obs -> (B, size) views
+        self.view = LabelFreeView(instance_feature_names, num_teachers, num_labels)
         self.labelled_column = instance_feature_names.index("labelled")
         self.ce_column = teacher_feature_names.index("teacher_ce")
-        self.size = len(self.columns) + num_teachers * num_labels
+        self.size = self.view.size
         self.gate = nn.Linear(self.size, num_teachers)
         nn.init.zeros_(self.gate.weight)  # equal weights before learning
         nn.init.zeros_(self.gate.bias)
@@ -68,13 +65,7 @@ class GoldRouter:
         self.replay_count = self.replay_cursor = 0
         self._set_scale()
 
-    # -- the view and the policy
-    def view(self, obs: dict[str, np.ndarray]) -> torch.Tensor:
-        """(B, size) raw views: the label-free instance features and every teacher's log-probabilities (T = 1)."""
-        logits = torch.from_numpy(obs["teacher_logits"])
-        log_probs = torch.log_softmax(logits, dim=-1).flatten(1)
-        return torch.cat([torch.from_numpy(obs["instance_features"][:, self.columns]), log_probs], dim=1)
-
+    # -- the policy
     def _set_scale(self) -> None:
         std = np.sqrt(self.stats.var + 1e-8)
         self._scale = (torch.as_tensor(1.0 / std, dtype=torch.float32),

@@ -2,27 +2,38 @@
 
 :class:`~agents.vec_view.InstanceVecEnv` shows one TeacherSelection env as many SB3 sub-environments that share one policy:
 
-- ``view="teacher"`` (default), as in RL-KD: B*K sub-envs, one per (instance, teacher). Sub-env (i, k) observes the
+- ``view="teacher"``, as in RL-KD: B*K sub-envs, one per (instance, teacher). Sub-env (i, k) observes the
   paper's state ``s_ik`` (:mod:`agents.state`: the instance's shared features, teacher k's own features and softened
   prediction, the student's prediction) plus a one-hot teacher id, and decides teacher k's weight (or keep/drop)
   for instance i. The network is shared across instances and teachers, so what it learns about "a teacher that is
   wrong on this instance" carries over between teachers.
 - ``view="instance"``: B sub-envs, one per instance, observing ``[features[i] | teacher_logits[i] | student_logits[i]]``
   and answering for its K teachers.
+- ``view="router"``: B sub-envs, one per instance, observing what the instance shows without its gold label
+  (:class:`~agents.state.LabelFreeView`, the view of REINFORCE's router: label-free features, the embedding, every
+  teacher's log-probabilities) and answering for its K teachers.
 
-``step_wait`` assembles the (B, K) action, steps the real env once (one student update), and gives every sub-env the
-same reward and done. Either way the policy sees one instance at a time and works for any B. (Measured on the
-noisy-teacher test scenario, PPO learned to drop the wrong teacher on 6 of 6 seeds in the teacher view and on at most
-2 of 6 in the instance view, with the same budget.)
+The reward of a sub-env (``instance_reward``): ``"env"``, the env's reward, the same for every sub-env (one student's
+progress, shared by all B*K or B decisions that made it); or ``"gold"``, each labelled instance's own gold credit,
+how much likelier its gold label is under the mixture its action chose than under equal weights (0 on the transfer
+rows; :meth:`~agents.vec_view.InstanceVecEnv.gold_credit`): per-instance credit, a contextual bandit (gamma 0),
+beyond the paper. Both come from the yml entry (``view``, ``instance_reward``: keys of this adapter, not SB3
+keywords) unless the Config sets them; on the lite env PPO's default is ``router`` + ``gold``
+(agents/hyperparams/ppo.yml), the others' ``teacher`` + ``env``.
+
+``step_wait`` assembles the (B, K) action and steps the real env once (one student update). Either way the policy
+sees one instance at a time and works for any B. (Measured on the noisy-teacher test scenario with the env reward,
+PPO learned to drop the wrong teacher on 6 of 6 seeds in the teacher view and on at most 2 of 6 in the instance view,
+with the same budget.)
 
 Units: SB3 counts one timestep per sub-env step, so one env step (student update) is B*K (teacher view) or B
-(instance view) SB3 timesteps.
+(instance and router views) SB3 timesteps.
 ``learn(total_steps)`` runs exactly ``total_steps`` env steps (a callback stops SB3 there). In the hyperparameter
 files (``agents/hyperparams/<algo>.yml``, RL Zoo layout) ``n_steps``, ``train_freq`` and ``learning_starts`` count
 env steps; ``batch_size`` and ``buffer_size`` count SB3 transitions (one per sub-env and step).
 
 Actions: in ``weights`` mode the sub-env's action space is ``Box(-1, 1, (n,))``, n = 1 (teacher view) or K
-(instance view): SB3's recommended symmetric range, so a Gaussian policy starts at weight 0.5 instead of half its
+(instance and router views): SB3's recommended symmetric range, so a Gaussian policy starts at weight 0.5 instead of half its
 samples clipped to 0; mapped to weights by ``(a + 1) / 2``. In ``select`` mode it is ``MultiBinary(n)`` (PPO, A2C).
 
 Normalisation: the raw observation mixes CEs, 0/1 flags and logits up to +-50, and the rewards (dev-loss or
@@ -104,8 +115,13 @@ class _LearnCallback(BaseCallback):
 class SB3Config(AgentConfig):
     """Fields left None come from ``agents/hyperparams/<algo>.yml``."""
 
-    view: str = "teacher"
-    """'teacher': one policy input per (instance, teacher), as in RL-KD; 'instance': one per instance, K outputs"""
+    view: str | None = None
+    """'teacher': one policy input per (instance, teacher), as in RL-KD; 'instance': one per instance, K outputs;
+    'router': one per instance, its label-free view (label-free features, embedding, teachers' log-probabilities)
+    (None: the yml's 'view', else 'teacher')"""
+    instance_reward: str | None = None
+    """(None: the yml's 'instance_reward', else 'env') 'env': every instance gets the env's reward; 'gold': each labelled instance gets its own gold credit (how
+    much likelier its gold label is under the chosen mixture than under equal weights; 0 on the transfer rows)"""
     learning_rate: float | None = None
     """learning rate of the SB3 optimizer(s)"""
     gamma: float | None = None
@@ -180,7 +196,7 @@ class TD3Config(OffPolicyConfig):
 
 # Config field -> SB3 keyword, where they differ.
 _RENAMED = {"minibatch_size": "batch_size"}
-_NOT_SB3 = {"seed", "view", "net_arch", "policy_device", "hyperparams_file", "verbose", "action_noise_std", "log_std_init",
+_NOT_SB3 = {"seed", "view", "instance_reward", "net_arch", "policy_device", "hyperparams_file", "verbose", "action_noise_std", "log_std_init",
             "normalize_obs", "normalize_reward"}
 _RMS = ("obs_rms", "ret_rms")
 
@@ -215,10 +231,16 @@ class SB3Agent(Agent):
         if self.select_mode and not self.supports_select:
             raise ValueError(f"agent {self.name!r} needs continuous actions but the env has action_type='select'; "
                              "use action_type='weights' or a selector that supports it ('ppo', 'a2c', 'reinforce')")
-        self.vec_env = InstanceVecEnv(env, self.config.view)
+        spec = getattr(self.env, "spec", None) or getattr(self.unwrapped, "spec", None)
+        params = load_hyperparams(self.name, spec.id if spec else None, self.config.hyperparams_file or None)
+        #: the adapter's view and per-instance reward: the Config's, else the yml's (keys of this adapter, not SB3's)
+        view, instance_reward = params.pop("view", "teacher"), params.pop("instance_reward", "env")
+        self.view = self.config.view or view
+        self.instance_reward = self.config.instance_reward or instance_reward
+        self.vec_env = InstanceVecEnv(env, self.view, self.instance_reward)
         self.metrics: dict[str, float] = {}
         self._episode_starts = np.ones(self.vec_env.num_envs, dtype=bool)  # for a resumed learn() (training_state)
-        self.hyperparams = self._hyperparams()
+        self.hyperparams = self._hyperparams(params)
         normalize = self.hyperparams.pop("normalize")
         #: VecNormalize around ``vec_env`` (what the model learns on), or None
         self.normalizer = VecNormalize(self.vec_env, **normalize) if normalize else None
@@ -251,10 +273,8 @@ class SB3Agent(Agent):
             return {}
         return kwargs
 
-    def _hyperparams(self) -> dict[str, Any]:
-        """SB3 keywords: the yml entry for the env id, overridden by the Config fields that are set."""
-        spec = getattr(self.env, "spec", None) or getattr(self.unwrapped, "spec", None)
-        params = load_hyperparams(self.name, spec.id if spec else None, self.config.hyperparams_file or None)
+    def _hyperparams(self, params: dict[str, Any]) -> dict[str, Any]:
+        """SB3 keywords: the yml entry for the env id (``params``), overridden by the Config fields that are set."""
         params.pop("n_timesteps", None)  # RL Zoo keys that are not SB3 keywords
         normalize = self._normalize_kwargs(params)
         params.setdefault("policy", "MlpPolicy")

@@ -11,6 +11,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from kd_gym.features import GOLD_INSTANCE_FEATURES
+
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max(-1, keepdims=True))
@@ -50,3 +52,29 @@ class PerTeacherState:
     def tensor(self, obs: dict[str, np.ndarray]) -> torch.Tensor:
         """The same states as a float32 tensor (B, K, size)."""
         return torch.from_numpy(self(obs))
+
+
+class LabelFreeView:
+    """What an instance shows without its gold label, one row per instance: its label-free instance features
+    (every column but those that use the gold label or say whether it is there; the sentence embedding or the
+    student's representation when the observation has them) and every teacher's log-probabilities (T = 1).
+
+    The view of the gold-likelihood router (:mod:`agents.gold_router`) and of the SB3 adapter's ``view="router"``: a
+    policy fitted on the labelled instances reads the same columns, with the same meaning, on the transfer rows.
+
+    :param instance_feature_names: the env's ``instance_feature_names``.
+    :param num_teachers: K.  :param num_labels: C.
+    """
+
+    SKIP = (*GOLD_INSTANCE_FEATURES, "labelled")
+    """instance features left out: a policy fitted on labelled rows would read them as a constant there and misread
+    them on the transfer rows"""
+
+    def __init__(self, instance_feature_names: list[str], num_teachers: int, num_labels: int) -> None:
+        self.columns = np.array([i for i, name in enumerate(instance_feature_names) if name not in self.SKIP])
+        self.size = len(self.columns) + num_teachers * num_labels
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> torch.Tensor:
+        """(B, size) float32 views."""
+        log_probs = torch.log_softmax(torch.from_numpy(obs["teacher_logits"]), dim=-1).flatten(1)
+        return torch.cat([torch.from_numpy(obs["instance_features"][:, self.columns]), log_probs], dim=1)

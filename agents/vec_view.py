@@ -10,7 +10,7 @@ from gymnasium import spaces
 from stable_baselines3.common.env_util import is_wrapped
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.state import PerTeacherState
+from agents.state import LabelFreeView, PerTeacherState
 
 OBS_BOUND = 50.0  # the env's FEATURE_BOUND and LOGIT_BOUND
 
@@ -22,15 +22,25 @@ class InstanceVecEnv(VecEnv):
     :param view: ``"teacher"``: B*K sub-envs, one per (instance, teacher), observing the RL-KD state ``s_ik``
         (:mod:`agents.state`) plus a one-hot teacher id and acting for that teacher alone; ``"instance"``: B sub-envs,
         one per instance, observing ``[instance_features | teacher_features | teacher_logits | student_logits]``
-        (flattened) and acting for its K teachers.
+        (flattened) and acting for its K teachers; ``"router"``: B sub-envs, one per instance, observing what it
+        shows without its gold label (:class:`~agents.state.LabelFreeView`: the label-free instance features, the
+        embedding included, and every teacher's log-probabilities) and acting for its K teachers.
+    :param instance_reward: ``"env"``: every sub-env gets the env's reward; ``"gold"``: sub-envs of a labelled instance
+        get that instance's gold credit (:meth:`gold_credit`), the others 0.
     """
 
-    VIEWS = ("teacher", "instance")
+    VIEWS = ("teacher", "instance", "router")
+    REWARDS = ("env", "gold")
 
-    def __init__(self, env: gym.Env, view: str = "teacher") -> None:
+    def __init__(self, env: gym.Env, view: str = "teacher", instance_reward: str = "env") -> None:
         if view not in self.VIEWS:
             raise ValueError(f"view must be one of {self.VIEWS}, got {view!r}")
-        self.env, self.view = env, view
+        if instance_reward not in self.REWARDS:
+            raise ValueError(f"instance_reward must be one of {self.REWARDS}, got {instance_reward!r}")
+        self.env, self.view, self.instance_reward = env, view, instance_reward
+        base = env.unwrapped
+        self._labelled_column = base.instance_feature_names.index("labelled")
+        self._ce_column = base.teacher_feature_names.index("teacher_ce")
         obs_space = env.observation_space
         b, k, p = obs_space["teacher_features"].shape
         s, c = obs_space["instance_features"].shape[1], obs_space["student_logits"].shape[1]
@@ -39,6 +49,9 @@ class InstanceVecEnv(VecEnv):
         if view == "teacher":
             self.state = PerTeacherState(obs_space, env.unwrapped.config.temperature)
             size, per_env, num_envs = self.state.size + k, 1, b * k
+        elif view == "router":
+            self.state = LabelFreeView(base.instance_feature_names, k, c)
+            size, per_env, num_envs = self.state.size, k, b
         else:
             size, per_env, num_envs = s + k * p + k * c + c, k, b
         observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (size,), np.float32)
@@ -56,8 +69,23 @@ class InstanceVecEnv(VecEnv):
             states = self.state(obs)  # (B, K, d)
             ids = np.broadcast_to(np.eye(self.num_teachers), (b, self.num_teachers, self.num_teachers))
             return np.concatenate([states, ids], axis=-1).reshape(b * self.num_teachers, -1).astype(np.float32)
+        if self.view == "router":
+            return self.state(obs).numpy()
         return np.concatenate([obs["instance_features"], obs["teacher_features"].reshape(b, -1),
                                obs["teacher_logits"].reshape(b, -1), obs["student_logits"]], axis=1).astype(np.float32)
+
+    def gold_credit(self, obs: dict[str, np.ndarray], action: np.ndarray) -> np.ndarray:
+        """(B,) the gold credit of the action on each instance of the batch it was taken on: on a labelled instance,
+        how much likelier the gold label is under the mixture the action chose than under equal weights,
+        ``log(sum_k w_k p_k(y) / sum_k w_k) - log(mean_k p_k(y))`` with ``p_k(y) = exp(-teacher_ce)`` (an empty
+        selection counts as equal weights: 0); 0 on the transfer rows, whose label is hidden. A per-instance reward
+        that the action alone decides (a contextual bandit: use ``gamma=0``); beyond the paper."""
+        p = np.exp(-obs["teacher_features"][..., self._ce_column].astype(np.float64))  # (B, K)
+        w = action.astype(np.float64)
+        total = w.sum(-1)
+        mixture = np.where(total > 0, (w * p).sum(-1) / np.maximum(total, 1e-12), p.mean(-1))
+        credit = np.log(np.maximum(mixture, 1e-30)) - np.log(np.maximum(p.mean(-1), 1e-30))
+        return np.where(obs["instance_features"][:, self._labelled_column] > 0.5, credit, 0.0).astype(np.float32)
 
     def env_action(self, actions: np.ndarray) -> np.ndarray:
         """The env's (B, K) action from the sub-envs' actions."""
@@ -80,6 +108,7 @@ class InstanceVecEnv(VecEnv):
 
     def step_wait(self):
         action = self.env_action(self._actions)
+        acted_on = self.env_obs
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.last_step = {"action": action, "reward": reward, "terminated": terminated, "truncated": truncated,
                           "info": info}
@@ -92,7 +121,11 @@ class InstanceVecEnv(VecEnv):
                 instance_info["terminal_observation"] = flat[i]
                 instance_info["TimeLimit.truncated"] = truncated and not terminated
             flat = self.reset()
-        rewards = np.full(self.num_envs, reward, dtype=np.float32)
+        if self.instance_reward == "gold":
+            per_instance = self.gold_credit(acted_on, action)
+            rewards = np.repeat(per_instance, self.num_envs // self.batch_size)
+        else:
+            rewards = np.full(self.num_envs, reward, dtype=np.float32)
         return flat, rewards, np.full(self.num_envs, done), infos
 
     def close(self) -> None:

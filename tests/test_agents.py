@@ -157,15 +157,18 @@ def test_ppo_observation_normalisation_is_saved_frozen_in_predict_and_restored(d
 
 
 # -- the per-instance view and the hyperparameter files
-@pytest.mark.parametrize("view", ["instance", "teacher"])
+@pytest.mark.parametrize("view", ["instance", "teacher", "router"])
 def test_instance_vec_env_broadcasts_reward_and_resets_on_done(data, view):
     env = make_env(data, episode_steps=2)
-    vec_env = InstanceVecEnv(env, view)
+    vec_env = InstanceVecEnv(env, view, instance_reward="env")
     obs = vec_env.reset()
     s, p = env.observation_space["instance_features"].shape[1], env.observation_space["teacher_features"].shape[2]
     if view == "instance":
         assert obs.shape == (BATCH, s + TEACHERS * p + TEACHERS * LABELS + LABELS)
         actions = np.zeros((BATCH, TEACHERS), np.float32)  # -1..1 -> weight 0.5
+    elif view == "router":  # the label-free instance features (all but student_ce and labelled), log-probabilities
+        assert obs.shape == (BATCH, s - 2 + TEACHERS * LABELS)
+        actions = np.zeros((BATCH, TEACHERS), np.float32)
     else:  # one row per (instance, teacher): its state and a one-hot teacher id
         assert obs.shape == (BATCH * TEACHERS, PerTeacherState(env.observation_space, 2.0).size + TEACHERS)
         np.testing.assert_array_equal(obs[:TEACHERS, -TEACHERS:], np.eye(TEACHERS))
@@ -181,6 +184,32 @@ def test_instance_vec_env_broadcasts_reward_and_resets_on_done(data, view):
     obs, rewards, dones, infos = vec_env.step(actions)
     assert dones.all() and all("terminal_observation" in info for info in infos)
     assert env.unwrapped.student_steps == 0  # the real env was reset: a fresh student
+
+
+def test_the_gold_instance_reward_scores_the_chosen_mixture_on_labelled_instances(data):
+    # instance_reward='gold': log(sum_k w_k p_k(y) / sum_k w_k) - log(mean_k p_k(y)) on labelled instances, 0 on
+    # the transfer rows, an empty selection scored as equal weights; every sub-env of an instance gets its reward
+    env = make_env(data, gold_labels=300)
+    for view in ("router", "teacher"):
+        vec_env = InstanceVecEnv(env, view, instance_reward="gold")
+        vec_env.reset()
+        obs = vec_env.env_obs
+        per_instance = vec_env.num_envs // BATCH  # sub-envs of one instance: K (teacher view) or 1
+        shape = (vec_env.num_envs, *vec_env.action_space.shape)
+        actions = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+        actions[:per_instance] = -1.0  # instance 0: every weight 0
+        _, rewards, _, _ = vec_env.step(actions)
+        weights = vec_env.last_step["action"]
+        p = np.exp(-obs["teacher_features"][..., env.unwrapped.teacher_feature_names.index("teacher_ce")])
+        labelled = obs["instance_features"][:, env.unwrapped.instance_feature_names.index("labelled")] > 0.5
+        assert 0 < labelled.sum() < BATCH, "the batch should mix labelled and transfer rows"
+        expected = np.log((weights * p).sum(1) / np.maximum(weights.sum(1), 1e-12)) - np.log(p.mean(1))
+        expected[0] = 0.0
+        expected[~labelled] = 0.0
+        np.testing.assert_allclose(rewards, np.repeat(expected, per_instance), rtol=1e-5, atol=1e-6)
+        assert np.abs(rewards).max() > 0.01
+    with pytest.raises(ValueError, match="instance_reward must be one of"):
+        InstanceVecEnv(env, "router", instance_reward="dev")
 
 
 def test_hyperparameter_files():

@@ -153,3 +153,17 @@ def test_the_mixture_router_saves_loads_and_resumes(data, tmp_path):
     np.testing.assert_array_equal(agent.predict(obs, deterministic=True), loaded.predict(obs, deterministic=True))
     with pytest.raises(ValueError, match="router_l2=-1.0"):
         _router_agent(env, router_l2=-1.0)
+
+
+def test_ppo_on_the_router_view_learns_routing_from_the_gold_instance_reward():
+    # PPO's lite default (agents/hyperparams/ppo.yml: view='router', instance_reward='gold', gamma 0): split experts,
+    # 64 gold labels among 2,048 rows; each labelled instance is rewarded for its own mixture's gold likelihood and
+    # the policy routes the transfer rows by the embedding; 4 seeds
+    data = split_experts_data()
+    routed = []
+    for seed in range(4):
+        env = make_env(data, include_embedding=True, gold_labels=64)
+        agent = agents.make("ppo", env, seed=seed, learning_rate=1e-3)
+        assert (agent.view, agent.instance_reward, agent.model.gamma) == ("router", "gold", 0.0)
+        routed.append(routed_weight(agent.learn(400), env))
+    assert sum(w > 0.65 for w in routed) >= 3, routed
