@@ -105,6 +105,21 @@ class Agent:
                 break
         return self
 
+    def learn_over(self, envs: gym.vector.VectorEnv, steps: int, callback=None) -> Agent:
+        """Learn over the N students of a vector env at once: ``envs.num_envs`` episodes of ``steps`` updates, each
+        vector step one batched update of every student and one policy update over all their instances;
+        ``callback(locals())`` after each vector step. The first reset is seeded with the agent's seed (sub-env n
+        gets seed + n). Not checkpointed.
+
+        :raises NotImplementedError: for an agent that learns over one student at a time (the base class), with
+            :meth:`why_not_learn_over`.
+        """
+        raise NotImplementedError(self.why_not_learn_over())
+
+    def why_not_learn_over(self) -> str | None:
+        """Why :meth:`learn_over` is not available; None where it is."""
+        return f"agent {self.name!r} learns over one student at a time (it has no learn_over)"
+
     # -- the loop's position, for learn() implementations
     def _begin(self, total_steps: int, resume: bool) -> None:
         """Start learn(): a fresh :class:`LoopState`, or (``resume``) the loaded one, checked against the budget."""

@@ -250,7 +250,7 @@ class ReinforceAgent(Agent):
         if deterministic and not self.select_mode:
             return probs.numpy().astype(np.float32)
         arms = probs.argmax(-1) if deterministic else torch.multinomial(probs, 1, generator=self.generator)[:, 0]
-        action = np.zeros(self.batch_shape, dtype=self._action_dtype)
+        action = np.zeros(probs.shape, dtype=self._action_dtype)
         action[np.arange(len(action)), arms.numpy()] = 1
         return action
 
@@ -451,18 +451,58 @@ class ReinforceAgent(Agent):
                 action = np.ones(self.batch_shape, dtype=self._action_dtype)
             else:
                 action = self._route(obs, deterministic=False)
-                metrics = router.update()
-                if metrics is not None:
-                    self.updates += 1
-                    routes = [metrics.pop(f"route[{k}]") for k in range(len(self.unwrapped.teacher_names))]
-                    self.metrics.update(metrics, updates=float(self.updates), keep_probability=float(np.mean(routes)))
-                    for teacher, share in zip(self.unwrapped.teacher_names, routes):
-                        self.metrics[f"keep_probability[{teacher}]"] = share
+                self._record_router_metrics(router.update())
             obs, reward, terminated, truncated, info = self.env.step(action)
             self._advance(obs, terminated, truncated)
             if callback is not None and callback(locals()) is False:
                 break
         return self
+
+    def learn_over(self, envs, steps: int, callback=None) -> ReinforceAgent:
+        """advantage='mixture': learn over the N students of the vector env ``envs`` at once (see
+        :meth:`Agent.learn_over`). Each vector step folds the N batches' views into the standardisation and their
+        labelled instances into the replay, acts for all N * B instances with one gate forward (every teacher during
+        the warm-up, then one drawn from pi per instance), takes one router step on a replayed minibatch of N times
+        ``gold_replay_batch`` instances (the same replayed rows per student step as learning over one student) and
+        steps the N students as one computation. The other learners keep windows of one student's returns: they
+        learn over one student at a time."""
+        if self.router is None:
+            raise NotImplementedError(self.why_not_learn_over())
+        cfg, router, n = self.config, self.router, envs.num_envs
+        router.replay_batch = cfg.gold_replay_batch * n
+        try:
+            obs, _ = envs.reset(seed=cfg.seed)
+            for step in range(steps):
+                flat = {key: value.reshape(-1, *value.shape[2:]) for key, value in obs.items()}  # (N * B, ...)
+                views = router.view(flat)
+                router.observe(views)
+                router.remember(flat, views)
+                if step < cfg.warmup_steps:
+                    action = np.ones(flat["teacher_logits"].shape[:2], dtype=self._action_dtype)
+                else:
+                    action = self._route(flat, deterministic=False)
+                    self._record_router_metrics(router.update())
+                obs, reward, terminated, truncated, info = envs.step(action.reshape(n, *self.batch_shape))
+                if callback is not None and callback(locals()) is False:
+                    break
+        finally:
+            router.replay_batch = cfg.gold_replay_batch
+        return self
+
+    def why_not_learn_over(self) -> str | None:
+        if self.router is None:
+            return (f"advantage={self.config.advantage!r}: the keep/drop learner's windows follow one student's "
+                    "returns; only advantage='mixture' learns over N students at once")
+        return None
+
+    def _record_router_metrics(self, metrics: dict[str, float] | None) -> None:
+        if metrics is None:
+            return
+        self.updates += 1
+        routes = [metrics.pop(f"route[{k}]") for k in range(len(self.unwrapped.teacher_names))]
+        self.metrics.update(metrics, updates=float(self.updates), keep_probability=float(np.mean(routes)))
+        for teacher, share in zip(self.unwrapped.teacher_names, routes):
+            self.metrics[f"keep_probability[{teacher}]"] = share
 
     # -- persistence
     def state_dict(self) -> dict[str, Any]:

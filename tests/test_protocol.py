@@ -222,3 +222,27 @@ def test_bad_protocol_values_name_the_value(bad, message):
     with pytest.raises(ValueError) as error:
         check_protocol(*bad)
     assert message in str(error.value)
+
+
+def test_the_router_learns_over_its_training_students_at_once_where_the_env_allows(env_kwargs):
+    # train-eval's training phase: one vector env of the train_students students, one batched student step and one
+    # router step per vector step (agents.Agent.learn_over); the same command twice gives the same result
+    env = gym.make(LITE, **{**env_kwargs, "episode_steps": STEPS})
+    kwargs = {"steps": STEPS, "seed": 0, "built_env": env, "progress": False, "protocol": "train-eval",
+              "train_students": 3, "eval_students": 2, "agent_kwargs": {"warmup_steps": 2}}
+    first, second = train_student("reinforce", **kwargs), train_student("reinforce", **kwargs)
+    assert first.extra["train_phase"] == "3 students at once"
+    assert (first.dev_metric, first.test_metric) == (second.dev_metric, second.test_metric)
+    assert first.extra["agent_metrics"]["updates"] == STEPS - 2
+    # by hand: learn_over a vector env of 3 students, then the frozen router trains the evaluation students
+    agent = agents.make("reinforce", env, seed=0, warmup_steps=2)
+    agent.learn_over(protocol._vector_env(env.unwrapped, 3), STEPS)
+    monitors = [TrainingMonitor(env, 2) for _ in range(2)]
+    tests = [r["test_metric"] for r in evaluate_policy(agent, monitors, STEPS, eval_seeds(0, 2))]
+    assert first.test_metric == pytest.approx(np.mean(tests), abs=1e-12)
+    # the paper's learner and the n-gram student learn one student at a time, and say why
+    paper = train_student("reinforce-paper", **kwargs)
+    assert paper.extra["train_phase"].startswith("one student at a time (advantage='return'")
+    ngrams = gym.make(LITE, **{**env_kwargs, "lite_student": "ngrams", "episode_steps": STEPS})
+    result = train_student("reinforce", **{**kwargs, "built_env": ngrams})
+    assert "the vector env batches the mlp lite student only" in result.extra["train_phase"]

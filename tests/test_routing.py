@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from agent_data import BATCH, TEACHERS, make_env, noisy_teacher_data, split_experts_data
+from agent_data import BATCH, TEACHERS, assert_same, make_env, noisy_teacher_data, split_experts_data
 
 import agents
 
@@ -167,3 +167,36 @@ def test_ppo_on_the_router_view_learns_routing_from_the_gold_instance_reward():
         assert (agent.view, agent.instance_reward, agent.model.gamma) == ("router", "gold", 0.0)
         routed.append(routed_weight(agent.learn(400), env))
     assert sum(w > 0.65 for w in routed) >= 3, routed
+
+
+def _vector_env(data, num_envs: int, **options) -> gym.vector.VectorEnv:
+    config = {"data": data, "lite_student": "mlp", "batch_size": BATCH, "reward": "dev_loss_delta",
+              "reward_interval": 1, "alpha": 0.2, "gold_labels": None, "episode_steps": 100, "dev_subset": 256,
+              "device": "cpu", **options}
+    return gym.make_vec("kd_gym/TeacherSelectionLite-v0", num_envs=num_envs, vectorization_mode="vector_entry_point",
+                        **config)
+
+
+def test_the_mixture_router_learns_routing_over_several_students_at_once():
+    # learn_over: 4 students of a vector env, each vector step one batched update of all 4 and one router step;
+    # split experts, 64 gold labels, 4 seeds; the same seed twice gives the same router
+    data = split_experts_data()
+    routed = []
+    for seed in range(4):
+        options = {"include_embedding": True, "gold_labels": 64, "episode_steps": 100}
+        env = make_env(data, **options)
+        agent = _router_agent(env, seed=seed, learning_rate=0.01).learn_over(_vector_env(data, 4, **options), 100)
+        assert agent.metrics["updates"] == 100 - agent.config.warmup_steps and agent.router.replay_batch == 64
+        routed.append(routed_weight(agent, env))
+        if seed == 0:
+            again = _router_agent(env, seed=0, learning_rate=0.01).learn_over(_vector_env(data, 4, **options), 100)
+            assert_same(again.state_dict(), agent.state_dict())
+    assert sum(w > 0.8 for w in routed) >= 3, routed
+
+
+def test_the_keep_drop_learner_does_not_learn_over_several_students(data):
+    env = make_env(data)
+    with pytest.raises(NotImplementedError, match="one student's returns"):
+        agents.make("reinforce", env, advantage="return").learn_over(_vector_env(data, 2), 10)
+    with pytest.raises(NotImplementedError, match="one student at a time"):
+        agents.make("uniform", env).learn_over(_vector_env(data, 2), 10)

@@ -103,20 +103,49 @@ def why_not_at_once(agent, monitors: list[gym.Wrapper], steps: int) -> str | Non
     - a GPU or bf16 (batched products may take other kernels than single ones: identity is checked on a CPU in fp32).
     """
     config = monitors[0].unwrapped.config
-    reward = config.reward if isinstance(config.reward, str) else REWARD_NAMES.get(type(config.reward))
     if not getattr(agent, "pure_predict", False):
         return f"agent {agent.name!r} has pure_predict False"
     if steps != config.episode_steps:
         return f"steps={steps} is not the env's episode_steps={config.episode_steps}"
     if any(monitor.keep_student for monitor in monitors):
         return "a monitor keeps its student (keep_student=True)"
+    unsupported = why_no_vector_env(config)
+    if unsupported is not None:
+        return unsupported
+    if resolve_device(config.device).type != "cpu" or config.precision == "bf16":
+        return f"device={config.device!r}, precision={config.precision!r}: identity is checked on a CPU in fp32"
+    return None
+
+
+def why_no_vector_env(config) -> str | None:
+    """Why the vector env of lite students cannot run the env options ``config`` (an EnvConfig); None if it can."""
+    reward = config.reward if isinstance(config.reward, str) else REWARD_NAMES.get(type(config.reward))
     if config.student != "lite" or config.credit or reward not in SUPPORTED_REWARDS:
         return f"the vector env does not support student={config.student!r}, credit={config.credit}, reward={reward!r}"
     if config.lite_student != "mlp":
         return f"the vector env batches the mlp lite student only, not lite_student={config.lite_student!r}"
-    if resolve_device(config.device).type != "cpu" or config.precision == "bf16":
-        return f"device={config.device!r}, precision={config.precision!r}: identity is checked on a CPU in fp32"
     return None
+
+
+def learn_phase(agent, env: gym.Env, steps: int, train_students: int, progress=None) -> str:
+    """The train-eval protocol's training phase: the agent learns over ``train_students`` students of ``steps``
+    updates each. All at once (:meth:`agents.Agent.learn_over`, one vector env of lite students: one batched student
+    step and one policy update per vector step) where the agent and the env options allow it, else one student after
+    another (``agent.learn(train_students * steps)``). Either way the same command gives the same result; the two
+    ways give different ones (the policy learns from the students in another order).
+
+    :param env: the (wrapped) single env the agent was built on; :param progress: a tqdm bar to advance, or None.
+    :return: how it learned: ``"N students at once"`` or ``"one student at a time (<why>)"``.
+    """
+    reason = agent.why_not_learn_over() or why_no_vector_env(env.unwrapped.config)
+    if reason is None and steps != env.unwrapped.config.episode_steps:
+        reason = f"steps={steps} is not the env's episode_steps={env.unwrapped.config.episode_steps}"
+    if reason is not None:
+        agent.learn(train_students * steps)
+        return f"one student at a time ({reason})"
+    tick = (lambda local: progress.update(train_students)) if progress is not None else None  # noqa: E731
+    agent.learn_over(_vector_env(env.unwrapped, train_students), steps, callback=tick)
+    return f"{train_students} students at once"
 
 
 _VECTOR_ENVS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -87,7 +87,7 @@ def train_student(
     """
     import agents
     import kd_gym  # noqa: F401  (registers the env ids)
-    from agents.experiments.protocol import check_protocol, eval_seeds, evaluate_policy, summarize_eval
+    from agents.experiments.protocol import check_protocol, eval_seeds, evaluate_policy, learn_phase, summarize_eval
     from agents.experiments.resume import RunCheckpoint, run_config, supports_resume
 
     if env not in ENVS:
@@ -149,8 +149,7 @@ def train_student(
     else:
         learn_steps = train_students * steps if getattr(agent, "learns", True) else 0
         bar.reset(total=learn_steps + eval_students * steps)
-        if learn_steps:
-            agent.learn(learn_steps)
+        train_phase = learn_phase(agent, monitored, steps, train_students, progress=bar) if learn_steps else "-"
         seeds = eval_seeds(seed, eval_students)
         monitors = [TrainingMonitor(base, interval, progress=bar, keep_student=False) for _ in seeds]
         evaluated = evaluate_policy(agent, monitors, steps, seeds)
@@ -158,7 +157,7 @@ def train_student(
         dev, test = scores["dev_metric"], scores["test_metric"]
         history = monitors[0].history  # the dev curve of the frozen policy's first evaluation student
         extra = {"protocol": protocol, "train_student_steps": learn_steps, "eval_students": eval_students,
-                 "eval_test_std": round(scores["eval_test_std"], 6)}
+                 "eval_test_std": round(scores["eval_test_std"], 6), "train_phase": train_phase}
     bar.close()
     result = RunResult(agent_name, seed, dev, test, steps, time.perf_counter() - started,
                        student_env.task_name, env, student_env.metric_name, extra=extra, history=history)
