@@ -53,6 +53,7 @@ A resumed SB3 run is a run of the same budget, but not bit-identical to an unint
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 from pathlib import Path
@@ -109,6 +110,21 @@ class _LearnCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self._copy_metrics()
+
+
+class _StopAfter(BaseCallback):
+    """:meth:`SB3Agent.learn_over`'s callback: stops SB3 after ``steps`` vector steps (inside a collection phase,
+    the partial phase is not trained on) and calls the user's ``callback(locals)`` after each."""
+
+    def __init__(self, agent: SB3Agent, steps: int, callback=None) -> None:
+        super().__init__()
+        self.agent, self.steps, self.user_callback, self.done = agent, steps, callback, 0
+
+    def _on_step(self) -> bool:
+        self.done += 1
+        if self.user_callback is not None and self.user_callback({"self": self.agent, "step": self.done - 1}) is False:
+            return False
+        return self.done < self.steps
 
 
 @dataclasses.dataclass
@@ -241,7 +257,7 @@ class SB3Agent(Agent):
         self.metrics: dict[str, float] = {}
         self._episode_starts = np.ones(self.vec_env.num_envs, dtype=bool)  # for a resumed learn() (training_state)
         self.hyperparams = self._hyperparams(params)
-        normalize = self.hyperparams.pop("normalize")
+        self._normalize = normalize = self.hyperparams.pop("normalize")
         #: VecNormalize around ``vec_env`` (what the model learns on), or None
         self.normalizer = VecNormalize(self.vec_env, **normalize) if normalize else None
         self.model = self.algorithm(env=self.model_env, seed=self.config.seed, device=self.config.policy_device,
@@ -322,6 +338,45 @@ class SB3Agent(Agent):
         self.model.learn(total_timesteps=remaining * self.vec_env.num_envs, reset_num_timesteps=not resuming,
                          callback=_LearnCallback(self, total_steps, callback))
         return self
+
+    def learn_over(self, envs, steps: int, callback=None) -> SB3Agent:
+        """Learn over the N students of the vector env ``envs`` at once (see :meth:`Agent.learn_over`): SB3 steps
+        :class:`InstanceVecEnv` over ``envs`` (N times the sub-envs: one batched student step gives SB3 N * B or
+        N * B * K transitions) for ``steps`` vector steps. SB3 sizes its buffers by the number of sub-envs, so this
+        runs on a model built for the N students that starts from this agent's networks, optimizers, step counters
+        and VecNormalize statistics, and hands them back when it stops."""
+        view = InstanceVecEnv(envs, self.view, self.instance_reward)
+        normalizer = VecNormalize(view, **self._normalize) if self.normalizer is not None else None
+        if normalizer is not None:
+            for name in _RMS:
+                setattr(normalizer, name, copy.deepcopy(getattr(self.normalizer, name)))
+        model = self.algorithm(env=normalizer or view, seed=self.config.seed, device=self.config.policy_device,
+                               verbose=self.config.verbose, **self._students_hyperparams(envs.num_envs))
+        model.set_logger(self.model.logger)
+        model.set_parameters(self.model.get_parameters(), exact_match=True, device=self.config.policy_device)
+        model.num_timesteps, model._n_updates = self.model.num_timesteps, self.model._n_updates
+        view.seed(self.config.seed)
+        model.learn(total_timesteps=steps * view.num_envs, callback=_StopAfter(self, steps, callback),
+                    reset_num_timesteps=False)
+        self.model.set_parameters(model.get_parameters(), exact_match=True, device=self.config.policy_device)
+        self.model.num_timesteps, self.model._n_updates = model.num_timesteps, model._n_updates
+        if normalizer is not None:
+            for name in _RMS:
+                setattr(self.normalizer, name, getattr(normalizer, name))
+        for key, value in model.logger.name_to_value.items():
+            if key.startswith("train/") and isinstance(value, (int, float, np.number)):
+                self.metrics[key.removeprefix("train/")] = float(value)
+        return self
+
+    def why_not_learn_over(self) -> str | None:
+        return None
+
+    def _students_hyperparams(self, students: int) -> dict[str, Any]:
+        """The SB3 keywords for a model over N students: ``learning_starts`` (SB3 timesteps) scaled by N."""
+        params = {key: value for key, value in self.hyperparams.items() if key != "normalize"}
+        if "learning_starts" in params:
+            params["learning_starts"] = params["learning_starts"] * students
+        return params
 
     def _continue_from(self, obs: dict[str, np.ndarray]) -> None:
         """Make SB3's next ``learn(reset_num_timesteps=False)`` act on ``obs`` instead of resetting the env. These

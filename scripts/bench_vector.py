@@ -12,6 +12,11 @@ shared with other work, ``--clock cpu`` (this process's CPU time, with one threa
     python scripts/bench_vector.py --threads 1,2 --sizes 1,4,16,64 --steps 100 --rounds 3
     python scripts/bench_vector.py --tiny --threads 1 --clock cpu
     python scripts/bench_vector.py --profile --sizes 1,16 --threads 1   # where one vector step's time goes
+    python scripts/bench_vector.py --learn --sizes 1,8 --threads 1      # REINFORCE learning over N students at once
+
+With ``--learn``: the default REINFORCE (the gold-likelihood router) learning over N students at once
+(``agent.learn_over`` on the vector env of N students: one batched student step and one router step per vector step)
+against the same agent learning over one student (``agent.learn``), in student steps/s.
 """
 
 from __future__ import annotations
@@ -96,6 +101,39 @@ def loop_runner(num_envs: int, options: dict, steps: int, seed: int, clock):
     return run
 
 
+def learn_runner(num_envs: int, options: dict, steps: int, seed: int, clock):
+    """REINFORCE (the router) learning: over one single env (``num_envs`` 0) or over a vector env of N students."""
+    import agents
+
+    env = gym.make(LITE, **options)
+    envs = gym.make_vec(LITE, num_envs=num_envs, vectorization_mode="vector_entry_point", **options) if num_envs else None
+
+    def run() -> float:
+        agent = agents.make("reinforce", env, seed=seed)
+        started = clock()
+        if envs is None:
+            agent.learn(steps)
+            return steps / (clock() - started)
+        agent.learn_over(envs, steps)
+        return num_envs * steps / (clock() - started)
+
+    return run
+
+
+def measure_learning(sizes: list[int], options: dict, steps: int, rounds: int, clock) -> dict[int, float]:
+    """Median student steps/s of REINFORCE learning over one student (key 0) and over N at once (key N),
+    interleaved rounds after one warm-up round."""
+    runners = {0: learn_runner(0, options, steps, 0, clock), **{n: learn_runner(n, options, steps, 0, clock)
+                                                                for n in sizes}}
+    for run in runners.values():
+        run()
+    rates = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            rates[key].append(run())
+    return {key: statistics.median(values) for key, values in rates.items()}
+
+
 def measure(sizes: list[int], options: dict, steps: int, rounds: int, clock) -> dict[tuple[str, int], float]:
     """Median student steps/s of ("vector" | "loop", N) over interleaved rounds (after one warm-up round).
 
@@ -162,6 +200,8 @@ def main() -> None:
                         help="wall time, or this process's CPU time (steadier on a shared machine; one thread only)")
     parser.add_argument("--profile", action="store_true",
                         help="print where one vector step's time goes (torch.profiler operators per step) per N")
+    parser.add_argument("--learn", action="store_true",
+                        help="REINFORCE learning over N students at once against over one (student steps/s)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]
@@ -176,6 +216,17 @@ def main() -> None:
         profile_steps(sizes, options, args.steps)
         return
     train = data.splits["train"]
+    if args.learn:
+        print(f"torch {torch.__version__}, CPU; reinforce (the router) learning, {args.steps} vector steps x "
+              f"{args.rounds} rounds, {args.clock} clock; data: {'synthetic' if args.tiny else 'default'}")
+        print(f"{'threads':>7} {'N':>4} {'student steps/s':>16} {'x one student':>14}")
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            rates = measure_learning(sizes, {**options, "episode_steps": args.steps}, args.steps, args.rounds, clock)
+            print(f"{threads:>7} {'one':>4} {rates[0]:>16.0f} {1.0:>14.2f}")
+            for n in sizes:
+                print(f"{threads:>7} {n:>4} {rates[n]:>16.0f} {rates[n] / rates[0]:>14.2f}", flush=True)
+        return
     print(f"torch {torch.__version__}, CPU; data: {'synthetic' if args.tiny else 'default'} "
           f"({len(train)} train rows, D {train.inputs['embeddings'].shape[1]}, K {data.num_teachers}, "
           f"C {data.num_labels}); batch 32, reward dev_delta every 10 steps, {args.steps} steps x {args.rounds} rounds, "

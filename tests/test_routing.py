@@ -200,3 +200,25 @@ def test_the_keep_drop_learner_does_not_learn_over_several_students(data):
         agents.make("reinforce", env, advantage="return").learn_over(_vector_env(data, 2), 10)
     with pytest.raises(NotImplementedError, match="one student at a time"):
         agents.make("uniform", env).learn_over(_vector_env(data, 2), 10)
+
+
+def test_ppo_learns_over_several_students_at_once():
+    # SB3Agent.learn_over: PPO's model steps the router view over a vector env of 4 students (4 * B sub-envs) and
+    # hands its networks back (a rollout of n_steps=10 vector steps holds 4 times the instances: 40 policy updates
+    # in 400 vector steps); the same seed twice gives the same policy; a student whose episode ends mid-learning is
+    # reset at once
+    data = split_experts_data()
+    routed = []
+    for seed in range(3):
+        options = {"include_embedding": True, "gold_labels": 64, "episode_steps": 60}
+        env = make_env(data, **options)
+        agent = agents.make("ppo", env, seed=seed, learning_rate=1e-3)
+        before = agent.model.num_timesteps
+        agent.learn_over(_vector_env(data, 4, **options), 400)
+        assert agent.model.num_timesteps - before == 400 * 4 * BATCH
+        routed.append(routed_weight(agent, env))
+        if seed == 0:
+            again = agents.make("ppo", env, seed=0, learning_rate=1e-3).learn_over(_vector_env(data, 4, **options), 400)
+            assert_same(again.model.policy.state_dict(), agent.model.policy.state_dict())
+            assert_same(again.normalizer.obs_rms.mean, agent.normalizer.obs_rms.mean)
+    assert sum(w > 0.65 for w in routed) >= 2, routed
