@@ -33,8 +33,8 @@ files (``agents/hyperparams/<algo>.yml``, RL Zoo layout) ``n_steps``, ``train_fr
 env steps; ``batch_size`` and ``buffer_size`` count SB3 transitions (one per sub-env and step).
 
 Actions: in ``weights`` mode the sub-env's action space is ``Box(-1, 1, (n,))``, n = 1 (teacher view) or K
-(instance and router views): SB3's recommended symmetric range, so a Gaussian policy starts at weight 0.5 instead of half its
-samples clipped to 0; mapped to weights by ``(a + 1) / 2``. In ``select`` mode it is ``MultiBinary(n)`` (PPO, A2C).
+(instance and router views): SB3's recommended symmetric range, so a Gaussian policy starts at weight 0.5 instead
+of half its samples clipped to 0; mapped to weights by ``(a + 1) / 2``. In ``select`` mode it is ``MultiBinary(n)`` (PPO, A2C).
 
 Normalisation: the raw observation mixes CEs, 0/1 flags and logits up to +-50, and the rewards (dev-loss or
 dev-metric deltas) are tiny; with the yml key ``normalize`` (RL Zoo's: ``true`` or a dict of ``VecNormalize``
@@ -136,8 +136,9 @@ class SB3Config(AgentConfig):
     'router': one per instance, its label-free view (label-free features, embedding, teachers' log-probabilities)
     (None: the yml's 'view', else 'teacher')"""
     instance_reward: str | None = None
-    """(None: the yml's 'instance_reward', else 'env') 'env': every instance gets the env's reward; 'gold': each labelled instance gets its own gold credit (how
-    much likelier its gold label is under the chosen mixture than under equal weights; 0 on the transfer rows)"""
+    """'env': every instance gets the env's reward; 'gold': each labelled instance gets its own gold credit (how
+    much likelier its gold label is under the chosen mixture than under equal weights; 0 on the transfer rows)
+    (None: the yml's 'instance_reward', else 'env')"""
     learning_rate: float | None = None
     """learning rate of the SB3 optimizer(s)"""
     gamma: float | None = None
@@ -212,8 +213,8 @@ class TD3Config(OffPolicyConfig):
 
 # Config field -> SB3 keyword, where they differ.
 _RENAMED = {"minibatch_size": "batch_size"}
-_NOT_SB3 = {"seed", "view", "instance_reward", "net_arch", "policy_device", "hyperparams_file", "verbose", "action_noise_std", "log_std_init",
-            "normalize_obs", "normalize_reward"}
+_NOT_SB3 = {"seed", "view", "instance_reward", "net_arch", "policy_device", "hyperparams_file", "verbose",
+            "action_noise_std", "log_std_init", "normalize_obs", "normalize_reward"}
 _RMS = ("obs_rms", "ret_rms")
 
 

@@ -87,7 +87,13 @@ def train_student(
     """
     import agents
     import kd_gym  # noqa: F401  (registers the env ids)
-    from agents.experiments.protocol import check_protocol, eval_seeds, evaluate_policy, learn_phase, summarize_eval
+    from agents.experiments.protocol import (
+        check_protocol,
+        eval_seeds,
+        evaluate_policy,
+        learn_phase,
+        summarize_eval,
+    )
     from agents.experiments.resume import RunCheckpoint, run_config, supports_resume
 
     if env not in ENVS:
