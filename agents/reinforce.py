@@ -102,6 +102,9 @@ class ReinforceConfig(AgentConfig):
     """advantage='mixture': L2 penalty on the router's weights (keeps a gate fitted on few labels smooth)"""
     mixture_samples: int = 4
     """advantage='mixture': arms drawn per replayed instance for the REINFORCE estimate"""
+    router_update_interval: int = 4
+    """advantage='mixture': steps between router updates; each replays interval * gold_replay_batch instances (the
+    same replayed rows per step as an update every step, at a quarter of the small operations)"""
 
 
 @dataclasses.dataclass
@@ -188,11 +191,15 @@ class ReinforceAgent(Agent):
         #: advantage='mixture': the gold-likelihood router that acts and learns instead of the keep/drop selector
         self.router = None
         if cfg.advantage == "mixture":
+            if cfg.router_update_interval < 1:
+                raise ValueError(f"router_update_interval={cfg.router_update_interval} must be >= 1 (steps between "
+                                 "router updates)")
             self.router = GoldRouter(
                 self.unwrapped.instance_feature_names, self.unwrapped.teacher_feature_names, len(teachers),
                 self.unwrapped.num_labels, learning_rate=cfg.learning_rate, l2=cfg.router_l2,
                 entropy_coef=cfg.entropy_coef, samples=cfg.mixture_samples,
-                replay_size=cfg.gold_replay or MIXTURE_REPLAY, replay_batch=cfg.gold_replay_batch,
+                replay_size=cfg.gold_replay or MIXTURE_REPLAY,
+                replay_batch=cfg.gold_replay_batch * cfg.router_update_interval,
                 generator=self.generator)
         #: advantage='gold' with gold_replay: (raw state (K, d), centred signal (K,)) of the last labelled instances
         self.replay: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -451,7 +458,8 @@ class ReinforceAgent(Agent):
                 action = np.ones(self.batch_shape, dtype=self._action_dtype)
             else:
                 action = self._route(obs, deterministic=False)
-                self._record_router_metrics(router.update())
+                if (step - cfg.warmup_steps) % cfg.router_update_interval == 0:
+                    self._record_router_metrics(router.update())
             obs, reward, terminated, truncated, info = self.env.step(action)
             self._advance(obs, terminated, truncated)
             if callback is not None and callback(locals()) is False:
@@ -462,14 +470,15 @@ class ReinforceAgent(Agent):
         """advantage='mixture': learn over the N students of the vector env ``envs`` at once (see
         :meth:`Agent.learn_over`). Each vector step folds the N batches' views into the standardisation and their
         labelled instances into the replay, acts for all N * B instances with one gate forward (every teacher during
-        the warm-up, then one drawn from pi per instance), takes one router step on a replayed minibatch of N times
-        ``gold_replay_batch`` instances (the same replayed rows per student step as learning over one student) and
+        the warm-up, then one drawn from pi per instance), takes a router step every ``router_update_interval``
+        vector steps on a replayed minibatch of N times the single run's (the same replayed rows per student step as
+        learning over one student) and
         steps the N students as one computation. The other learners keep windows of one student's returns: they
         learn over one student at a time."""
         if self.router is None:
             raise NotImplementedError(self.why_not_learn_over())
         cfg, router, n = self.config, self.router, envs.num_envs
-        router.replay_batch = cfg.gold_replay_batch * n
+        router.replay_batch = cfg.gold_replay_batch * cfg.router_update_interval * n
         try:
             obs, _ = envs.reset(seed=cfg.seed)
             for step in range(steps):
@@ -481,12 +490,13 @@ class ReinforceAgent(Agent):
                     action = np.ones(flat["teacher_logits"].shape[:2], dtype=self._action_dtype)
                 else:
                     action = self._route(flat, deterministic=False)
-                    self._record_router_metrics(router.update())
+                    if (step - cfg.warmup_steps) % cfg.router_update_interval == 0:
+                        self._record_router_metrics(router.update())
                 obs, reward, terminated, truncated, info = envs.step(action.reshape(n, *self.batch_shape))
                 if callback is not None and callback(locals()) is False:
                     break
         finally:
-            router.replay_batch = cfg.gold_replay_batch
+            router.replay_batch = cfg.gold_replay_batch * cfg.router_update_interval
         return self
 
     def why_not_learn_over(self) -> str | None:

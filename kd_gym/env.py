@@ -132,6 +132,10 @@ class TeacherSelectionEnv(gym.Env):
         self.batch_size, self.num_teachers, self.num_labels = cfg.batch_size, data.num_teachers, data.num_labels
         self.reward_interval, self.episode_steps = cfg.reward_interval, cfg.episode_steps
         representation = model.representation_size if cfg.include_representation else 0
+        if cfg.include_embedding and "embeddings" not in data.splits["train"].inputs:
+            raise ValueError("include_embedding=True, but the data's inputs have no 'embeddings' (the frozen sentence "
+                             f"embeddings; inputs: {sorted(data.splits['train'].inputs)}): build the data with "
+                             "include_embedding=True, or pass include_embedding=False")
         embedding = data.splits["train"].inputs["embeddings"].shape[1] if cfg.include_embedding else 0
         #: names of the P columns of ``teacher_features`` and of the S columns of ``instance_features``
         self.teacher_feature_names: list[str] = list(TEACHER_FEATURES)

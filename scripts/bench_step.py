@@ -114,6 +114,7 @@ def measure(env_name: str, steps: int, rounds: int, config: EnvConfig,
     :param config: the env options (device, teachers, student checkpoint; the rest at their defaults).
     """
     student = "lite" if env_name == "lite" else "full"
+    config = dataclasses.replace(config, student=student, include_embedding=student == "lite")  # each env's default
     data = build_data(student, config)
     device = resolve_device(config.device)
     dtype = autocast_dtype(device, config.precision) if device.type == "cuda" else None  # as the env's trainer
@@ -124,7 +125,7 @@ def measure(env_name: str, steps: int, rounds: int, config: EnvConfig,
     loops = {"plain PyTorch KD step": plain_kd_loop(model, train, batches, lr, config.alpha, config.temperature,
                                                    device, dtype)}
     options = {"device": config.device, "student_checkpoint": config.student_checkpoint, "data": data,
-               "lite_student": config.lite_student}
+               "lite_student": config.lite_student, "include_embedding": config.include_embedding}
     variants = [("reward=neg_ce", {"reward": "neg_ce"}), ("reward=dev_delta", {"reward": "dev_delta"})]
     if dense:  # the dense signals of the learning agents: a paired trial update, per-pair credit
         variants += [("reward=dev_loss_paired", {"reward": "dev_loss_paired"}),

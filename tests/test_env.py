@@ -88,6 +88,14 @@ def test_include_representation_appends_the_student_representation(env_id, env_k
     assert np.abs(obs["instance_features"][:, S_BASE:]).sum() > 0
 
 
+def test_include_embedding_on_data_without_embeddings_says_what_to_do(env_kwargs) -> None:
+    # data built for the n-gram student alone (no frozen embeddings) cannot show the embedding
+    data = gym.make("kd_gym/TeacherSelectionLite-v0", **env_kwargs, include_embedding=False).unwrapped.student_data
+    assert "embeddings" not in data.splits["train"].inputs
+    with pytest.raises(ValueError, match="include_embedding=True, but the data's inputs have no 'embeddings'"):
+        gym.make("kd_gym/TeacherSelectionLite-v0", data=data, device="cpu", include_embedding=True)
+
+
 # ------------------------------------------------------------------------------------------------ seeding
 
 

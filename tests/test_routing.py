@@ -137,7 +137,7 @@ def test_the_mixture_router_learns_routing_from_few_gold_labels():
     for seed in range(4):
         env = make_env(data, include_embedding=True, gold_labels=64)
         agent = _router_agent(env, seed=seed, learning_rate=0.01).learn(400)
-        assert 0 < agent.router.replay_count == agent.metrics["replay"] <= 4096 and agent.metrics["updates"] > 0
+        assert 0 < agent.metrics["replay"] <= agent.router.replay_count <= 4096 and agent.metrics["updates"] > 0
         action = agent.predict(env.reset(seed=5)[0])
         assert set(np.unique(action)) <= {0.0, 1.0} and (action.sum(1) == 1).all()
         routed.append(routed_weight(agent, env))
@@ -186,7 +186,9 @@ def test_the_mixture_router_learns_routing_over_several_students_at_once():
         options = {"include_embedding": True, "gold_labels": 64, "episode_steps": 100}
         env = make_env(data, **options)
         agent = _router_agent(env, seed=seed, learning_rate=0.01).learn_over(_vector_env(data, 4, **options), 100)
-        assert agent.metrics["updates"] == 100 - agent.config.warmup_steps and agent.router.replay_batch == 64
+        # an update every router_update_interval = 4 vector steps after the warm-up, on 4 * 4 * 64 replayed rows
+        assert agent.metrics["updates"] == (100 - agent.config.warmup_steps) // 4
+        assert agent.router.replay_batch == 4 * 64
         routed.append(routed_weight(agent, env))
         if seed == 0:
             again = _router_agent(env, seed=0, learning_rate=0.01).learn_over(_vector_env(data, 4, **options), 100)
