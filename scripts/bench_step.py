@@ -8,6 +8,7 @@ evaluation on the fixed subset every ``reward_interval`` steps, amortised).
     python scripts/bench_step.py                 # lite and full env, default pool (run `kd-gym teachers build` first)
     python scripts/bench_step.py --envs lite --steps 400
     python scripts/bench_step.py --envs lite --threads 1 --dense   # also the paired reward and credit=True
+    python scripts/bench_step.py --ngram-parts --threads 1          # where an n-gram student's KD step goes
 """
 
 from __future__ import annotations
@@ -103,6 +104,42 @@ def env_loop(env: gym.Env, steps: int, device: torch.device):
     return run
 
 
+def ngram_parts(buckets_list=(16384, 1024), batch: int = 32, length: int = 40, steps: int = 300) -> None:
+    """Print where one KD step of the n-gram student goes (forward, backward, clipping, AdamW), per table size."""
+    from kd_gym.student import NgramStudent
+
+    for buckets in buckets_list:
+        model = NgramStudent(buckets, 3, 32)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+        ids, labels = torch.randint(1, buckets, (batch, length)), torch.randint(0, 3, (batch,))
+
+        def loss():
+            return F.cross_entropy(model(ids)[0], labels)
+
+        def backward():
+            optimizer.zero_grad(set_to_none=True)
+            loss().backward()
+
+        def step():
+            backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+
+        def ms(fn) -> float:
+            for _ in range(30):
+                fn()
+            started = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            return (time.perf_counter() - started) / steps * 1e3
+
+        step()
+        parts = {"forward": ms(loss), "forward + backward": ms(backward),
+                 "clip_grad_norm_": ms(lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)),
+                 "AdamW step": ms(optimizer.step), "whole KD step": ms(step)}
+        print(f"n-gram student, {buckets} x 32 table: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items()))
+
+
 def measure(env_name: str, steps: int, rounds: int, config: EnvConfig,
             dense: bool = False) -> list[tuple[str, float, float]]:
     """(loop, ms per step, ratio to the plain step) for the plain loop and ``env.step`` under two rewards (and, with
@@ -157,9 +194,14 @@ def main() -> None:
                         help="the lite student (default: ngrams, the env's default)")
     parser.add_argument("--dense", action="store_true",
                         help="also time the dense signals: reward=dev_loss_paired and credit=True")
+    parser.add_argument("--ngram-parts", action="store_true",
+                        help="only print where one KD step of the n-gram student goes, for two table sizes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ngram_parts:
+        ngram_parts()
+        return
     config = EnvConfig(device=args.device, student_checkpoint=args.student_checkpoint, lite_student=args.lite_student,
                        teachers=args.teachers.split(",") if args.teachers else None).validate()
     torch.manual_seed(0)
