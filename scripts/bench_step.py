@@ -104,39 +104,46 @@ def env_loop(env: gym.Env, steps: int, device: torch.device):
     return run
 
 
-def ngram_parts(buckets_list=(16384, 1024), batch: int = 32, length: int = 40, steps: int = 300) -> None:
-    """Print where one KD step of the n-gram student goes (forward, backward, clipping, AdamW), per table size."""
+def _ngram_step_parts(buckets: int, batch: int, length: int, steps: int) -> dict[str, float]:
+    """ms per call of each part of one KD step of an n-gram student with a ``buckets`` x 32 table."""
     from kd_gym.student import NgramStudent
 
+    model = NgramStudent(buckets, 3, 32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    ids, labels = torch.randint(1, buckets, (batch, length)), torch.randint(0, 3, (batch,))
+
+    def loss():
+        return F.cross_entropy(model(ids)[0], labels)
+
+    def backward():
+        optimizer.zero_grad(set_to_none=True)
+        loss().backward()
+
+    def clip():
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+
+    def step():
+        backward()
+        clip()
+        optimizer.step()
+
+    def ms(fn) -> float:
+        for _ in range(30):
+            fn()
+        started = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        return (time.perf_counter() - started) / steps * 1e3
+
+    step()
+    return {"forward": ms(loss), "forward + backward": ms(backward), "clip_grad_norm_": ms(clip),
+            "AdamW step": ms(optimizer.step), "whole KD step": ms(step)}
+
+
+def ngram_parts(buckets_list=(16384, 1024), batch: int = 32, length: int = 40, steps: int = 300) -> None:
+    """Print where one KD step of the n-gram student goes (forward, backward, clipping, AdamW), per table size."""
     for buckets in buckets_list:
-        model = NgramStudent(buckets, 3, 32)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
-        ids, labels = torch.randint(1, buckets, (batch, length)), torch.randint(0, 3, (batch,))
-
-        def loss():
-            return F.cross_entropy(model(ids)[0], labels)
-
-        def backward():
-            optimizer.zero_grad(set_to_none=True)
-            loss().backward()
-
-        def step():
-            backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-
-        def ms(fn) -> float:
-            for _ in range(30):
-                fn()
-            started = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            return (time.perf_counter() - started) / steps * 1e3
-
-        step()
-        parts = {"forward": ms(loss), "forward + backward": ms(backward),
-                 "clip_grad_norm_": ms(lambda: torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)),
-                 "AdamW step": ms(optimizer.step), "whole KD step": ms(step)}
+        parts = _ngram_step_parts(buckets, batch, length, steps)
         print(f"n-gram student, {buckets} x 32 table: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items()))
 
 
