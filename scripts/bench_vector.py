@@ -125,6 +125,11 @@ def measure_learning(sizes: list[int], options: dict, steps: int, rounds: int, c
     interleaved rounds after one warm-up round."""
     runners = {0: learn_runner(0, options, steps, 0, clock), **{n: learn_runner(n, options, steps, 0, clock)
                                                                 for n in sizes}}
+    return interleaved_medians(runners, rounds)
+
+
+def interleaved_medians(runners: dict, rounds: int) -> dict:
+    """Run every runner once (warm-up), then ``rounds`` interleaved rounds; the median rate of each."""
     for run in runners.values():
         run()
     rates = {key: [] for key in runners}
@@ -143,13 +148,7 @@ def measure(sizes: list[int], options: dict, steps: int, rounds: int, clock) -> 
     for n in sizes:
         runners["vector", n] = vector_runner(n, options, steps, 0, clock)
         runners["loop", n] = loop_runner(n, options, steps, 0, clock)
-    for run in runners.values():
-        run()
-    rates = {key: [] for key in runners}
-    for _ in range(rounds):
-        for key, run in runners.items():
-            rates[key].append(run())
-    return {key: statistics.median(values) for key, values in rates.items()}
+    return interleaved_medians(runners, rounds)
 
 
 def profile_steps(sizes: list[int], options: dict, steps: int, top: int = 25) -> None:
