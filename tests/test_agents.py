@@ -189,9 +189,10 @@ def test_instance_vec_env_broadcasts_reward_and_resets_on_done(data, view):
 def test_the_gold_instance_reward_scores_the_chosen_mixture_on_labelled_instances(data):
     # instance_reward='gold': log(sum_k w_k p_k(y) / sum_k w_k) - log(mean_k p_k(y)) on labelled instances, 0 on
     # the transfer rows, an empty selection scored as equal weights; every sub-env of an instance gets its reward
-    env = make_env(data, gold_labels=300)
+    env = make_env(data, gold_labels=1024)  # half the rows: a batch of 16 holds both kinds
     for view in ("router", "teacher"):
         vec_env = InstanceVecEnv(env, view, instance_reward="gold")
+        vec_env.seed(0)
         vec_env.reset()
         obs = vec_env.env_obs
         per_instance = vec_env.num_envs // BATCH  # sub-envs of one instance: K (teacher view) or 1
