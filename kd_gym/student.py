@@ -106,8 +106,10 @@ class NgramStudent(nn.Module):
     def forward(self, ngram_ids: torch.Tensor, **frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:param frozen: other inputs a split may carry (the frozen sentence embedding the observation can show,
         ``include_embedding``); the student does not read them."""
-        real = (ngram_ids != 0).unsqueeze(-1).to(self.embedding.weight.dtype)  # (B, L, 1)
-        representation = (self.embedding(ngram_ids) * real).sum(1) / real.sum(1).clamp_min(1.0)  # (B, dim)
+        # The padding row (id 0) is zero and gets no gradient (padding_idx), so the sum over all L positions is the
+        # sum over the real ids: no mask to multiply by (a pass over (B, L, dim) saved; the same numbers).
+        count = (ngram_ids != 0).sum(1, keepdim=True).to(self.embedding.weight.dtype).clamp_min(1.0)  # (B, 1)
+        representation = self.embedding(ngram_ids).sum(1) / count  # (B, dim)
         return self.classifier(representation), representation
 
 

@@ -1,14 +1,16 @@
 """N lite students as stacked tensors: one batched forward, backward and AdamW update for all of them.
 
-Student n of :class:`StackedLiteStudents` computes what a :class:`~kd_gym.student.StudentTrainer` over a
-:class:`~kd_gym.student.LiteStudent` computes, from its own state only:
+Student n of :class:`StackedLiteStudents` (:class:`StackedNgramStudents`) computes what a
+:class:`~kd_gym.student.StudentTrainer` over a :class:`~kd_gym.student.LiteStudent`
+(:class:`~kd_gym.student.NgramStudent`) computes, from its own state only:
 
 - the same initial weights for the same seed: the template module's own ``reset_parameters`` runs on a random stream
   seeded like the trainer's (``StudentTrainer.reset``), and the result is copied into slot n;
 - the same dropout masks: one ``bernoulli_(1 - p)`` of shape (B, H) per training forward pass from the student's own
   generator, which is what ``nn.Dropout`` draws on the CPU;
 - the same layers (``baddbmm`` per student computes what ``F.linear`` computes per student) and their gradients
-  (written out: the products autograd computes for ``nn.Linear``, ``nn.GELU`` and ``nn.Dropout``), the same gradient
+  (written out: the products autograd computes for ``nn.Linear``, ``nn.GELU`` and ``nn.Dropout``; for the n-gram
+  table, the masked mean's backward and the row-by-row accumulation of ``nn.Embedding``'s), the same gradient
   clipping of each student's global norm and the same AdamW arithmetic (``torch.optim.AdamW``'s single-tensor update,
   elementwise, with each student's own step count).
 
@@ -29,19 +31,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
-from kd_gym.student import LiteStudent, fused_adamw
+from kd_gym.student import LiteStudent, NgramStudent, fused_adamw
 
 
-class StackedLiteStudents:
-    """N independent :class:`~kd_gym.student.LiteStudent` MLPs trained as one batched computation.
+def stacked_students(template: nn.Module, num_students: int, **options) -> StackedStudents:
+    """The stack of ``num_students`` students of ``template``'s kind (a LiteStudent or an NgramStudent)."""
+    kinds = {LiteStudent: StackedLiteStudents, NgramStudent: StackedNgramStudents}
+    if type(template) not in kinds:
+        raise NotImplementedError(f"no stacked version of {type(template).__name__}; stacked students: "
+                                  f"{[kind.__name__ for kind in kinds]}")
+    return kinds[type(template)](template, num_students, **options)
+
+
+class StackedStudents:
+    """What every stack of N students shares: their parameters, gradients and AdamW moments in flat buffers, their
+    draws, gradient clipping, AdamW and evaluation; a subclass gives the forward pass and its backward.
 
     All parameters live in one flat buffer of N * P numbers (P: the parameters of one student), and so do their
     gradients and AdamW moments, so that AdamW is a few whole-buffer operations whatever the number of parameter
     tensors (at N = 1 their count costs, not their size). ``params`` and ``grads`` are contiguous views of the
-    buffers, one block per parameter with a leading student axis: ``body.0.weight`` (N, H, D), ``body.0.bias``
-    (N, H), ``classifier.weight`` (N, C, H), ``classifier.bias`` (N, C) (without a hidden layer only the
-    classifier's); contiguous, so the backward products are written into them by the kernels a fresh result would
-    take. Each student has its own AdamW step count.
+    buffers, one block per parameter with a leading student axis, in the order of the template's parameters;
+    contiguous, so the backward products are written into them by the kernels a fresh result would take. Each
+    student has its own AdamW step count.
 
     :param template: the architecture (its weights are not used: every student is drawn by :meth:`reset`).
     :param num_students: N >= 1.
@@ -53,8 +64,10 @@ class StackedLiteStudents:
 
     betas = (0.9, 0.999)  # torch.optim.AdamW's defaults, which the trainer uses
     eps = 1e-8
+    #: the key of the split inputs this student reads
+    input_key = ""
 
-    def __init__(self, template: LiteStudent, num_students: int, *, lr: float, weight_decay: float,
+    def __init__(self, template: nn.Module, num_students: int, *, lr: float, weight_decay: float,
                  grad_clip: float, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> None:
         if num_students < 1:
             raise ValueError(f"num_students={num_students}; use an integer >= 1")
@@ -63,9 +76,6 @@ class StackedLiteStudents:
         self.dtype = dtype
         self.lr, self.weight_decay, self.grad_clip = lr, weight_decay, grad_clip
         self.template = copy.deepcopy(template).to(self.device).train()
-        self.hidden = isinstance(self.template.body, nn.Sequential)
-        dropouts = [m for m in self.template.modules() if isinstance(m, nn.Dropout)]
-        self.dropout = dropouts[0].p if dropouts else 0.0
         #: parameter names, as in ``LiteStudent.state_dict()``
         self.names = [name for name, _ in self.template.named_parameters()]
         shapes = [p.shape for p in self.template.parameters()]
@@ -122,93 +132,13 @@ class StackedLiteStudents:
                 v[index].zero_()
         self.steps[index] = 0
 
-    def dropout_masks(self, batch_size: int, draw: np.ndarray | None = None) -> torch.Tensor | None:
-        """(N, B, H) scaled dropout masks (``bernoulli(1 - p) / (1 - p)``), or None without dropout.
-
-        :param draw: (N,) bool, the students that draw a new mask from their generator (None: all); the others
-            keep the mask of the last call (their current batch's, so its forward pass can be redone).
-        """
-        if not self.hidden or self.dropout == 0.0:
-            return None
-        keep = 1.0 - self.dropout
-        shape = (self.num_students, batch_size, self.params[0].shape[1])
-        if self._masks is None or self._masks.shape != shape:
-            if draw is not None and not draw.all():
-                raise RuntimeError("the first dropout_masks() call of a batch size must draw every student's mask")
-            self._masks = torch.empty(shape, device=self.device)
-        masks = self._masks  # a buffer reused by every call: the last forward pass has consumed the old masks
-        rows = range(self.num_students) if draw is None or draw.all() else np.flatnonzero(draw)
-        for n in rows:  # each student's stream, in the order and shape nn.Dropout draws it
-            masks[n].bernoulli_(keep, generator=self._mask_generator(int(n)))
-        if len(rows) == self.num_students:
-            masks.div_(keep)
-        else:
-            for n in rows:
-                masks[n].div_(keep)
-        return masks
-
     # -- computation
     def _precision(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
 
-    @torch.no_grad()
-    def forward(self, inputs: torch.Tensor, masks: torch.Tensor | None = None, index: np.ndarray | None = None,
-                *, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (n, B, C) and representation (n, B, H) of the students ``index`` (None: all N) on ``inputs``.
-
-        No autograd graph is built: :meth:`update` back-propagates by hand through the last ``train=True`` pass.
-
-        :param inputs: (n, B, D) one batch per student, or (B, D) shared by all (e.g. the dev rows).
-        :param masks: (n, B, H) from :meth:`dropout_masks` (train mode), or None (eval mode: no dropout).
-        :param train: keep what :meth:`update` needs (all N students only).
-        """
-        params = self.params if index is None else [p[torch.as_tensor(index, device=self.device)] for p in self.params]
-        n = params[0].shape[0]
-        x = inputs if inputs.dim() == 3 else inputs.expand(n, *inputs.shape)
-        pre = None
-        with self._precision():
-            if self.hidden:
-                w1, b1, w2, b2 = params
-                pre = torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2))  # F.linear per student
-                representation = F.gelu(pre)
-                if masks is not None:
-                    representation = representation * masks
-            else:
-                representation, (w2, b2) = x, params
-            logits = torch.baddbmm(b2.unsqueeze(1), representation, w2.transpose(1, 2))
-        if train:
-            self._saved = (x, pre, masks, representation)
-        return logits.float(), representation.float()
-
-    @torch.no_grad()
-    def update(self, grad_logits: torch.Tensor) -> None:
-        """One AdamW update of every student from the gradient of its loss w.r.t. its logits of the last
-        ``forward(..., train=True)``: the backward pass of ``nn.Linear``, ``nn.GELU`` and ``nn.Dropout``, per student
-        (the products autograd computes for them, written straight into the flat gradient buffer), then the
-        trainer's gradient clipping and AdamW.
-
-        :param grad_logits: (N, B, C) d loss_n / d logits_n, e.g. ``torch.autograd.grad(loss.sum(), logits)`` for
-            per-student losses (N,) (student n's loss depends on its own logits only).
-        """
-        x, pre, masks, representation = self._saved
-        exact = self.dtype is None  # fp32: the products land in the buffer; under autocast they are cast into it
-        with self._precision():
-            w2 = self.params[-2]
-            g_w2, g_b2 = self.grads[-2:]
-            self._into(torch.bmm, g_w2, exact, grad_logits.transpose(1, 2), representation)
-            self._into(torch.sum, g_b2, exact, grad_logits, 1)
-            if self.hidden:
-                grad = torch.bmm(grad_logits, w2)
-                if masks is not None:
-                    grad = grad * masks
-                grad = torch.ops.aten.gelu_backward(grad, pre)
-                g_w1, g_b1 = self.grads[:2]
-                self._into(torch.bmm, g_w1, exact, grad.transpose(1, 2), x)
-                self._into(torch.sum, g_b1, exact, grad, 1)
-        if self.grad_clip:
-            self._clip()
-        self.steps += 1
-        self._adamw()
+    def dropout_masks(self, batch_size: int, draw: np.ndarray | None = None) -> torch.Tensor | None:
+        """(N, B, H) scaled dropout masks of a training forward pass, or None: a student without dropout."""
+        return None
 
     @staticmethod
     def _into(op, out: torch.Tensor, exact: bool, *args) -> None:
@@ -280,6 +210,174 @@ class StackedLiteStudents:
     def state_dict(self, index: int) -> dict[str, torch.Tensor]:
         """Student ``index``'s weights, with the keys of ``LiteStudent.state_dict()`` (loadable into one)."""
         return {name: p[index].detach().clone() for name, p in zip(self.names, self.params)}
+
+
+class StackedLiteStudents(StackedStudents):
+    """N independent :class:`~kd_gym.student.LiteStudent` MLPs trained as one batched computation. Parameter blocks:
+    ``body.0.weight`` (N, H, D), ``body.0.bias`` (N, H), ``classifier.weight`` (N, C, H), ``classifier.bias``
+    (N, C) (without a hidden layer only the classifier's). Options: :class:`StackedStudents`."""
+
+    input_key = "embeddings"
+
+    def __init__(self, template: LiteStudent, num_students: int, **options) -> None:
+        super().__init__(template, num_students, **options)
+        self.hidden = isinstance(self.template.body, nn.Sequential)
+        dropouts = [m for m in self.template.modules() if isinstance(m, nn.Dropout)]
+        self.dropout = dropouts[0].p if dropouts else 0.0
+
+    def dropout_masks(self, batch_size: int, draw: np.ndarray | None = None) -> torch.Tensor | None:
+        """(N, B, H) scaled dropout masks (``bernoulli(1 - p) / (1 - p)``), or None without dropout.
+
+        :param draw: (N,) bool, the students that draw a new mask from their generator (None: all); the others
+            keep the mask of the last call (their current batch's, so its forward pass can be redone).
+        """
+        if not self.hidden or self.dropout == 0.0:
+            return None
+        keep = 1.0 - self.dropout
+        shape = (self.num_students, batch_size, self.params[0].shape[1])
+        if self._masks is None or self._masks.shape != shape:
+            if draw is not None and not draw.all():
+                raise RuntimeError("the first dropout_masks() call of a batch size must draw every student's mask")
+            self._masks = torch.empty(shape, device=self.device)
+        masks = self._masks  # a buffer reused by every call: the last forward pass has consumed the old masks
+        rows = range(self.num_students) if draw is None or draw.all() else np.flatnonzero(draw)
+        for n in rows:  # each student's stream, in the order and shape nn.Dropout draws it
+            masks[n].bernoulli_(keep, generator=self._mask_generator(int(n)))
+        if len(rows) == self.num_students:
+            masks.div_(keep)
+        else:
+            for n in rows:
+                masks[n].div_(keep)
+        return masks
+
+    @torch.no_grad()
+    def forward(self, inputs: torch.Tensor, masks: torch.Tensor | None = None, index: np.ndarray | None = None,
+                *, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (n, B, C) and representation (n, B, H) of the students ``index`` (None: all N) on ``inputs``.
+
+        No autograd graph is built: :meth:`update` back-propagates by hand through the last ``train=True`` pass.
+
+        :param inputs: (n, B, D) one batch per student, or (B, D) shared by all (e.g. the dev rows).
+        :param masks: (n, B, H) from :meth:`dropout_masks` (train mode), or None (eval mode: no dropout).
+        :param train: keep what :meth:`update` needs (all N students only).
+        """
+        params = self.params if index is None else [p[torch.as_tensor(index, device=self.device)] for p in self.params]
+        n = params[0].shape[0]
+        x = inputs if inputs.dim() == 3 else inputs.expand(n, *inputs.shape)
+        pre = None
+        with self._precision():
+            if self.hidden:
+                w1, b1, w2, b2 = params
+                pre = torch.baddbmm(b1.unsqueeze(1), x, w1.transpose(1, 2))  # F.linear per student
+                representation = F.gelu(pre)
+                if masks is not None:
+                    representation = representation * masks
+            else:
+                representation, (w2, b2) = x, params
+            logits = torch.baddbmm(b2.unsqueeze(1), representation, w2.transpose(1, 2))
+        if train:
+            self._saved = (x, pre, masks, representation)
+        return logits.float(), representation.float()
+
+    @torch.no_grad()
+    def update(self, grad_logits: torch.Tensor) -> None:
+        """One AdamW update of every student from the gradient of its loss w.r.t. its logits of the last
+        ``forward(..., train=True)``: the backward pass of ``nn.Linear``, ``nn.GELU`` and ``nn.Dropout``, per student
+        (the products autograd computes for them, written straight into the flat gradient buffer), then the
+        trainer's gradient clipping and AdamW.
+
+        :param grad_logits: (N, B, C) d loss_n / d logits_n, e.g. ``torch.autograd.grad(loss.sum(), logits)`` for
+            per-student losses (N,) (student n's loss depends on its own logits only).
+        """
+        x, pre, masks, representation = self._saved
+        exact = self.dtype is None  # fp32: the products land in the buffer; under autocast they are cast into it
+        with self._precision():
+            w2 = self.params[-2]
+            g_w2, g_b2 = self.grads[-2:]
+            self._into(torch.bmm, g_w2, exact, grad_logits.transpose(1, 2), representation)
+            self._into(torch.sum, g_b2, exact, grad_logits, 1)
+            if self.hidden:
+                grad = torch.bmm(grad_logits, w2)
+                if masks is not None:
+                    grad = grad * masks
+                grad = torch.ops.aten.gelu_backward(grad, pre)
+                g_w1, g_b1 = self.grads[:2]
+                self._into(torch.bmm, g_w1, exact, grad.transpose(1, 2), x)
+                self._into(torch.sum, g_b1, exact, grad, 1)
+        if self.grad_clip:
+            self._clip()
+        self.steps += 1
+        self._adamw()
+
+
+class StackedNgramStudents(StackedStudents):
+    """N independent :class:`~kd_gym.student.NgramStudent` bags of n-grams trained as one batched computation.
+    Parameter blocks: ``embedding.weight`` (N, V, D), one table per student, seen as one (N * V, D) table that
+    student n's ids index at an offset of n * V; ``classifier.weight`` (N, C, D), ``classifier.bias`` (N, C).
+
+    The backward pass writes what autograd writes for the single student: the classifier's products, the masked
+    mean's (``grad / count``, spread over the ids and masked), and the table's gradient accumulated row by row in
+    the order of the ids (``index_add_`` into the zeroed buffer; the single student's ``nn.Embedding`` backward adds
+    the same rows in the same order). A padding id (0) of student n indexes its row n * V, which stays zero as the
+    single student's padding row does: its gradient terms are masked to (signed) zeros. Options:
+    :class:`StackedStudents`."""
+
+    input_key = "ngram_ids"
+
+    def __init__(self, template: NgramStudent, num_students: int, **options) -> None:
+        super().__init__(template, num_students, **options)
+        self.buckets, self.dim = self.template.embedding.weight.shape
+
+    @torch.no_grad()
+    def forward(self, inputs: torch.Tensor, masks: torch.Tensor | None = None, index: np.ndarray | None = None,
+                *, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (n, B, C) and representation (n, B, D) of the students ``index`` (None: all N) on ``inputs``.
+
+        :param inputs: (n, B, L) n-gram ids, one batch per student, or (B, L) shared by all (e.g. the dev rows).
+        :param masks: unused (no dropout), for the interface of :class:`StackedLiteStudents`.
+        :param train: keep what :meth:`update` needs (all N students only).
+        """
+        students = np.arange(self.num_students) if index is None else np.asarray(index)
+        n = len(students)
+        ids = inputs if inputs.dim() == 3 else inputs.expand(n, *inputs.shape)
+        batch, length = ids.shape[1], ids.shape[2]
+        offsets = torch.as_tensor(students * self.buckets, dtype=torch.long, device=self.device).view(n, 1, 1)
+        rows = (ids.long() + offsets).view(n * batch, length)  # student n's table is rows [n * V, (n + 1) * V)
+        table = self.params[0].view(-1, self.dim)
+        # NgramStudent.forward on n * B rows: the mean of the real ids' embeddings (a padding id indexes its
+        # student's zero row), then the classifier per student
+        real = (ids != 0).view(n * batch, length, 1)
+        count = real.sum(1).to(table.dtype).clamp_min(1.0)
+        representation = (F.embedding(rows, table).sum(1) / count).view(n, batch, self.dim)
+        w, b = self.params[1:] if index is None else (p[torch.as_tensor(students, device=self.device)]
+                                                      for p in self.params[1:])
+        with self._precision():
+            logits = torch.baddbmm(b.unsqueeze(1), representation, w.transpose(1, 2))
+        if train:
+            self._saved = (rows, real, count, representation)
+        return logits.float(), representation.float()
+
+    @torch.no_grad()
+    def update(self, grad_logits: torch.Tensor) -> None:
+        """One AdamW update of every student from d loss_n / d logits_n (N, B, C) of the last
+        ``forward(..., train=True)``: the backward pass of the classifier, the masked mean and the embedding, per
+        student, written into the flat gradient buffer, then the trainer's gradient clipping and AdamW."""
+        rows, real, count, representation = self._saved
+        exact = self.dtype is None
+        g_table, g_w, g_b = self.grads
+        with self._precision():
+            self._into(torch.bmm, g_w, exact, grad_logits.transpose(1, 2), representation)
+            self._into(torch.sum, g_b, exact, grad_logits, 1)
+            grad = torch.bmm(grad_logits, self.params[1]).float()  # d loss / d representation, (N, B, D)
+        # spread over the ids, masked: a padding id's gradient would land on its student's zero row, which
+        # nn.Embedding's padding_idx leaves alone
+        grad = (grad.view(-1, self.dim) / count).unsqueeze(1).expand(-1, rows.shape[1], -1) * real  # (N * B, L, D)
+        g_table.zero_()
+        g_table.view(-1, self.dim).index_add_(0, rows.view(-1), grad.view(-1, self.dim))
+        if self.grad_clip:
+            self._clip()
+        self.steps += 1
+        self._adamw()
 
 
 def _per_student(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

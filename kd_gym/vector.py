@@ -5,7 +5,7 @@
 Sub-env n is the single lite env reset with seed ``seed + n``: the same batches, the same student, the same
 observations, rewards and infos (up to float32 rounding in reductions), but the N students' forward and backward
 passes, AdamW updates, observation features and dev-subset evaluations are each one batched computation
-(:class:`~kd_gym.student_stack.StackedLiteStudents`), with one device-to-host copy per vector step.
+(:mod:`kd_gym.student_stack`: the mlp or the n-gram lite student), with one device-to-host copy per vector step.
 Autoreset follows Gymnasium's default, ``AutoresetMode.NEXT_STEP``. See docs/env.md, "Vectorized students".
 """
 
@@ -24,7 +24,7 @@ from kd_gym.env import LOGIT_BOUND, TeacherSelectionEnv, validate_weights
 from kd_gym.features import assemble_features, row_features, student_columns
 from kd_gym.losses import KDLoss
 from kd_gym.rewards import REWARDS
-from kd_gym.student_stack import StackedLiteStudents, stacked_kd_loss
+from kd_gym.student_stack import stacked_kd_loss, stacked_students
 
 #: rewards the vector env computes for all students at once
 SUPPORTED_REWARDS = ("dev_delta", "dev_loss_delta", "neg_ce", "neg_ce_kd")
@@ -69,9 +69,6 @@ class TeacherSelectionVectorEnv(VectorEnv):
         if options.get("student", "lite") != "lite":
             raise NotImplementedError(f"student={options['student']!r}: the vector env batches lite students only; "
                                       f"for the full student {_USE_SYNC}")
-        if options.get("student", "lite") == "lite" and options.get("lite_student", "ngrams") != "mlp":
-            raise NotImplementedError(f"lite_student={options.get('lite_student', 'ngrams')!r}: the vector env batches "
-                                      f"the mlp lite student only (lite_student='mlp'); for the others {_USE_SYNC}")
         if options.get("credit", False):
             raise NotImplementedError(f"credit=True: the vector env does not compute info['credit']; {_USE_SYNC}")
         self.reward_name = _reward_name(options.get("reward", "dev_delta"))
@@ -89,7 +86,7 @@ class TeacherSelectionVectorEnv(VectorEnv):
             setattr(self, name, getattr(single, name))
         self.device, self.task = trainer.device, trainer.data.task
         #: the N students, stacked
-        self.students = StackedLiteStudents(trainer.model, n, lr=trainer.lr, weight_decay=trainer.weight_decay,
+        self.students = stacked_students(trainer.model, n, lr=trainer.lr, weight_decay=trainer.weight_decay,
                                             grad_clip=trainer.grad_clip, device=trainer.device, dtype=trainer.dtype)
         self._splits = trainer.data.splits
         self._train = train = self._splits["train"]
@@ -142,7 +139,8 @@ class TeacherSelectionVectorEnv(VectorEnv):
         rows = torch.as_tensor(self._indices.reshape(-1), device=self.device)
         train, k, c = self._train, self.num_teachers, self.num_labels
         pick = (lambda t, *shape: torch.index_select(t, 0, rows).view(n, b, *shape))  # noqa: E731
-        batch = {"embeddings": pick(train.inputs["embeddings"], -1), "labels": pick(train.labels),
+        key = self.students.input_key
+        batch = {key: pick(train.inputs[key], *train.inputs[key].shape[1:]), "labels": pick(train.labels),
                  "teacher_logits": pick(train.teacher_logits, k, c), "teacher_probs": pick(self._rows.teacher_probs, k, c)}
         if train.labelled is not None:
             batch["labelled"] = pick(train.labelled)
@@ -165,7 +163,7 @@ class TeacherSelectionVectorEnv(VectorEnv):
         parts: dict[str, torch.Tensor] = {}
         measured = np.flatnonzero(measure)
         if measured.size:
-            logits = self.students.predict(self._dev.inputs["embeddings"], None if measured.size == n else measured)
+            logits = self.students.predict(self._dev.inputs[self.students.input_key], None if measured.size == n else measured)
             labels = self._dev.labels.repeat(len(measured))
             parts["dev_loss"] = F.cross_entropy(logits.reshape(-1, c), labels, reduction="none").view(
                 len(measured), -1).mean(1)
@@ -173,7 +171,7 @@ class TeacherSelectionVectorEnv(VectorEnv):
         self._next_indices(fresh)
         self._batch = batch = self._gather()
         self._masks = self.students.dropout_masks(b, None if fresh.all() else fresh)
-        logits, representation = self.students.forward(batch["embeddings"], self._masks, train=True)
+        logits, representation = self.students.forward(batch[self.students.input_key], self._masks, train=True)
         self._logits = logits.requires_grad_()  # the loss's input: step() takes its gradient
         # what the observation needs from the students, for all N * B rows; the rest is gathered on the host
         rows, k = n * b, self.num_teachers
@@ -321,7 +319,7 @@ class TeacherSelectionVectorEnv(VectorEnv):
         if split not in ("dev", "test"):
             raise ValueError(f"split must be 'dev' or 'test', got {split!r}")
         tensors = self._dev if subset and split == "dev" else self._splits[split]
-        logits = self.students.predict(tensors.inputs["embeddings"])
+        logits = self.students.predict(tensors.inputs[self.students.input_key])
         labels, host_labels = tensors.labels, tensors.labels.cpu().numpy()
         losses = [F.cross_entropy(student, labels).item() for student in logits]
         predictions = logits.argmax(-1).cpu().numpy()

@@ -13,6 +13,9 @@ shared with other work, ``--clock cpu`` (this process's CPU time, with one threa
     python scripts/bench_vector.py --tiny --threads 1 --clock cpu
     python scripts/bench_vector.py --profile --sizes 1,16 --threads 1   # where one vector step's time goes
     python scripts/bench_vector.py --learn --sizes 1,8 --threads 1      # REINFORCE learning over N students at once
+    python scripts/bench_vector.py --lite-student mlp                   # the MLP over sentence embeddings
+
+``--lite-student`` picks the student: ``ngrams`` (the default's, a 16,384 x 32 table) or ``mlp``.
 
 With ``--learn``: the default REINFORCE (the gold-likelihood router) learning over N students at once
 (``agent.learn_over`` on the vector env of N students: one batched student step and one router step per vector step)
@@ -38,9 +41,10 @@ LITE = "kd_gym/TeacherSelectionLite-v0"
 
 
 def tiny_data(seed: int = 0, n_train: int = 4000, n_dev: int = 1000, dim: int = 384, teachers: int = 7,
-              labels: int = 3) -> KDData:
-    """Synthetic data with the default's sizes: embeddings (N, 384) around one centre per class, 7 teachers of
-    varying skill, 3 labels (timing does not depend on the values)."""
+              labels: int = 3, width: int = 48, buckets: int = 16384) -> KDData:
+    """Synthetic data with the default's sizes: embeddings (N, 384) around one centre per class, n-gram ids
+    (N, 48) in a table of 16,384 rows, 7 teachers of varying skill, 3 labels (timing does not depend on the
+    values)."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0.0, 1.0, (labels, dim))
 
@@ -48,8 +52,11 @@ def tiny_data(seed: int = 0, n_train: int = 4000, n_dev: int = 1000, dim: int = 
         gold = rng.integers(0, labels, n)
         logits = rng.normal(0.0, 1.0, (n, teachers, labels))
         logits[np.arange(n)[:, None], np.arange(teachers), gold[:, None]] += np.linspace(0.5, 4.0, teachers)
+        ids = rng.integers(1, buckets, (n, width))
+        ids[np.arange(width) >= rng.integers(3, width + 1, n)[:, None]] = 0  # padding after each row's length
         return SplitTensors({"embeddings": torch.tensor(centres[gold] + rng.normal(0.0, 1.0, (n, dim)),
-                                                        dtype=torch.float32)},
+                                                        dtype=torch.float32),
+                             "ngram_ids": torch.tensor(ids, dtype=torch.int32)},
                             torch.tensor(gold), torch.tensor(rng.integers(5, 30, n)),
                             torch.tensor(logits, dtype=torch.float32))
 
@@ -59,10 +66,11 @@ def tiny_data(seed: int = 0, n_train: int = 4000, n_dev: int = 1000, dim: int = 
                   {"train": split(n_train), "dev": split(n_dev), "test": split(n_dev)})
 
 
-def default_data() -> KDData:
-    """The default lite env's data (task, pool and embeddings read from the cache), built once: every env of the run
-    gets it through ``data=``, which gives the default env's student rows, regime and dev subset again."""
-    return gym.make(LITE, device="cpu", lite_student="mlp").unwrapped.student_data  # the student the vector env batches
+def default_data(lite_student: str) -> KDData:
+    """The default lite env's data for ``lite_student`` (task, pool and the student's inputs read from the cache),
+    built once: every env of the run gets it through ``data=``, which gives the default env's student rows, regime
+    and dev subset again."""
+    return gym.make(LITE, device="cpu", lite_student=lite_student).unwrapped.student_data
 
 
 def vector_runner(num_envs: int, options: dict, steps: int, seed: int, clock):
@@ -199,6 +207,8 @@ def main() -> None:
                         help="wall time, or this process's CPU time (steadier on a shared machine; one thread only)")
     parser.add_argument("--profile", action="store_true",
                         help="print where one vector step's time goes (torch.profiler operators per step) per N")
+    parser.add_argument("--lite-student", choices=("ngrams", "mlp"), default="ngrams",
+                        help="the student: ngrams (the default env's) or mlp (over sentence embeddings)")
     parser.add_argument("--learn", action="store_true",
                         help="REINFORCE learning over N students at once against over one (student steps/s)")
     args = parser.parse_args()
@@ -207,8 +217,11 @@ def main() -> None:
     if args.clock == "cpu" and thread_counts != [1]:
         parser.error("--clock cpu counts the CPU time of every thread; use it with --threads 1")
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    data = tiny_data() if args.tiny else default_data()
-    options = {"data": data, "lite_student": "mlp", "device": "cpu", "episode_steps": 200}
+    data = tiny_data() if args.tiny else default_data(args.lite_student)
+    if args.tiny and args.lite_student == "mlp":  # the mlp student reads every input it is given
+        data.splits = {name: SplitTensors({"embeddings": split.inputs["embeddings"]}, split.labels, split.lengths,
+                                          split.teacher_logits) for name, split in data.splits.items()}
+    options = {"data": data, "lite_student": args.lite_student, "device": "cpu", "episode_steps": 200}
     if args.profile:
         torch.set_num_threads(thread_counts[0])
         print(f"torch {torch.__version__}, {thread_counts[0]} thread(s), {args.steps} steps profiled per N")
@@ -216,7 +229,8 @@ def main() -> None:
         return
     train = data.splits["train"]
     if args.learn:
-        print(f"torch {torch.__version__}, CPU; reinforce (the router) learning, {args.steps} vector steps x "
+        print(f"torch {torch.__version__}, CPU; {args.lite_student} student; reinforce (the router) learning, "
+              f"{args.steps} vector steps x "
               f"{args.rounds} rounds, {args.clock} clock; data: {'synthetic' if args.tiny else 'default'}")
         print(f"{'threads':>7} {'N':>4} {'student steps/s':>16} {'x one student':>14}")
         for threads in thread_counts:
@@ -226,7 +240,7 @@ def main() -> None:
             for n in sizes:
                 print(f"{threads:>7} {n:>4} {rates[n]:>16.0f} {rates[n] / rates[0]:>14.2f}", flush=True)
         return
-    print(f"torch {torch.__version__}, CPU; data: {'synthetic' if args.tiny else 'default'} "
+    print(f"torch {torch.__version__}, CPU; {args.lite_student} student; data: {'synthetic' if args.tiny else 'default'} "
           f"({len(train)} train rows, D {train.inputs['embeddings'].shape[1]}, K {data.num_teachers}, "
           f"C {data.num_labels}); batch 32, reward dev_delta every 10 steps, {args.steps} steps x {args.rounds} rounds, "
           f"{args.clock} clock")

@@ -21,10 +21,10 @@ from kd_gym.student_stack import StackedLiteStudents, stacked_kd_loss
 from kd_gym.vector import TeacherSelectionVectorEnv
 
 
-@pytest.fixture()
-def env_kwargs(env_kwargs: dict) -> dict:
-    """The conftest's env_kwargs with the mlp lite student, the one the vector env batches."""
-    return {**env_kwargs, "lite_student": "mlp"}
+@pytest.fixture(params=["mlp", "ngrams"])
+def env_kwargs(env_kwargs: dict, request) -> dict:
+    """The conftest's env_kwargs with each lite student the vector env batches."""
+    return {**env_kwargs, "lite_student": request.param}
 
 
 LITE = "kd_gym/TeacherSelectionLite-v0"

@@ -1,4 +1,5 @@
-"""The vector env at the default lite sizes (D 384, H 128, K 7, C 3, B 32, N 16): bit-identical to single envs.
+"""The vector env at the default lite sizes (mlp: D 384, H 128; n-grams: a 16,384 x 32 table, ids of width 48; K 7,
+C 3, B 32, N 16): bit-identical to single envs.
 
 tests/test_vector.py checks the contract on the tiny env (D 32, B 8, N 3). Which kernel a batched product or an
 elementwise pass takes depends on the shapes and the memory layout (a product written into a strided slice of the flat
@@ -21,10 +22,12 @@ from kd_gym.tasks import Task
 
 LITE = "kd_gym/TeacherSelectionLite-v0"
 N, B, D, K, C = 16, 32, 384, 7, 3
+BUCKETS, WIDTH = 16384, 48  # the n-gram student's default table; ids per row (padded with 0)
 
 
-def default_sized_data(seed: int = 0, rows: int = 640) -> KDData:
-    """Synthetic embeddings around one centre per class and K teachers of increasing skill, at the default sizes."""
+def default_sized_data(seed: int = 0, rows: int = 640, ngrams: bool = False) -> KDData:
+    """Synthetic embeddings around one centre per class (and with ``ngrams`` n-gram ids, what the n-gram student
+    reads) and K teachers of increasing skill, at the default sizes."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0.0, 1.0, (C, D))
 
@@ -33,7 +36,12 @@ def default_sized_data(seed: int = 0, rows: int = 640) -> KDData:
         logits = rng.normal(0.0, 1.0, (n, K, C))
         logits[np.arange(n)[:, None], np.arange(K), gold[:, None]] += np.linspace(0.5, 4.0, K)
         embeddings = torch.tensor(centres[gold] + rng.normal(0.0, 1.0, (n, D)), dtype=torch.float32)
-        return SplitTensors({"embeddings": embeddings}, torch.tensor(gold), torch.tensor(rng.integers(5, 30, n)),
+        # n-gram ids: a few ids per class that recur (so rows share table rows), the rest spread over the table
+        ids = np.where(rng.random((n, WIDTH)) < 0.3, 1 + gold[:, None] * 10 + rng.integers(0, 10, (n, WIDTH)),
+                       rng.integers(1, BUCKETS, (n, WIDTH)))
+        ids[np.arange(WIDTH) >= rng.integers(3, WIDTH + 1, n)[:, None]] = 0  # padding after each row's length
+        inputs = {"embeddings": embeddings, **({"ngram_ids": torch.tensor(ids, dtype=torch.int32)} if ngrams else {})}
+        return SplitTensors(inputs, torch.tensor(gold), torch.tensor(rng.integers(5, 30, n)),
                             torch.tensor(logits, dtype=torch.float32))
 
     tables = {name: datasets.Dataset.from_dict({"text": ["unused"], "label": [0]}) for name in ("train", "dev", "test")}
@@ -42,8 +50,10 @@ def default_sized_data(seed: int = 0, rows: int = 640) -> KDData:
                   {"train": split(rows), "dev": split(rows // 2), "test": split(rows // 2)})
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused-adamw", "whole-buffer-adamw"])
-def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes(fused, monkeypatch) -> None:
+@pytest.mark.parametrize(("student", "fused"), [("mlp", True), ("mlp", False), ("ngrams", True), ("ngrams", False)],
+                         ids=["mlp-fused-adamw", "mlp-whole-buffer-adamw", "ngrams-fused-adamw",
+                              "ngrams-whole-buffer-adamw"])
+def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes(student, fused, monkeypatch) -> None:
     import kd_gym.student
     import kd_gym.student_stack
 
@@ -52,8 +62,9 @@ def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes(fused, m
     if not fused:  # the path of a torch without one: torch.optim.AdamW's default, the stack's whole-buffer update
         for module in (kd_gym.student, kd_gym.student_stack):
             monkeypatch.setattr(module, "fused_adamw", lambda device: False)
-    options = {"data": default_sized_data(), "lite_student": "mlp", "device": "cpu", "episode_steps": 9, "dev_subset": 200,
-               "reward_interval": 4, "gold_labels": 300, "include_representation": True}
+    options = {"data": default_sized_data(ngrams=student == "ngrams"), "lite_student": student, "device": "cpu", "episode_steps": 9,
+               "dev_subset": 200, "reward_interval": 4, "gold_labels": 300, "include_representation": True,
+               "ngram_buckets": BUCKETS}
     vector = gym.make_vec(LITE, num_envs=N, vectorization_mode="vector_entry_point", **options)
     reference = gym.vector.SyncVectorEnv([lambda: gym.make(LITE, **options) for _ in range(N)])
 

@@ -98,7 +98,7 @@ def why_not_at_once(agent, monitors: list[gym.Wrapper], steps: int) -> str | Non
     - an agent whose ``pure_predict`` is False (its action could depend on the order of calls or read the env);
     - ``steps`` other than the env's ``episode_steps`` (the vector env starts a new episode after the last one);
     - a monitor that keeps its student (only the single env gives the trainer's full state);
-    - the full student, a lite student other than ``mlp``, ``credit=True`` or a reward the vector env does not compute
+    - the full student, ``credit=True`` or a reward the vector env does not compute
       (:data:`kd_gym.vector.SUPPORTED_REWARDS`);
     - a GPU or bf16 (batched products may take other kernels than single ones: identity is checked on a CPU in fp32).
     """
@@ -122,8 +122,6 @@ def why_no_vector_env(config) -> str | None:
     reward = config.reward if isinstance(config.reward, str) else REWARD_NAMES.get(type(config.reward))
     if config.student != "lite" or config.credit or reward not in SUPPORTED_REWARDS:
         return f"the vector env does not support student={config.student!r}, credit={config.credit}, reward={reward!r}"
-    if config.lite_student != "mlp":
-        return f"the vector env batches the mlp lite student only, not lite_student={config.lite_student!r}"
     return None
 
 
