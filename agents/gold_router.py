@@ -111,11 +111,12 @@ class GoldRouter:
         entropy = -(pi * log_pi).sum(-1).mean()
         loss = (-(advantage * log_pi.gather(1, arms)).mean() - self.entropy_coef * entropy
                 + self.l2 * self.gate.weight.square().sum())
-        metrics = {"policy_loss": float(loss.detach()), "entropy": float(entropy.detach()),
-                   "advantage_mean": float(advantage.mean()), "advantage_std": float(advantage.std()),
-                   "log_likelihood": float(expected.log().mean()),
-                   **{f"route[{k}]": float(v) for k, v in enumerate(pi.detach().mean(0))}}
-        return loss, metrics
+        with torch.no_grad():  # one conversion to Python floats for all of them
+            values = torch.cat([torch.stack([loss, entropy, advantage.mean(), advantage.std(), expected.log().mean()]),
+                                pi.mean(0)]).tolist()
+        names = ["policy_loss", "entropy", "advantage_mean", "advantage_std", "log_likelihood",
+                 *(f"route[{k}]" for k in range(pi.shape[1]))]
+        return loss, dict(zip(names, values))
 
     def update(self) -> dict[str, float] | None:
         """One REINFORCE step on a replayed minibatch; its metrics, or None while the replay is empty."""

@@ -250,10 +250,11 @@ class ReinforceAgent(Agent):
             z = logits + self.config.logit_std * noise
             return torch.sigmoid(z).numpy().astype(np.float32), z
 
-    def _route(self, obs: dict[str, np.ndarray], deterministic: bool) -> np.ndarray:
+    def _route(self, obs: dict[str, np.ndarray], deterministic: bool, views: torch.Tensor | None = None) -> np.ndarray:
         """advantage='mixture': the router's action, one teacher per instance drawn from pi (one-hot); with
-        ``deterministic``, pi itself as the weights (select mode: the most probable teacher)."""
-        probs = self.router.probabilities(self.router.view(obs))
+        ``deterministic``, pi itself as the weights (select mode: the most probable teacher). ``views``: the
+        router's views of ``obs`` when already made."""
+        probs = self.router.probabilities(self.router.view(obs) if views is None else views)
         if deterministic and not self.select_mode:
             return probs.numpy().astype(np.float32)
         arms = probs.argmax(-1) if deterministic else torch.multinomial(probs, 1, generator=self.generator)[:, 0]
@@ -457,7 +458,7 @@ class ReinforceAgent(Agent):
             if step < cfg.warmup_steps:
                 action = np.ones(self.batch_shape, dtype=self._action_dtype)
             else:
-                action = self._route(obs, deterministic=False)
+                action = self._route(obs, deterministic=False, views=views)
                 if (step - cfg.warmup_steps) % cfg.router_update_interval == 0:
                     self._record_router_metrics(router.update())
             obs, reward, terminated, truncated, info = self.env.step(action)
@@ -489,7 +490,7 @@ class ReinforceAgent(Agent):
                 if step < cfg.warmup_steps:
                     action = np.ones(flat["teacher_logits"].shape[:2], dtype=self._action_dtype)
                 else:
-                    action = self._route(flat, deterministic=False)
+                    action = self._route(flat, deterministic=False, views=views)
                     if (step - cfg.warmup_steps) % cfg.router_update_interval == 0:
                         self._record_router_metrics(router.update())
                 obs, reward, terminated, truncated, info = envs.step(action.reshape(n, *self.batch_shape))
