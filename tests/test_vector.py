@@ -16,8 +16,8 @@ from env_helpers import LR, OBS_KEYS, B, C, K
 
 import kd_gym  # noqa: F401  (registers the ids)
 from kd_gym.data import KDData
-from kd_gym.student import LiteStudent, StudentTrainer
-from kd_gym.student_stack import StackedLiteStudents, stacked_kd_loss
+from kd_gym.student import LiteStudent, NgramStudent, StudentTrainer
+from kd_gym.student_stack import StackedLiteStudents, StackedNgramStudents, stacked_kd_loss
 from kd_gym.vector import TeacherSelectionVectorEnv
 
 
@@ -110,6 +110,48 @@ def test_stacked_students_are_student_trainers_with_clipping_dropout_and_their_o
     for i, trainer in enumerate(trainers):
         for name, value in trainer.model.state_dict().items():
             torch.testing.assert_close(stack.state_dict(i)[name], value, atol=ATOL, rtol=0, msg=name)
+
+
+def test_stacked_ngram_students_are_student_trainers_with_clipping_padding_and_their_own_step_counts() -> None:
+    # to float32 rounding at these tiny sizes (a batched product may take another kernel than a single one); bit for
+    # bit at the default sizes: tests/test_vector_sizes.py
+    torch.manual_seed(0)
+    buckets, dim, c, k, b, length, n, clip = 50, 8, 3, 2, 6, 7, 3, 0.05  # every update is clipped
+    trainers = [StudentTrainer(NgramStudent(buckets, c, dim), KDData(None, ["t0", "t1"]), lr=1e-2, grad_clip=clip,
+                               device="cpu") for _ in range(n)]
+    stack = StackedNgramStudents(NgramStudent(buckets, c, dim), n, lr=1e-2, weight_decay=0.01, grad_clip=clip,
+                                 device="cpu")
+    for i, seed in enumerate([3, 4, 5]):
+        trainers[i].reset(seed=seed)
+        stack.reset(i, seed)
+    for step in range(8):
+        if step == 4:  # student 1 starts over: AdamW bias corrections differ per student from here
+            trainers[1].reset(seed=9)
+            stack.reset(1, 9)
+        ids = torch.randint(1, 6, (n, b, length), dtype=torch.int32)  # few ids: rows recur within and across rows
+        ids[:, :, 4:] *= (torch.rand(n, b, length - 4) < 0.3).int()  # padding (0) at the end of most rows
+        ids[:, 0] = 0  # a row of padding only
+        teachers, weights, labels = 3 * torch.randn(n, b, k, c), torch.rand(n, b, k), torch.randint(0, c, (n, b))
+        logits, _ = stack.forward(ids, train=True)
+        logits.requires_grad_()
+        loss = stacked_kd_loss(logits, teachers, weights, labels, alpha=0.5, temperature=2.0)
+        stack.update(torch.autograd.grad(loss.loss.sum(), logits)[0])
+        for i, trainer in enumerate(trainers):
+            batch = {"inputs": {"ngram_ids": ids[i]}, "teacher_logits": teachers[i], "labels": labels[i]}
+            single_logits, _ = trainer.forward(batch, grad=True)
+            torch.testing.assert_close(logits[i], single_logits, atol=ATOL, rtol=0)
+            trainer.train_step(batch, weights[i], logits=single_logits)
+            norm = torch.stack([p.grad.norm() for p in trainer.model.parameters()]).norm()
+            assert norm.item() == pytest.approx(clip, abs=1e-6)  # every update is clipped
+    assert stack.steps.tolist() == [8, 4, 8]
+    for i, trainer in enumerate(trainers):
+        for name, value in trainer.model.state_dict().items():
+            torch.testing.assert_close(stack.state_dict(i)[name], value, atol=ATOL, rtol=0, msg=name)
+        assert not stack.state_dict(i)["embedding.weight"][0].any()  # the padding row stays zero
+    shared = torch.randint(0, buckets, (9, length), dtype=torch.int32)  # evaluation rows shared by the students
+    for i, trainer in enumerate(trainers):
+        trainer.model.eval()
+        torch.testing.assert_close(stack.predict(shared)[i], trainer.model(shared)[0].detach(), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("reward", ["dev_delta", "dev_loss_delta", "neg_ce", "neg_ce_kd"])
