@@ -213,6 +213,15 @@ class TD3Config(OffPolicyConfig):
 
 # Config field -> SB3 keyword, where they differ.
 _RENAMED = {"minibatch_size": "batch_size"}
+
+
+def _within_rollout(params: dict[str, Any], sub_envs: int) -> dict[str, Any]:
+    """``params`` with an on-policy ``batch_size`` above the rollout (``n_steps`` x ``sub_envs``) set to the rollout:
+    one minibatch of the whole rollout either way (the same minibatches, the same numbers), without SB3's warning of
+    a truncated minibatch (ppo.yml's 320 is at least the rollout over one student and over four)."""
+    if "n_steps" in params and params.get("batch_size", 0) > params["n_steps"] * sub_envs:
+        return {**params, "batch_size": params["n_steps"] * sub_envs}
+    return params
 _NOT_SB3 = {"seed", "view", "instance_reward", "net_arch", "policy_device", "hyperparams_file", "verbose",
             "action_noise_std", "log_std_init", "normalize_obs", "normalize_reward"}
 _RMS = ("obs_rms", "ret_rms")
@@ -262,7 +271,8 @@ class SB3Agent(Agent):
         #: VecNormalize around ``vec_env`` (what the model learns on), or None
         self.normalizer = VecNormalize(self.vec_env, **normalize) if normalize else None
         self.model = self.algorithm(env=self.model_env, seed=self.config.seed, device=self.config.policy_device,
-                                    verbose=self.config.verbose, **self.hyperparams)
+                                    verbose=self.config.verbose, **_within_rollout(self.hyperparams,
+                                                                                   self.vec_env.num_envs))
         if not self.hyperparams.get("tensorboard_log"):  # SB3's default logger leaves an empty /tmp/SB3-* folder
             outputs = [make_output_format("stdout", "")] if self.config.verbose >= 1 else []
             self.model.set_logger(Logger(folder=None, output_formats=outputs))
@@ -377,7 +387,7 @@ class SB3Agent(Agent):
         params = {key: value for key, value in self.hyperparams.items() if key != "normalize"}
         if "learning_starts" in params:
             params["learning_starts"] = params["learning_starts"] * students
-        return params
+        return _within_rollout(params, students * self.vec_env.num_envs)
 
     def _continue_from(self, obs: dict[str, np.ndarray]) -> None:
         """Make SB3's next ``learn(reset_num_timesteps=False)`` act on ``obs`` instead of resetting the env. These
