@@ -46,10 +46,11 @@ def build_data(student: str, config: EnvConfig) -> KDData:
     common = {"max_length": config.max_length, "device": config.device, "precision": config.precision}
     pool = TeacherPool(config.teachers, **common) if config.teachers else default_pool(task.name, **common)
     checkpoint = config.student_checkpoint or minilm_path()
-    if student == "lite" and config.lite_student == "ngrams":
-        data = build_lite_data(task, pool, None, ngram_buckets=config.ngram_buckets)
-    elif student == "lite":
-        data = build_lite_data(task, pool, SentenceEncoder(checkpoint, **common))
+    if student == "lite":
+        ngrams = config.lite_student == "ngrams"
+        # as the env: the n-gram student reads no embedding, which is computed only when the observation shows it
+        encoder = SentenceEncoder(checkpoint, **common) if not ngrams or config.include_embedding else None
+        data = build_lite_data(task, pool, encoder, ngram_buckets=config.ngram_buckets if ngrams else None)
     else:
         from transformers import AutoTokenizer
 
