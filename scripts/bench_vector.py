@@ -14,6 +14,7 @@ shared with other work, ``--clock cpu`` (this process's CPU time, with one threa
     python scripts/bench_vector.py --profile --sizes 1,16 --threads 1   # where one vector step's time goes
     python scripts/bench_vector.py --learn --sizes 1,8 --threads 1      # REINFORCE learning over N students at once
     python scripts/bench_vector.py --lite-student mlp                   # the MLP over sentence embeddings
+    python scripts/bench_vector.py --device cuda --sizes 1,16,64,256 --threads 1   # on a GPU (the N = 256 target)
 
 ``--lite-student`` picks the student: ``ngrams`` (the default's, a 16,384 x 32 table) or ``mlp``.
 
@@ -211,17 +212,26 @@ def main() -> None:
                         help="the student: ngrams (the default env's) or mlp (over sentence embeddings)")
     parser.add_argument("--learn", action="store_true",
                         help="REINFORCE learning over N students at once against over one (student steps/s)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the students train (cuda: the clock waits for the GPU before each reading)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]
     if args.clock == "cpu" and thread_counts != [1]:
         parser.error("--clock cpu counts the CPU time of every thread; use it with --threads 1")
+    if args.device == "cuda" and (args.clock == "cpu" or not torch.cuda.is_available()):
+        parser.error("--device cuda needs a CUDA GPU torch can see, and the wall clock")
     clock = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.device == "cuda":
+        def clock() -> float:  # noqa: F811  (kernels run asynchronously: time what has finished)
+            torch.cuda.synchronize()
+            return time.perf_counter()
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     data = tiny_data() if args.tiny else default_data(args.lite_student)
     if args.tiny and args.lite_student == "mlp":  # the mlp student reads every input it is given
         data.splits = {name: SplitTensors({"embeddings": split.inputs["embeddings"]}, split.labels, split.lengths,
                                           split.teacher_logits) for name, split in data.splits.items()}
-    options = {"data": data, "lite_student": args.lite_student, "device": "cpu", "episode_steps": 200}
+    options = {"data": data, "lite_student": args.lite_student, "device": args.device, "episode_steps": 200}
     if args.profile:
         torch.set_num_threads(thread_counts[0])
         print(f"torch {torch.__version__}, {thread_counts[0]} thread(s), {args.steps} steps profiled per N")
@@ -229,7 +239,7 @@ def main() -> None:
         return
     train = data.splits["train"]
     if args.learn:
-        print(f"torch {torch.__version__}, CPU; {args.lite_student} student; reinforce (the router) learning, "
+        print(f"torch {torch.__version__}, {where}; {args.lite_student} student; reinforce (the router) learning, "
               f"{args.steps} vector steps x "
               f"{args.rounds} rounds, {args.clock} clock; data: {'synthetic' if args.tiny else 'default'}")
         print(f"{'threads':>7} {'N':>4} {'student steps/s':>16} {'x one student':>14}")
@@ -240,7 +250,7 @@ def main() -> None:
             for n in sizes:
                 print(f"{threads:>7} {n:>4} {rates[n]:>16.0f} {rates[n] / rates[0]:>14.2f}", flush=True)
         return
-    print(f"torch {torch.__version__}, CPU; {args.lite_student} student; data: {'synthetic' if args.tiny else 'default'} "
+    print(f"torch {torch.__version__}, {where}; {args.lite_student} student; data: {'synthetic' if args.tiny else 'default'} "
           f"({len(train)} train rows, D {train.inputs['embeddings'].shape[1]}, K {data.num_teachers}, "
           f"C {data.num_labels}); batch 32, reward dev_delta every 10 steps, {args.steps} steps x {args.rounds} rounds, "
           f"{args.clock} clock")
