@@ -37,11 +37,29 @@ def grid_cells(args: argparse.Namespace) -> list[str]:
     return [f"{agent}@{int(seed)}" for agent in split_list(args.agents) for seed in split_list(args.seeds)]
 
 
+def hyperparams_entry(args: argparse.Namespace, agent: str) -> dict | None:
+    """The entry of its hyperparameter file that an SB3 agent reads for the bench's env (``agents/hyperparams/<algo>.yml``
+    or ``--hyperparams-file``); None for the other agents."""
+    import agents
+    from agents.experiments.monitor import ENVS
+    from agents.sb3 import SB3Agent, load_hyperparams
+
+    agent_class, _ = agents.resolve(agent)
+    if not (isinstance(agent_class, type) and issubclass(agent_class, SB3Agent)):
+        return None
+    path = agent_kwargs_from(args, agent).get("hyperparams_file") or None
+    return load_hyperparams(agent_class.name, ENVS[args.env], path)
+
+
 def cell_config_hash(args: argparse.Namespace, agent: str) -> str:
-    """A short hash of everything that defines a cell's result except its seed: agent, env, budget, scenario, and
-    the env and agent options given on the command line."""
+    """A short hash of everything that defines a cell's result except its seed: agent, env, budget, scenario, the
+    env and agent options given on the command line, and, for an SB3 agent, the hyperparameter entry it reads (so a
+    cell run before its yml changed is run again, not reported as done)."""
     config = {"agent": agent, "env": args.env, "steps": args.steps, "scenario": args.scenario or "default",
               "env_kwargs": env_kwargs_from(args), "agent_kwargs": agent_kwargs_from(args, agent)}
+    hyperparams = hyperparams_entry(args, agent)
+    if hyperparams is not None:
+        config["hyperparams"] = hyperparams
     protocol = protocol_kwargs_from(args)
     if protocol["protocol"] != "online":  # online cells keep the hashes they had before protocols existed
         config["protocol"] = protocol
