@@ -67,6 +67,12 @@ def tiny_data(seed: int = 0, n_train: int = 4000, n_dev: int = 1000, dim: int = 
                   {"train": split(n_train), "dev": split(n_dev), "test": split(n_dev)})
 
 
+def synchronised_clock() -> float:
+    """Wall time once the GPU has finished its queued kernels (they run asynchronously)."""
+    torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def default_data(lite_student: str) -> KDData:
     """The default lite env's data for ``lite_student`` (task, pool and the student's inputs read from the cache),
     built once: every env of the run gets it through ``data=``, which gives the default env's student rows, regime
@@ -221,11 +227,8 @@ def main() -> None:
         parser.error("--clock cpu counts the CPU time of every thread; use it with --threads 1")
     if args.device == "cuda" and (args.clock == "cpu" or not torch.cuda.is_available()):
         parser.error("--device cuda needs a CUDA GPU torch can see, and the wall clock")
-    clock = time.perf_counter if args.clock == "wall" else time.process_time
-    if args.device == "cuda":
-        def clock() -> float:  # noqa: F811  (kernels run asynchronously: time what has finished)
-            torch.cuda.synchronize()
-            return time.perf_counter()
+    clock = synchronised_clock if args.device == "cuda" else (
+        time.perf_counter if args.clock == "wall" else time.process_time)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     data = tiny_data() if args.tiny else default_data(args.lite_student)
     if args.tiny and args.lite_student == "mlp":  # the mlp student reads every input it is given
