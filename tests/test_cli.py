@@ -112,20 +112,6 @@ def test_bench_writes_tables_plots_and_resumes_without_duplicates(tiny_env_kwarg
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_an_sb3_cell_is_stale_once_the_hyperparameter_entry_it_reads_changes(tmp_path):
-    from agents.experiments.cells import cell_config_hash
-
-    yml = tmp_path / "ppo.yml"
-    yml.write_text("default:\n  policy: MlpPolicy\n  n_steps: 4\n")
-    args = build_parser().parse_args(["bench", "--agents", "ppo,uniform", "--hyperparams-file", str(yml)])
-    before = {agent: cell_config_hash(args, agent) for agent in ("ppo", "uniform")}
-    yml.write_text("default:\n  policy: MlpPolicy\n  n_steps: 8\n")  # the same path, another entry
-    assert cell_config_hash(args, "ppo") != before["ppo"]
-    assert cell_config_hash(args, "uniform") == before["uniform"]  # reads no yml
-    yml.write_text("default:\n  policy: MlpPolicy\n  n_steps: 4\n")
-    assert cell_config_hash(args, "ppo") == before["ppo"]
-
-
 @pytest.mark.parametrize("scenario", ["default", "noisy-teacher"])
 def test_bench_adds_the_oracle_row_and_the_margins(tiny_env_kwargs, tmp_path, scenario):
     out = tmp_path / "bench"
