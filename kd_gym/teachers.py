@@ -3,9 +3,11 @@
 A teacher is a folder: a HuggingFace sequence classifier (hub id or ``save_pretrained`` folder, the general case) or
 a TF-IDF + logistic-regression teacher (:mod:`kd_gym.prepare.tfidf`, recognised by its ``config.json``).
 
-Each teacher has its own tokenizer. Logits for a task split are keyed by a fingerprint of
-(teacher weights, split content, max length, precision, label map), stored with safetensors under
-``<cache_dir>/logits/``; after the first run a teacher costs a file read.
+Each teacher has its own tokenizer. Logits for a task split are keyed by a fingerprint of everything that shapes them:
+the teacher's files (weights, config and tokenizer, by content), the split's content, the rows computed, max length,
+precision and the label order; they are stored with safetensors under ``<cache_dir>/logits/`` and checked against
+that key when read. After the first run a teacher costs a file read. A teacher folder that lacks what its model
+needs (``config.json``, a tokenizer with a vocabulary) is refused by name before anything is computed.
 
 A pool built by ``kd-gym teachers build`` skips the rows its teachers were trained on (``skip_rows``): no student
 may learn from them, so their logits are never computed and read as NaN. That is a third of the tweets' logits.
@@ -103,6 +105,43 @@ def label_permutation(teacher_labels: Sequence[str], task: Task, name: str, labe
                      f"{task_labels}; pass label_map={{task label: teacher label}}")
 
 
+_CHECKED_FOLDERS: set[tuple] = set()  # (folder, its files' names, sizes and times) already checked in this process
+
+
+def check_classifier_folder(folder: Path, name: str) -> None:
+    """Refuse a sequence-classifier folder that lacks what its model type needs: ``config.json`` and a tokenizer
+    with a vocabulary. Without its vocabulary files transformers builds a tokenizer of special tokens only, which
+    reads every text as ``[UNK]``: the teacher would give the same logits on every row.
+
+    :raises FileNotFoundError: naming the teacher, the folder and the missing file(s).
+    """
+    stamp = (str(folder), tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                                       for p in folder.iterdir() if p.is_file())))
+    if stamp in _CHECKED_FOLDERS:
+        return
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"teacher {name!r}: no config.json in {folder}; save the model there with "
+                                "save_pretrained (it writes config.json beside the weights), or fix the path")
+    from transformers import AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as error:
+        raise FileNotFoundError(f"teacher {name!r}: no tokenizer could be loaded from {folder} ({error}); save the "
+                                "teacher's tokenizer there with tokenizer.save_pretrained(folder)") from error
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        needed = sorted(set(getattr(type(tokenizer), "vocab_files_names", {}).values())) or ["tokenizer.json"]
+        present = sorted(p.name for p in folder.iterdir() if p.name.startswith(("tokenizer", "vocab", "merges",
+                                                                                "special_tokens")))
+        raise FileNotFoundError(
+            f"teacher {name!r}: the tokenizer in {folder} has no vocabulary ({len(tokenizer)} tokens, all special: "
+            f"{tokenizer.all_special_tokens}), so every text would read as unknown tokens; its vocabulary file "
+            f"({' or '.join(needed)}) is missing (tokenizer files there: {present or 'none'}). Copy the tokenizer "
+            "files from where the teacher was trained, or save them with tokenizer.save_pretrained(folder)")
+    _CHECKED_FOLDERS.add(stamp)
+
+
 def load_classifier(folder: str | Path, **kwargs):
     """Load a sequence classifier and its tokenizer from a local folder, without transformers' load report."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -150,7 +189,7 @@ class TeacherPool:
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(self.device, precision)
         self._folders: dict[int, Path] = {}
-        self._weight_hashes: dict[int, str] = {}
+        self._file_hashes: dict[int, str] = {}
         self.skip_rows = frozenset(skip_rows)
 
     @property
@@ -184,6 +223,8 @@ class TeacherPool:
             if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
                 raise FileNotFoundError(f"teacher {self.specs[k].name!r}: no model weights (*.safetensors or *.bin) in "
                                         f"{folder}; save the model there with save_pretrained, or fix the path")
+            if not is_tfidf_teacher(folder):
+                check_classifier_folder(folder, self.specs[k].name)
             self._folders[k] = folder
         return self._folders[k]
 
@@ -209,21 +250,22 @@ class TeacherPool:
         keep = np.array([h not in self.skip_rows for h in task.row_hashes(split)], dtype=bool)
         return None if keep.all() else np.flatnonzero(keep)
 
-    def _cache_key(self, k: int, task: Task, split: str, perm: list[int], rows: np.ndarray | None) -> str:
-        if k not in self._weight_hashes:
-            self._weight_hashes[k] = hash_files(self._folder(k), ("*.safetensors", "*.bin", "config.json",
-                                                                   "vocabulary.json"))
-        parts = [self._weight_hashes[k], task.fingerprint(split), self.max_length, str(self.dtype), perm]
-        if rows is not None:  # a pool that skips rows caches its own file; a full pool keeps its key
-            parts.append(fingerprint(rows.tolist()))
-        return fingerprint(*parts)
+    def _cache_key(self, k: int, task: Task, split: str, perm: list[int],
+                   rows: np.ndarray | None) -> tuple[str, dict[str, str]]:
+        """The fingerprint of teacher ``k``'s logits on ``split``, and what it is made of, by name."""
+        if k not in self._file_hashes:  # weights, config and tokenizer files, by content
+            self._file_hashes[k] = hash_files(self._folder(k))
+        parts = {"model_files": self._file_hashes[k], "split": task.fingerprint(split),
+                 "max_length": str(self.max_length), "precision": str(self.dtype), "label_order": json.dumps(perm),
+                 "computed_rows": "all" if rows is None else fingerprint(rows.tolist())}
+        return fingerprint(parts), parts
 
     def teacher_logits(self, k: int, task: Task, split: str) -> torch.Tensor:
         """(N, C) logits of teacher ``k`` on ``split``, columns in the task's label order (NaN on ``skip_rows``);
         cached."""
         perm = label_permutation(self._teacher_labels(k), task, self.specs[k].name, self.specs[k].label_map)
         rows = self._computed_rows(task, split)
-        key = self._cache_key(k, task, split, perm, rows)
+        key, parts = self._cache_key(k, task, split, perm, rows)
         path = self.cache_dir / "logits" / f"{self.specs[k].name}-{split}-{key[:20]}.safetensors"
 
         def compute() -> torch.Tensor:
@@ -243,8 +285,8 @@ class TeacherPool:
             return computed
 
         if rows is None:
-            return cached_tensor(path, key, len(task.splits[split]), compute)
-        computed = cached_tensor(path, key, len(rows), compute)  # the computed rows only: the cache holds no NaN
+            return cached_tensor(path, key, len(task.splits[split]), compute, parts)
+        computed = cached_tensor(path, key, len(rows), compute, parts)  # the computed rows only: the cache holds no NaN
         logits = torch.full((len(task.splits[split]), computed.shape[1]), float("nan"))
         logits[torch.as_tensor(rows)] = computed
         return logits

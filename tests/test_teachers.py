@@ -226,6 +226,44 @@ def test_weights_are_part_of_the_cache_key(varied_teachers, task, tmp_path, monk
     torch.testing.assert_close(shifted, original + 0.5, atol=1e-5, rtol=1e-5)
 
 
+def _swap_vocabulary(folder: Path) -> None:
+    """Give the teacher in ``folder`` another tokenizer: its words in reverse order (special tokens kept), so that
+    every word gets another id."""
+    from transformers import BertTokenizerFast
+
+    words = (folder / "vocab.txt").read_text().split()
+    special = [w for w in words if w.startswith("[")]
+    (folder / "vocab.txt").write_text("\n".join(special + [w for w in words if not w.startswith("[")][::-1]) + "\n")
+    (folder / "tokenizer.json").unlink()  # built again from vocab.txt
+    BertTokenizerFast.from_pretrained(folder).save_pretrained(folder)
+
+
+def test_tokenizer_is_part_of_the_cache_key(varied_teachers, task, tmp_path, monkeypatch) -> None:
+    # The same weights behind another tokenizer give other logits: the cache must not serve the old ones.
+    folder = tmp_path / "copy" / "varied0"
+    shutil.copytree(varied_teachers[0], folder)
+    original = make_pool([folder], tmp_path / "cache").logits(task, "dev")
+    _swap_vocabulary(folder)
+    loaded = count_model_loading(monkeypatch)
+    swapped = make_pool([folder], tmp_path / "cache").logits(task, "dev")
+    assert loaded == ["varied0"]  # computed again, not read
+    assert len(cache_files(tmp_path / "cache")) == 2
+    torch.testing.assert_close(swapped, logits_by_hand(folder, task.texts("dev"))[:, None], atol=1e-5, rtol=1e-5)
+    assert (swapped - original).abs().max() > 0.05
+    # and the intact original still reads its own logits
+    torch.testing.assert_close(make_pool([varied_teachers[0]], tmp_path / "cache").logits(task, "dev"), original)
+
+
+def test_cache_file_says_what_its_key_is_made_of(varied_teachers, task, cache_copy, monkeypatch, caplog) -> None:
+    # A file whose stored key parts disagree with the teacher's is recomputed, and the warning names the part.
+    cache_dir, path, original = cache_copy
+    data = path.read_bytes()
+    start = data.index(b'"max_length":"') + len('"max_length":"')
+    path.write_bytes(data[:start] + (b"7" if data[start:start + 1] != b"7" else b"8") + data[start + 1:])
+    _recomputes_to(original, varied_teachers, task, cache_dir, monkeypatch, caplog)
+    assert "max_length" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------------ label spaces
 
 

@@ -45,12 +45,19 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def hash_files(folder: str | Path, patterns: tuple[str, ...] = ("*.safetensors", "*.bin", "config.json")) -> str:
-    """sha256 of the weight and config files of a model folder (names and bytes), in sorted order."""
+MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "tokenizer*")
+"""The files of a model folder: weights, config and tokenizer (``tokenizer.json``, ``tokenizer_config.json``,
+``vocab.txt``, ``merges.txt``, ``*.model``, ...). :func:`resolve_model_folder` fetches these from the hub and
+:func:`hash_files` hashes them, so that every file that shapes a model's outputs is part of a cache key."""
+
+
+def hash_files(folder: str | Path, patterns: tuple[str, ...] = MODEL_FILE_PATTERNS) -> str:
+    """sha256 of the files of a model folder that match ``patterns`` (names and bytes, in sorted order): by
+    default its weights, config and tokenizer files (:data:`MODEL_FILE_PATTERNS`)."""
     digest = hashlib.sha256()
-    files = sorted({p for pattern in patterns for p in Path(folder).glob(pattern)})
+    files = sorted({p for pattern in patterns for p in Path(folder).glob(pattern) if p.is_file()})
     if not files:
-        raise FileNotFoundError(f"no model weights ({', '.join(patterns)}) found in {folder}")
+        raise FileNotFoundError(f"no model files ({', '.join(patterns)}) found in {folder}")
     for path in files:
         digest.update(path.name.encode())
         with open(path, "rb") as handle:
@@ -75,7 +82,7 @@ def resolve_model_folder(name_or_path: str | Path, revision: str | None = None) 
         folder = snapshot_download(
             str(name_or_path),
             revision=revision,
-            allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt", "*.model", "tokenizer*"],
+            allow_patterns=list(MODEL_FILE_PATTERNS),
         )
     except Exception as error:  # network, auth or missing repo: say which and how to fix
         raise OSError(
@@ -138,15 +145,18 @@ def load_tensors(path: str | Path, expected: dict[str, str]) -> dict[str, torch.
     return tensors
 
 
-def cached_tensor(path: str | Path, key: str, rows: int, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+def cached_tensor(path: str | Path, key: str, rows: int, compute: Callable[[], torch.Tensor],
+                  parts: dict[str, str] | None = None) -> torch.Tensor:
     """The tensor cached at ``path`` for ``key`` if it is intact and has ``rows`` rows, else ``compute()``, saved there.
 
     The one cache-or-compute path of kd-gym: teacher logits and sentence embeddings both go through it.
 
     :param key: the fingerprint of everything the tensor depends on (stored in the file and checked on load).
     :param rows: the expected first dimension (N).
+    :param parts: what ``key`` is made of, by name (``model_files``, ``max_length``, ...): stored in the file too
+        and checked on load, so a file made for other inputs says which one differed.
     """
-    expected = {"fingerprint": key, "rows": str(rows)}
+    expected = {"fingerprint": key, "rows": str(rows), **(parts or {})}
     cached = load_tensors(path, expected)
     if cached is not None and "tensor" in cached and cached["tensor"].shape[0] == rows:
         return cached["tensor"]

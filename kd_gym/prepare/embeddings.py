@@ -46,13 +46,13 @@ class SentenceEncoder:
         self.batch_size = batch_size
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(self.device, precision)
-        self._weights_hash: str | None = None
+        self._files_hash: str | None = None
 
     def encode(self, task: Task, split: str) -> torch.Tensor:
         """(N, H) float32 embeddings of ``split``; computed once, then read from the cache."""
-        if self._weights_hash is None:
-            self._weights_hash = hash_files(self.folder)
-        key = fingerprint(self._weights_hash, task.fingerprint(split), self.max_length, str(self.dtype), "mean-l2")
+        if self._files_hash is None:
+            self._files_hash = hash_files(self.folder)
+        key = fingerprint(self._files_hash, task.fingerprint(split), self.max_length, str(self.dtype), "mean-l2")
         path = self.cache_dir / "embeddings" / f"{self.folder.name}-{split}-{key[:20]}.safetensors"
 
         def compute() -> torch.Tensor:
