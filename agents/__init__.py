@@ -5,7 +5,8 @@
     agent = agents.make("reinforce", env, seed=0)
     agent.learn(total_steps=1000)
 
-Names: ``reinforce``, ``reinforce-paper`` (RL-KD's own design), ``ppo``, ``a2c``, ``sac``, ``td3``, ``metagrad`` (meta-gradient, no RL), ``uniform``,
+Names: ``reinforce`` (REINFORCE over routers on the student's dev gain), ``reinforce-paper`` (RL-KD's own design),
+``gold-router`` (fitted to the labelled rows' gold labels: a reference), ``ppo``, ``a2c``, ``sac``, ``td3``, ``metagrad`` (meta-gradient, no RL), ``uniform``,
 ``single:<k>``, ``best_teacher``, ``confidence``, ``random``, ``no_kd``, ``oracle`` (privileged reference);
 third-party agents through the entry-point group ``kd_gym.agents`` or a ``package.module:Class`` path.
 """
@@ -25,7 +26,8 @@ ENTRY_POINT_GROUP = "kd_gym.agents"
 
 BUILTIN: dict[str, str] = {
     "reinforce": "agents.reinforce:ReinforceAgent",
-    "reinforce-paper": "agents.reinforce:PaperReinforceAgent",
+    "reinforce-paper": "agents.reinforce_paper:PaperReinforceAgent",
+    "gold-router": "agents.gold_router:GoldRouterAgent",
     "ppo": "agents.sb3:PPOAgent",
     "a2c": "agents.sb3:A2CAgent",
     "sac": "agents.sb3:SACAgent",

@@ -116,6 +116,11 @@ class Agent:
         """
         raise NotImplementedError(self.why_not_learn_over())
 
+    def learning_student_steps(self, steps: int, students: int) -> int:
+        """Student steps that :meth:`learn_over` over ``students`` students of ``steps`` updates spends (the
+        train-eval protocol reports it): ``students * steps``, unless the agent sets its own budget."""
+        return students * steps
+
     def why_not_learn_over(self) -> str | None:
         """Why :meth:`learn_over` is not available; None where it is."""
         return f"agent {self.name!r} learns over one student at a time (it has no learn_over)"

@@ -1,4 +1,8 @@
-"""The gold-likelihood router of REINFORCE's ``advantage='mixture'`` (the default of ``reinforce``; beyond the paper).
+"""``gold-router``: a teacher router fitted to the labelled instances' gold-label likelihood (beyond the paper).
+
+What it learns from: the gold labels of the labelled rows, that is *teacher correctness*; the env's reward (the
+student's progress) is not used. A strong reference for the agents that learn from the student's progress
+(``reinforce``), not one of them.
 
 A contextual bandit on the labelled instances. The policy is a categorical router ``pi(k | v) = softmax(W v + b)``
 over the K teachers, where ``v`` is what the instance shows without its gold label (its label-free instance features:
@@ -24,12 +28,16 @@ rows; the views are standardised with a running mean / std of every view seen (l
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 import torch
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from torch import nn
 
-from agents.state import LabelFreeView
+from agents.base import Agent, AgentConfig
+from agents.state import LabelFreeView, PerTeacherState
 
 
 class GoldRouter:
@@ -38,7 +46,7 @@ class GoldRouter:
     :param instance_feature_names: the env's ``instance_feature_names``.
     :param teacher_feature_names: the env's ``teacher_feature_names`` (``teacher_ce`` gives the rewards).
     :param num_teachers: K.  :param num_labels: C.
-    :param learning_rate, l2, entropy_coef, samples, replay_size, replay_batch: see ``ReinforceConfig``.
+    :param learning_rate, l2, entropy_coef, samples, replay_size, replay_batch: see :class:`GoldRouterConfig`.
     :param generator: the agent's torch generator (arm draws, minibatches, init).
     """
 
@@ -46,7 +54,7 @@ class GoldRouter:
                  num_labels: int, *, learning_rate: float, l2: float, entropy_coef: float, samples: int,
                  replay_size: int, replay_batch: int, generator: torch.Generator) -> None:
         if samples < 1 or replay_size < 1 or replay_batch < 1 or l2 < 0:
-            raise ValueError(f"mixture router: samples={samples}, gold_replay={replay_size} and gold_replay_batch="
+            raise ValueError(f"gold router: mixture_samples={samples}, replay_size={replay_size} and replay_batch="
                              f"{replay_batch} must be >= 1 and router_l2={l2} >= 0")
         #: obs -> (B, size) views
         self.view = LabelFreeView(instance_feature_names, num_teachers, num_labels)
@@ -151,3 +159,158 @@ class GoldRouter:
         n = self.replay_count = len(state["views"])
         self.replay_views[:n], self.replay_rewards[:n] = state["views"], state["rewards"]
         self.replay_cursor = int(state["cursor"])
+
+
+@dataclasses.dataclass
+class GoldRouterConfig(AgentConfig):
+    learning_rate: float = 0.003
+    """Adam learning rate of the router"""
+    entropy_coef: float = 0.01
+    """weight of the router's entropy bonus"""
+    warmup_steps: int = 20
+    """first steps weight every teacher equally while the replay and the standardisation fill (no router update)"""
+    anneal_lr: bool = False
+    """decay the learning rate linearly to 0 over learn()'s steps"""
+    router_l2: float = 0.3
+    """L2 penalty on the router's weights (keeps a gate fitted on few labels smooth)"""
+    mixture_samples: int = 4
+    """arms drawn per replayed instance for the REINFORCE estimate"""
+    replay_size: int = 4096
+    """labelled instances kept in the replay (the last ones seen)"""
+    replay_batch: int = 64
+    """replayed instances per step: each update, every router_update_interval steps, replays interval times this"""
+    router_update_interval: int = 4
+    """steps between router updates (the same replayed rows per step as an update every step, at a quarter of the
+    small operations)"""
+
+
+class GoldRouterAgent(Agent):
+    """``gold-router``: :class:`GoldRouter` acting on the env (module docstring).
+
+    Acting: during the warm-up every teacher counts equally; then one teacher per instance, drawn from pi, taught
+    with weight 1 (one-hot rows). ``predict(deterministic=True)``: pi itself as the weights (``select`` mode: the most
+    probable teacher).
+
+    :param env: a TeacherSelection env (``weights`` or ``select``).  :param kwargs: fields of :class:`GoldRouterConfig`.
+    """
+
+    name = "gold-router"
+    Config = GoldRouterConfig
+    pure_predict = True  # deterministic: the frozen router's probabilities
+
+    def __init__(self, env, **kwargs: Any) -> None:
+        super().__init__(env, **kwargs)
+        cfg = self.config
+        if cfg.router_update_interval < 1:
+            raise ValueError(f"router_update_interval={cfg.router_update_interval} must be >= 1 (steps between router "
+                             "updates)")
+        self._action_dtype = np.int8 if self.select_mode else np.float32
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        # The router's figures were first measured inside the keep/drop learner, which drew its selector's init from
+        # this generator first; the same draws keep them reproducible seed for seed.
+        torch.empty(1, PerTeacherState(env.observation_space, 1.0).size).normal_(0.0, 0.01, generator=self.generator)
+        base = self.unwrapped
+        self.router = GoldRouter(
+            base.instance_feature_names, base.teacher_feature_names, base.num_teachers, base.num_labels,
+            learning_rate=cfg.learning_rate, l2=cfg.router_l2, entropy_coef=cfg.entropy_coef,
+            samples=cfg.mixture_samples, replay_size=cfg.replay_size,
+            replay_batch=cfg.replay_batch * cfg.router_update_interval, generator=self.generator)
+        self.updates = 0
+        self.metrics: dict[str, float] = {}
+
+    def _route(self, obs: dict[str, np.ndarray], deterministic: bool, views: torch.Tensor | None = None) -> np.ndarray:
+        """The action: one teacher per instance drawn from pi (one-hot); with ``deterministic``, pi itself as the
+        weights (select mode: the most probable teacher). ``views``: the router's views of ``obs`` when made."""
+        probs = self.router.probabilities(self.router.view(obs) if views is None else views)
+        if deterministic and not self.select_mode:
+            return probs.numpy().astype(np.float32)
+        arms = probs.argmax(-1) if deterministic else torch.multinomial(probs, 1, generator=self.generator)[:, 0]
+        action = np.zeros(probs.shape, dtype=self._action_dtype)
+        action[np.arange(len(action)), arms.numpy()] = 1
+        return action
+
+    def predict(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
+        return self._route(obs, deterministic)
+
+    def _act_and_learn(self, obs: dict[str, np.ndarray], step: int) -> np.ndarray:
+        """One step's work on the (rows, ...) observation ``obs``: fold its views into the standardisation and its
+        labelled instances into the replay, take a router update when one is due, and return the action."""
+        cfg, router = self.config, self.router
+        views = router.view(obs)
+        router.observe(views)
+        router.remember(obs, views)
+        if step < cfg.warmup_steps:
+            return np.ones(obs["teacher_logits"].shape[:2], dtype=self._action_dtype)
+        action = self._route(obs, deterministic=False, views=views)
+        if (step - cfg.warmup_steps) % cfg.router_update_interval == 0:
+            self._record_metrics(router.update())
+        return action
+
+    def learn(self, total_steps: int, callback=None, resume: bool = False) -> GoldRouterAgent:
+        """Run ``total_steps`` env steps; every step acts and, every ``router_update_interval`` steps after the
+        warm-up, takes one router step on a replayed minibatch. ``resume``: continue a loaded training state exactly."""
+        cfg = self.config
+        self._begin(total_steps, resume)
+        while self.loop.step < total_steps:
+            step = self.loop.step
+            if cfg.anneal_lr:
+                for group in self.router.optimizer.param_groups:
+                    group["lr"] = cfg.learning_rate * (1.0 - step / total_steps)
+            action = self._act_and_learn(self._observation(), step)
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            self._advance(obs, terminated, truncated)
+            if callback is not None and callback(locals()) is False:
+                break
+        return self
+
+    def learn_over(self, envs, steps: int, callback=None) -> GoldRouterAgent:
+        """Learn over the N students of the vector env ``envs`` at once (see :meth:`Agent.learn_over`): each vector
+        step acts for all N * B instances with one gate forward and takes a router step every
+        ``router_update_interval`` vector steps on N times the single run's replayed rows (the same replayed rows per
+        student step as learning over one student)."""
+        router, n = self.router, envs.num_envs
+        single_batch = router.replay_batch
+        router.replay_batch = single_batch * n
+        try:
+            obs, _ = envs.reset(seed=self.config.seed)
+            for step in range(steps):
+                flat = {key: value.reshape(-1, *value.shape[2:]) for key, value in obs.items()}  # (N * B, ...)
+                action = self._act_and_learn(flat, step)
+                obs, reward, terminated, truncated, info = envs.step(action.reshape(n, *self.batch_shape))
+                if callback is not None and callback(locals()) is False:
+                    break
+        finally:
+            router.replay_batch = single_batch
+        return self
+
+    def why_not_learn_over(self) -> str | None:
+        return None
+
+    def _record_metrics(self, metrics: dict[str, float] | None) -> None:
+        if metrics is None:
+            return
+        self.updates += 1
+        routes = [metrics.pop(f"route[{k}]") for k in range(self.unwrapped.num_teachers)]
+        self.metrics.update(metrics, updates=float(self.updates), keep_probability=float(np.mean(routes)))
+        for teacher, share in zip(self.unwrapped.teacher_names, routes):
+            self.metrics[f"keep_probability[{teacher}]"] = share
+
+    # -- persistence
+    def state_dict(self) -> dict[str, Any]:
+        return {"router": self.router.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.router.load_state_dict(state["router"])
+        self.updates = state["updates"]
+
+    def training_state(self) -> dict[str, Any]:
+        """The loop and the agent's rng (:class:`~agents.base.Agent`), the arm draws' generator, the running metrics
+        and the replay."""
+        return {**super().training_state(), "generator": self.generator.get_state(), "metrics": dict(self.metrics),
+                "router": self.router.training_state()}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        super().load_training_state(state)
+        self.generator.set_state(state["generator"])
+        self.metrics = dict(state["metrics"])
+        self.router.load_training_state(state["router"])

@@ -1,4 +1,4 @@
-"""REINFORCE teacher selection: the method of RL-KD (Yuan et al., "Reinforced Multi-Teacher Selection for Knowledge
+"""`reinforce-paper`: the teacher selection of RL-KD (Yuan et al., "Reinforced Multi-Teacher Selection for Knowledge
 Distillation", AAAI 2021), in one file.
 
 The paper, mapped onto kd-gym:
@@ -43,19 +43,19 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from torch import nn
 
 from agents.base import Agent, AgentConfig
-from agents.gold_router import GoldRouter
 from agents.selector import TeacherSelector
 from agents.state import PerTeacherState
 
 ACTION_MODES = ("sample", "prob")
-MIXTURE_REPLAY = 4096  # advantage='mixture' with gold_replay=0: keep this many labelled instances
-ADVANTAGES = ("return", "credit", "gold", "mixture")
+ADVANTAGES = ("return", "credit", "gold")
 
 
 @dataclasses.dataclass
-class ReinforceConfig(AgentConfig):
-    learning_rate: float = 0.003
-    """Adam learning rate of the selector (of the router with advantage='mixture'; the paper's setting: 0.01)"""
+class PaperReinforceConfig(AgentConfig):
+    """RL-KD's own design: the shared logistic unit and one window return shared by every action (the defaults)."""
+
+    learning_rate: float = 0.01
+    """Adam learning rate of the selector (the paper's setting)"""
     update_interval: int = 0
     """minimum steps per policy update; a window closes at the next measured reward (0: at every measured reward)"""
     baseline_decay: float = 0.9
@@ -66,13 +66,12 @@ class ReinforceConfig(AgentConfig):
     """first steps keep every teacher while the baseline is fitted (no policy update)"""
     normalize_advantage: bool = True
     """divide advantages by a running std of the returns"""
-    advantage: str = "mixture"
+    advantage: str = "return"
     """'return': the window's return minus the baseline, shared by its actions (the paper); 'credit': per-action
     advantages from each (instance, teacher) pair's credit (env.unwrapped.pair_credit(), or info['credit'] with the
     env option credit=True), measured while learning only; 'gold': per-action advantages on the labelled instances
-    from each teacher's CE against the gold label (the observation's teacher_ce), none on the transfer rows;
-    'mixture': a categorical router over the teachers fitted by REINFORCE to the labelled instances' gold-label
-    likelihood, log sum_k pi_k p_k(y) (agents.gold_router); beyond the paper"""
+    from each teacher's CE against the gold label (the observation's teacher_ce), none on the transfer rows (the
+    last two are beyond the paper)"""
     action_mode: str = "sample"
     """weights mode: 'sample' (0/1 Bernoulli weights, the paper) or 'prob' (logit-normal continuous weights)"""
     anneal_lr: bool = False
@@ -98,13 +97,6 @@ class ReinforceConfig(AgentConfig):
     gold_signal: str = "ce"
     """advantage='gold': 'ce' (minus each teacher's CE on the gold label, centred per instance) or 'best' (1 for
     the teacher with the lowest CE, 0 for the others, centred: only the instance's best teacher is worth keeping)"""
-    router_l2: float = 0.3
-    """advantage='mixture': L2 penalty on the router's weights (keeps a gate fitted on few labels smooth)"""
-    mixture_samples: int = 4
-    """advantage='mixture': arms drawn per replayed instance for the REINFORCE estimate"""
-    router_update_interval: int = 4
-    """advantage='mixture': steps between router updates; each replays interval * gold_replay_batch instances (the
-    same replayed rows per step as an update every step, at a quarter of the small operations)"""
 
 
 @dataclasses.dataclass
@@ -123,15 +115,15 @@ class Window:
         self.inputs, self.actions, self.total_return, self.steps, self.states = [], [], 0.0, 0, []
 
 
-class ReinforceAgent(Agent):
+class PaperReinforceAgent(Agent):
     """RL-KD's per-instance, per-teacher logistic selector trained with REINFORCE and a baseline.
 
     :param env: a TeacherSelection env (``weights`` or ``select``).
-    :param kwargs: fields of :class:`ReinforceConfig`.
+    :param kwargs: fields of :class:`PaperReinforceConfig`.
     """
 
-    name = "reinforce"
-    Config = ReinforceConfig
+    name = "reinforce-paper"
+    Config = PaperReinforceConfig
     pure_predict = True  # deterministic: the keep probabilities of the frozen selector and input statistics
 
     def __init__(self, env, **kwargs: Any) -> None:
@@ -144,8 +136,8 @@ class ReinforceAgent(Agent):
         # advantage='credit' reads info["credit"] when the env puts it there (credit=True), else it measures the
         # same per-pair credit itself before each step, while learning only (env.unwrapped.pair_credit())
         self._env_credit = bool(self.unwrapped.config.credit)
-        if cfg.advantage in ("credit", "gold", "mixture") and cfg.action_mode == "prob" and not self.select_mode:
-            raise ValueError(f"advantage={cfg.advantage!r} draws discrete actions (keep/drop or one teacher): use action_mode='sample'")
+        if cfg.advantage in ("credit", "gold") and cfg.action_mode == "prob" and not self.select_mode:
+            raise ValueError(f"advantage={cfg.advantage!r} draws keep/drop actions: use action_mode='sample'")
         if cfg.advantage == "gold":  # the observation's columns it reads
             self._ce_column = self.unwrapped.teacher_feature_names.index("teacher_ce")
             self._labelled_column = self.unwrapped.instance_feature_names.index("labelled")
@@ -185,22 +177,9 @@ class ReinforceAgent(Agent):
         if cfg.gold_replay < 0 or cfg.gold_replay_batch < 1:
             raise ValueError(f"gold_replay={cfg.gold_replay} must be >= 0 and gold_replay_batch="
                              f"{cfg.gold_replay_batch} >= 1")
-        if cfg.gold_replay and cfg.advantage not in ("gold", "mixture"):
-            raise ValueError(f"gold_replay={cfg.gold_replay} replays labelled instances for advantage='gold' or "
-                             f"'mixture', not advantage={cfg.advantage!r}; set one of those or gold_replay=0")
-        #: advantage='mixture': the gold-likelihood router that acts and learns instead of the keep/drop selector
-        self.router = None
-        if cfg.advantage == "mixture":
-            if cfg.router_update_interval < 1:
-                raise ValueError(f"router_update_interval={cfg.router_update_interval} must be >= 1 (steps between "
-                                 "router updates)")
-            self.router = GoldRouter(
-                self.unwrapped.instance_feature_names, self.unwrapped.teacher_feature_names, len(teachers),
-                self.unwrapped.num_labels, learning_rate=cfg.learning_rate, l2=cfg.router_l2,
-                entropy_coef=cfg.entropy_coef, samples=cfg.mixture_samples,
-                replay_size=cfg.gold_replay or MIXTURE_REPLAY,
-                replay_batch=cfg.gold_replay_batch * cfg.router_update_interval,
-                generator=self.generator)
+        if cfg.gold_replay and cfg.advantage != "gold":
+            raise ValueError(f"gold_replay={cfg.gold_replay} replays labelled instances for advantage='gold', "
+                             f"not advantage={cfg.advantage!r}; set one of those or gold_replay=0")
         #: advantage='gold' with gold_replay: (raw state (K, d), centred signal (K,)) of the last labelled instances
         self.replay: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.replay_cursor = 0
@@ -250,21 +229,7 @@ class ReinforceAgent(Agent):
             z = logits + self.config.logit_std * noise
             return torch.sigmoid(z).numpy().astype(np.float32), z
 
-    def _route(self, obs: dict[str, np.ndarray], deterministic: bool, views: torch.Tensor | None = None) -> np.ndarray:
-        """advantage='mixture': the router's action, one teacher per instance drawn from pi (one-hot); with
-        ``deterministic``, pi itself as the weights (select mode: the most probable teacher). ``views``: the
-        router's views of ``obs`` when already made."""
-        probs = self.router.probabilities(self.router.view(obs) if views is None else views)
-        if deterministic and not self.select_mode:
-            return probs.numpy().astype(np.float32)
-        arms = probs.argmax(-1) if deterministic else torch.multinomial(probs, 1, generator=self.generator)[:, 0]
-        action = np.zeros(probs.shape, dtype=self._action_dtype)
-        action[np.arange(len(action)), arms.numpy()] = 1
-        return action
-
     def predict(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> np.ndarray:
-        if self.router is not None:
-            return self._route(obs, deterministic)
         if deterministic:
             probs = self.keep_probabilities(obs)
             return (probs > 0.5).astype(np.int8) if self.select_mode else probs.astype(np.float32)
@@ -384,13 +349,11 @@ class ReinforceAgent(Agent):
         self.baseline = decay * self.baseline + (1 - decay) * window_return
         self.metrics.update(baseline=self.baseline, window_return=window_return)
 
-    def learn(self, total_steps: int, callback=None, resume: bool = False) -> ReinforceAgent:
+    def learn(self, total_steps: int, callback=None, resume: bool = False) -> PaperReinforceAgent:
         """Run ``total_steps`` env steps, updating the selector at the end of each window (module docstring);
         ``callback(locals())`` after each step. ``resume``: continue a loaded :meth:`training_state` (the loop, the
         open window, the action noise's generator) exactly; see :class:`~agents.base.Agent`."""
         cfg = self.config
-        if self.router is not None:
-            return self._learn_mixture(total_steps, callback, resume)
         self._begin(total_steps, resume)
         if not resume:
             self.window = Window()
@@ -440,85 +403,8 @@ class ReinforceAgent(Agent):
                 break
         return self
 
-    def _learn_mixture(self, total_steps: int, callback, resume: bool) -> ReinforceAgent:
-        """advantage='mixture': every step folds the batch's views into the router's standardisation and its
-        labelled instances into the replay, acts (every teacher during the warm-up, then one drawn from pi per
-        instance) and takes one router step on a replayed minibatch (agents.gold_router)."""
-        cfg, router = self.config, self.router
-        self._begin(total_steps, resume)
-        while self.loop.step < total_steps:
-            step = self.loop.step
-            if cfg.anneal_lr:
-                for group in router.optimizer.param_groups:
-                    group["lr"] = cfg.learning_rate * (1.0 - step / total_steps)
-            obs = self._observation()
-            views = router.view(obs)
-            router.observe(views)
-            router.remember(obs, views)
-            if step < cfg.warmup_steps:
-                action = np.ones(self.batch_shape, dtype=self._action_dtype)
-            else:
-                action = self._route(obs, deterministic=False, views=views)
-                if (step - cfg.warmup_steps) % cfg.router_update_interval == 0:
-                    self._record_router_metrics(router.update())
-            obs, reward, terminated, truncated, info = self.env.step(action)
-            self._advance(obs, terminated, truncated)
-            if callback is not None and callback(locals()) is False:
-                break
-        return self
-
-    def learn_over(self, envs, steps: int, callback=None) -> ReinforceAgent:
-        """advantage='mixture': learn over the N students of the vector env ``envs`` at once (see
-        :meth:`Agent.learn_over`). Each vector step folds the N batches' views into the standardisation and their
-        labelled instances into the replay, acts for all N * B instances with one gate forward (every teacher during
-        the warm-up, then one drawn from pi per instance), takes a router step every ``router_update_interval``
-        vector steps on a replayed minibatch of N times the single run's (the same replayed rows per student step as
-        learning over one student) and
-        steps the N students as one computation. The other learners keep windows of one student's returns: they
-        learn over one student at a time."""
-        if self.router is None:
-            raise NotImplementedError(self.why_not_learn_over())
-        cfg, router, n = self.config, self.router, envs.num_envs
-        router.replay_batch = cfg.gold_replay_batch * cfg.router_update_interval * n
-        try:
-            obs, _ = envs.reset(seed=cfg.seed)
-            for step in range(steps):
-                flat = {key: value.reshape(-1, *value.shape[2:]) for key, value in obs.items()}  # (N * B, ...)
-                views = router.view(flat)
-                router.observe(views)
-                router.remember(flat, views)
-                if step < cfg.warmup_steps:
-                    action = np.ones(flat["teacher_logits"].shape[:2], dtype=self._action_dtype)
-                else:
-                    action = self._route(flat, deterministic=False, views=views)
-                    if (step - cfg.warmup_steps) % cfg.router_update_interval == 0:
-                        self._record_router_metrics(router.update())
-                obs, reward, terminated, truncated, info = envs.step(action.reshape(n, *self.batch_shape))
-                if callback is not None and callback(locals()) is False:
-                    break
-        finally:
-            router.replay_batch = cfg.gold_replay_batch * cfg.router_update_interval
-        return self
-
-    def why_not_learn_over(self) -> str | None:
-        if self.router is None:
-            return (f"advantage={self.config.advantage!r}: the keep/drop learner's windows follow one student's "
-                    "returns; only advantage='mixture' learns over N students at once")
-        return None
-
-    def _record_router_metrics(self, metrics: dict[str, float] | None) -> None:
-        if metrics is None:
-            return
-        self.updates += 1
-        routes = [metrics.pop(f"route[{k}]") for k in range(len(self.unwrapped.teacher_names))]
-        self.metrics.update(metrics, updates=float(self.updates), keep_probability=float(np.mean(routes)))
-        for teacher, share in zip(self.unwrapped.teacher_names, routes):
-            self.metrics[f"keep_probability[{teacher}]"] = share
-
     # -- persistence
     def state_dict(self) -> dict[str, Any]:
-        if self.router is not None:
-            return {"router": self.router.state_dict(), "updates": self.updates}
         return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "input_mean": self.input_stats.mean, "input_var": self.input_stats.var,
                 "input_count": self.input_stats.count, "baseline": self.baseline, "return_var": self.return_var,
@@ -533,8 +419,7 @@ class ReinforceAgent(Agent):
                 "window": {"inputs": list(window.inputs), "actions": list(window.actions),
                            "total_return": window.total_return, "steps": window.steps,
                            "states": list(window.states)},
-                "replay": [list(item) for item in self.replay], "replay_cursor": self.replay_cursor,
-                **({"router": self.router.training_state()} if self.router is not None else {})}
+                "replay": [list(item) for item in self.replay], "replay_cursor": self.replay_cursor}
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         super().load_training_state(state)
@@ -543,14 +428,8 @@ class ReinforceAgent(Agent):
         self.window = Window(**state["window"])
         self.replay = [tuple(item) for item in state.get("replay", [])]
         self.replay_cursor = int(state.get("replay_cursor", 0))
-        if self.router is not None:
-            self.router.load_training_state(state["router"])
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.router is not None:
-            self.router.load_state_dict(state["router"])
-            self.updates = state["updates"]
-            return
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.input_stats.mean, self.input_stats.var = np.asarray(state["input_mean"]), np.asarray(state["input_var"])
@@ -559,19 +438,3 @@ class ReinforceAgent(Agent):
         self.baseline, self.return_var, self.updates = state["baseline"], state["return_var"], state["updates"]
         self.credit_var = state.get("credit_var", 1.0)
 
-
-@dataclasses.dataclass
-class PaperReinforceConfig(ReinforceConfig):
-    """RL-KD's own design: the shared logistic unit and one window return shared by every action."""
-
-    learning_rate: float = 0.01
-    routed: bool = False
-    advantage: str = "return"
-
-
-class PaperReinforceAgent(ReinforceAgent):
-    """``reinforce-paper``: :class:`ReinforceAgent` with the paper's design (:class:`PaperReinforceConfig`), kept
-    runnable beside the default for comparison (docs/agents.md says why it does not learn per-instance choice)."""
-
-    name = "reinforce-paper"
-    Config = PaperReinforceConfig

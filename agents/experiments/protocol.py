@@ -141,7 +141,9 @@ def learn_phase(agent, env: gym.Env, steps: int, train_students: int, progress=N
     if reason is not None:
         agent.learn(train_students * steps)
         return f"one student at a time ({reason})"
-    tick = (lambda local: progress.update(train_students)) if progress is not None else None  # noqa: E731
+    # the callback's locals may say how many student steps a call stands for (an agent with its own population)
+    tick = (lambda local: progress.update(local.get("student_steps_done", train_students))  # noqa: E731
+            if progress is not None else None)
     agent.learn_over(_vector_env(env.unwrapped, train_students), steps, callback=tick)
     return f"{train_students} students at once"
 

@@ -153,9 +153,11 @@ def train_student(
         dev, test = student_env.evaluate("dev")["metric"], student_env.evaluate("test")["metric"]
         history, extra = monitored.history, {}
     else:
-        learn_steps = train_students * steps if getattr(agent, "learns", True) else 0
+        learn_steps = agent.learning_student_steps(steps, train_students) if getattr(agent, "learns", True) else 0
         bar.reset(total=learn_steps + eval_students * steps)
         train_phase = learn_phase(agent, monitored, steps, train_students, progress=bar) if learn_steps else "-"
+        if learn_steps and hasattr(agent, "student_steps_learned"):  # an agent that keeps its own count
+            learn_steps = int(agent.student_steps_learned)
         seeds = eval_seeds(seed, eval_students)
         monitors = [TrainingMonitor(base, interval, progress=bar, keep_student=False) for _ in seeds]
         evaluated = evaluate_policy(agent, monitors, steps, seeds)
