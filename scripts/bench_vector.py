@@ -12,7 +12,7 @@ shared with other work, ``--clock cpu`` (this process's CPU time, with one threa
     python scripts/bench_vector.py --threads 1,2 --sizes 1,4,16,64 --steps 100 --rounds 3
     python scripts/bench_vector.py --tiny --threads 1 --clock cpu
     python scripts/bench_vector.py --profile --sizes 1,16 --threads 1   # where one vector step's time goes
-    python scripts/bench_vector.py --learn --sizes 1,8 --threads 1      # REINFORCE learning over N students at once
+    python scripts/bench_vector.py --learn --sizes 1,8 --threads 1      # the gold router learning over N students at once
     python scripts/bench_vector.py --lite-student mlp                   # the MLP over sentence embeddings
     python scripts/bench_vector.py --device cuda --sizes 1,16,64,256 --threads 1   # on a GPU (the N = 256 target)
 
@@ -124,7 +124,7 @@ def learn_runner(num_envs: int, options: dict, steps: int, seed: int, clock):
     envs = gym.make_vec(LITE, num_envs=num_envs, vectorization_mode="vector_entry_point", **options) if num_envs else None
 
     def run() -> float:
-        agent = agents.make("reinforce", env, seed=seed)
+        agent = agents.make("gold-router", env, seed=seed)
         started = clock()
         if envs is None:
             agent.learn(steps)
@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--lite-student", choices=("ngrams", "mlp"), default="ngrams",
                         help="the student: ngrams (the default env's) or mlp (over sentence embeddings)")
     parser.add_argument("--learn", action="store_true",
-                        help="REINFORCE learning over N students at once against over one (student steps/s)")
+                        help="the gold router learning over N students at once against over one (student steps/s)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the students train (cuda: the clock waits for the GPU before each reading)")
     args = parser.parse_args()

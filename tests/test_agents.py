@@ -52,7 +52,7 @@ def test_reinforce_learns_to_drop_the_wrong_teacher(data):
     passed = []
     for seed in range(5):
         env = make_env(data, credit=True)
-        agent = agents.make("reinforce", env, seed=seed, learning_rate=0.05, advantage="credit").learn(1500)
+        agent = agents.make("reinforce-paper", env, seed=seed, learning_rate=0.05, advantage="credit").learn(1500)
         weights = mean_weights(agent, env)
         passed.append(learned_to_drop(weights))
         assert {"policy_loss", "entropy", "keep_probability[teacher2]"} <= set(agent.metrics)
@@ -111,7 +111,8 @@ def test_continuous_agents_refuse_select_mode(data, name):
     ("sac", {"learning_starts": 5}, 12),
     ("td3", {"learning_starts": 5}, 12),
     ("ppo", {"n_steps": 8, "minibatch_size": 64}, 20),  # 20 is not a multiple of n_steps: stopped by the callback
-    ("reinforce", {"warmup_steps": 2, "update_interval": 5}, 20),
+    ("reinforce-paper", {"warmup_steps": 2, "update_interval": 5}, 20),
+    ("gold-router", {"warmup_steps": 2}, 20),
 ])
 def test_learn_runs_exactly_total_steps(data, name, kwargs, steps):
     env = make_env(data)
@@ -128,7 +129,7 @@ def test_callback_returning_false_stops_learning(data):
 
 
 # -- save and load
-@pytest.mark.parametrize("name", ["reinforce", "ppo", "sac"])
+@pytest.mark.parametrize("name", ["reinforce-paper", "gold-router", "ppo", "sac"])
 def test_save_load_gives_identical_deterministic_actions(data, name, tmp_path):
     env = make_env(data)
     kwargs = {"learning_starts": 2} if name == "sac" else {}
@@ -229,7 +230,7 @@ def test_config_field_overrides_the_yml(data):
 
 # -- REINFORCE's gradient on a case small enough to compute by hand
 def test_reinforce_policy_gradient_matches_the_hand_computed_one(data):
-    agent = agents.make("reinforce", make_env(data), entropy_coef=0.1, advantage="return")
+    agent = agents.make("reinforce-paper", make_env(data), entropy_coef=0.1, advantage="return")
     d = agent.states.size
     with torch.no_grad():
         agent.policy.linear.weight.zero_()
@@ -275,9 +276,9 @@ def _restore(data: KDData, name: str, kwargs: dict, saved: dict, **env_options) 
 @pytest.mark.parametrize("stop_after", [14, 20])  # 14: inside a window; 20: an episode ends, its reset to come
 @pytest.mark.parametrize(("name", "kwargs"), [
     ("random", {}),
-    ("reinforce", {"warmup_steps": 4, "update_interval": 3, "advantage": "return"}),
-    ("reinforce", {"warmup_steps": 4, "action_mode": "prob", "anneal_lr": True, "advantage": "return"}),
-    ("reinforce", {"warmup_steps": 4, "advantage": "mixture", "gold_replay": 40}),
+    ("reinforce-paper", {"warmup_steps": 4, "update_interval": 3, "advantage": "return"}),
+    ("reinforce-paper", {"warmup_steps": 4, "action_mode": "prob", "anneal_lr": True, "advantage": "return"}),
+    ("gold-router", {"warmup_steps": 4, "replay_size": 40}),
 ])
 def test_learn_resumed_from_a_checkpoint_continues_exactly(data, name, kwargs, stop_after, tmp_path):
     steps, options = 30, {"episode_steps": 10, "reward_interval": 3}

@@ -277,14 +277,14 @@ def _same_run_files(a: Path, b: Path) -> None:
     assert (a / "agent" / "state.json").read_text() == (b / "agent" / "state.json").read_text()
 
 
-@pytest.mark.parametrize("agent", ["uniform", "random", "reinforce"])
+@pytest.mark.parametrize("agent", ["uniform", "random", "gold-router"])
 def test_an_interrupted_train_resumes_to_the_same_final_line(agent, tiny_env_kwargs, tmp_path, capsys, monkeypatch):
     from agents.checkpoint import load_checkpoint
 
     # 30 steps in episodes of one run; checkpoints after steps 10 and 20; REINFORCE updates its selector from step
     # 5 on, in windows of 3 steps (reward_interval), so a checkpoint falls inside an open window.
     command = ["train", "--agent", agent, "--seed", "3", "--steps", "30", "--checkpoint-every", "10",
-               *tiny_flags(tiny_env_kwargs), *(["--warmup-steps", "5"] if agent == "reinforce" else [])]
+               *tiny_flags(tiny_env_kwargs), *(["--warmup-steps", "5"] if agent == "gold-router" else [])]
     assert main([*command, "--out", str(tmp_path / "straight")]) == 0
     straight = _last_line(capsys.readouterr().out)
     assert not (tmp_path / "straight" / "checkpoint.safetensors").exists()  # removed once the results are written
@@ -324,7 +324,7 @@ def test_an_interrupted_ppo_train_resumes_from_its_checkpoint(tiny_env_kwargs, t
 
 def test_a_train_killed_with_sigkill_resumes_in_a_new_process(tiny_env_kwargs, tmp_path, capsys):
     """kill -9 right after step 17 (checkpoints every 5): the rerun redoes steps 16 and 17 and ends the same."""
-    command = ["train", "--agent", "reinforce", "--warmup-steps", "4", "--seed", "1", "--steps", "24",
+    command = ["train", "--agent", "gold-router", "--warmup-steps", "4", "--seed", "1", "--steps", "24",
                "--checkpoint-every", "5", *tiny_flags(tiny_env_kwargs)]
     assert main([*command, "--out", str(tmp_path / "straight")]) == 0
     straight = _last_line(capsys.readouterr().out)

@@ -23,7 +23,7 @@ from agents.experiments.protocol import (
     why_not_at_once,
 )
 from agents.experiments.run import TrainingMonitor, train_student
-from agents.reinforce import ReinforceAgent
+from agents.reinforce_paper import PaperReinforceAgent
 from kd_gym.cli import main
 from tests.test_cli import tiny_flags
 
@@ -63,11 +63,11 @@ def test_a_fixed_agent_skips_training_and_scores_the_mean_of_its_evaluation_stud
 
 def test_a_learning_agent_trains_over_several_students_then_evaluates_frozen(env_kwargs):
     env = gym.make(LITE, **{**env_kwargs, "episode_steps": STEPS})
-    result = train_student("reinforce", steps=STEPS, seed=0, built_env=env, progress=False, protocol="train-eval",
+    result = train_student("reinforce-paper", steps=STEPS, seed=0, built_env=env, progress=False, protocol="train-eval",
                            train_students=3, eval_students=2, agent_kwargs={"update_interval": 2})
     assert result.extra["train_student_steps"] == 3 * STEPS
     # Evaluation changes nothing the agent has learned.
-    agent = agents.make("reinforce", env, seed=0, update_interval=2)
+    agent = agents.make("reinforce-paper", env, seed=0, update_interval=2)
     agent.learn(2 * STEPS)
     before = copy.deepcopy(agent.state_dict())
     monitors = [TrainingMonitor(env, 2) for _ in range(2)]
@@ -78,11 +78,11 @@ def test_a_learning_agent_trains_over_several_students_then_evaluates_frozen(env
 
 def test_bench_runs_the_protocol_and_records_it(tiny_env_kwargs, tmp_path):
     out = tmp_path / "bench"
-    args = ["bench", "--agents", "uniform,reinforce", "--seeds", "0", "--steps", "4", "--out", str(out), "--no-oracle",
+    args = ["bench", "--agents", "uniform,gold-router", "--seeds", "0", "--steps", "4", "--out", str(out), "--no-oracle",
             *tiny_flags(tiny_env_kwargs)]
     assert main([*args, "--protocol", "train-eval", "--train-students", "2", "--eval-students", "2"]) == 0
     frame = pd.read_csv(out / "results.csv").set_index("agent")
-    assert frame.loc["reinforce", "train_student_steps"] == 8 and frame.loc["uniform", "train_student_steps"] == 0
+    assert frame.loc["gold-router", "train_student_steps"] == 8 and frame.loc["uniform", "train_student_steps"] == 0
     assert set(frame["protocol"]) == {"train-eval"}
     report = (out / "results.md").read_text()
     assert "train-eval protocol (2 training students, 2 evaluation students per seed)" in report
@@ -91,7 +91,7 @@ def test_bench_runs_the_protocol_and_records_it(tiny_env_kwargs, tmp_path):
         if line.startswith("| "):
             rows.setdefault(line.split(" | ")[0][2:], line)
     assert "student steps to learn |" in rows["agent"]  # the training cost beside the result
-    assert rows["reinforce"].endswith(" 8 |") and rows["uniform"].endswith(" 0 |")
+    assert rows["gold-router"].endswith(" 8 |") and rows["uniform"].endswith(" 0 |")
     # The online cells of the same agents are other cells (their config hash differs), so both are kept.
     assert main(args) == 0
     assert len(pd.read_csv(out / "results.csv")) == 4
@@ -103,7 +103,7 @@ LONG_STEPS, INTERVAL = 12, 3  # four dev-curve records after the first, two of t
 ROUNDED = {"train/ce", "train/kd"}
 
 
-class FrozenReinforce(ReinforceAgent):
+class FrozenReinforce(PaperReinforceAgent):
     """REINFORCE declaring what its deterministic predict is: a function of the observation and the policy."""
 
     pure_predict = True
@@ -231,12 +231,12 @@ def test_the_router_learns_over_its_training_students_at_once_where_the_env_allo
     env = gym.make(LITE, **{**env_kwargs, "episode_steps": STEPS})
     kwargs = {"steps": STEPS, "seed": 0, "built_env": env, "progress": False, "protocol": "train-eval",
               "train_students": 3, "eval_students": 2, "agent_kwargs": {"warmup_steps": 2}}
-    first, second = train_student("reinforce", **kwargs), train_student("reinforce", **kwargs)
+    first, second = train_student("gold-router", **kwargs), train_student("gold-router", **kwargs)
     assert first.extra["train_phase"] == "3 students at once"
     assert (first.dev_metric, first.test_metric) == (second.dev_metric, second.test_metric)
     assert first.extra["agent_metrics"]["updates"] == 1  # at step 2, the first after the warm-up (the next: step 6)
     # by hand: learn_over a vector env of 3 students, then the frozen router trains the evaluation students
-    agent = agents.make("reinforce", env, seed=0, warmup_steps=2)
+    agent = agents.make("gold-router", env, seed=0, warmup_steps=2)
     agent.learn_over(protocol._vector_env(env.unwrapped, 3), STEPS)
     monitors = [TrainingMonitor(env, 2) for _ in range(2)]
     tests = [r["test_metric"] for r in evaluate_policy(agent, monitors, STEPS, eval_seeds(0, 2))]
@@ -244,10 +244,10 @@ def test_the_router_learns_over_its_training_students_at_once_where_the_env_allo
     # the n-gram student (the default) learns at once too; the paper's learner and a reward the vector env does not
     # compute learn one student at a time, and say why
     ngrams = gym.make(LITE, **{**env_kwargs, "lite_student": "ngrams", "episode_steps": STEPS})
-    assert train_student("reinforce", **{**kwargs, "built_env": ngrams}).extra["train_phase"] == "3 students at once"
-    paper = train_student("reinforce-paper", **kwargs)
-    assert paper.extra["train_phase"].startswith("one student at a time (advantage='return'")
+    assert train_student("gold-router", **{**kwargs, "built_env": ngrams}).extra["train_phase"] == "3 students at once"
+    paper = train_student("reinforce-paper", **{**kwargs, "agent_kwargs": {"warmup_steps": 2}})
+    assert paper.extra["train_phase"] == "one student at a time (agent 'reinforce-paper' learns over one student at a time (it has no learn_over))"
     paired = gym.make(LITE, **{**env_kwargs, "reward": "dev_loss_paired", "episode_steps": STEPS})
-    result = train_student("reinforce", **{**kwargs, "built_env": paired})
+    result = train_student("gold-router", **{**kwargs, "built_env": paired})
     assert "the vector env does not support" in result.extra["train_phase"]
     assert "reward='dev_loss_paired'" in result.extra["train_phase"]

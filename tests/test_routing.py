@@ -1,6 +1,6 @@
 """Routing: on split experts (each teacher right on one cluster of instances and wrong on the other, only the
-embedding telling which) a learner must route each instance to its cluster's teacher; the mixture router of the
-default REINFORCE, its policy-gradient estimate, its gate's inputs and its checks."""
+embedding telling which) a learner must route each instance to its cluster's teacher; the gold-likelihood
+router (gold-router), its policy-gradient estimate, its gate's inputs and its checks."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_a_routed_reinforce_learns_which_teacher_each_instance_needs_and_the_sha
     for seed in range(4):
         env = make_env(data, include_embedding=True, gold_labels=64)
         for kwargs, out in (({"routed": True}, routed), ({"routed": False}, shared)):
-            agent = agents.make("reinforce", env, seed=seed, learning_rate=0.05, advantage="credit", **kwargs)
+            agent = agents.make("reinforce-paper", env, seed=seed, learning_rate=0.05, advantage="credit", **kwargs)
             out.append(routed_weight(agent.learn(600), env))
     assert sum(w > 0.65 for w in routed) >= 3, routed
     assert np.mean(routed) > np.mean(shared) + 0.1, (routed, shared)
@@ -54,11 +54,11 @@ def test_reinforce_measures_the_credit_itself_when_the_env_does_not_report_it(da
     # step, the quantity info["credit"] reports after it, so it learns exactly what it learns from info["credit"].
     learned = []
     for credit in (True, False):
-        agent = agents.make("reinforce", make_env(data, credit=credit), seed=3, advantage="credit", learning_rate=0.05)
+        agent = agents.make("reinforce-paper", make_env(data, credit=credit), seed=3, advantage="credit", learning_rate=0.05)
         learned.append(agent.learn(60).policy.state_dict())
     for name in learned[0]:
         torch.testing.assert_close(learned[0][name], learned[1][name], rtol=0, atol=0)
-    start = agents.make("reinforce", make_env(data), seed=3, advantage="credit").policy.state_dict()
+    start = agents.make("reinforce-paper", make_env(data), seed=3, advantage="credit").policy.state_dict()
     assert not torch.equal(start["teacher_bias"], learned[0]["teacher_bias"])  # it did learn something
 
 
@@ -72,7 +72,7 @@ def test_a_routed_reinforce_learns_routing_from_replayed_gold_labels():
     routed = []
     for seed in range(4):
         env = make_env(data, include_embedding=True, gold_labels=64)
-        agent = agents.make("reinforce", env, seed=seed, learning_rate=0.05, routed=True, advantage="gold",
+        agent = agents.make("reinforce-paper", env, seed=seed, learning_rate=0.05, routed=True, advantage="gold",
                             gold_replay=256, gold_signal="best")
         agent.learn(400)
         assert 0 < len(agent.replay) <= 256 and agent.metrics["replay"] == len(agent.replay)
@@ -81,15 +81,15 @@ def test_a_routed_reinforce_learns_routing_from_replayed_gold_labels():
 
 
 def test_gold_replay_needs_the_gold_advantage(data):
-    with pytest.raises(ValueError, match="gold_replay=16 replays labelled instances for advantage='gold' or 'mixture'"):
-        agents.make("reinforce", make_env(data), gold_replay=16, advantage="return")
+    with pytest.raises(ValueError, match="gold_replay=16 replays labelled instances for advantage='gold', not"):
+        agents.make("reinforce-paper", make_env(data), gold_replay=16, advantage="return")
     with pytest.raises(ValueError, match="gold_signal='mean' is invalid"):
-        agents.make("reinforce", make_env(data), advantage="gold", gold_signal="mean")
+        agents.make("reinforce-paper", make_env(data), advantage="gold", gold_signal="mean")
 
 
-# -- the mixture router (advantage='mixture', agents/gold_router.py)
+# -- the gold-likelihood router (gold-router, agents/gold_router.py)
 def _router_agent(env: gym.Env, seed: int = 0, **kwargs) -> agents.Agent:
-    return agents.make("reinforce", env, seed=seed, advantage="mixture", **kwargs)
+    return agents.make("gold-router", env, seed=seed, **kwargs)
 
 
 def test_the_mixture_routers_reinforce_estimate_is_the_gradient_of_the_log_likelihood(data):
@@ -198,8 +198,8 @@ def test_the_mixture_router_learns_routing_over_several_students_at_once():
 
 def test_the_keep_drop_learner_does_not_learn_over_several_students(data):
     env = make_env(data)
-    with pytest.raises(NotImplementedError, match="one student's returns"):
-        agents.make("reinforce", env, advantage="return").learn_over(_vector_env(data, 2), 10)
+    with pytest.raises(NotImplementedError, match="'reinforce-paper' learns over one student at a time"):
+        agents.make("reinforce-paper", env).learn_over(_vector_env(data, 2), 10)
     with pytest.raises(NotImplementedError, match="one student at a time"):
         agents.make("uniform", env).learn_over(_vector_env(data, 2), 10)
 
