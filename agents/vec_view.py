@@ -1,4 +1,6 @@
-"""The VecEnv view through which Stable-Baselines3 agents see a TeacherSelection env (see :mod:`agents.sb3`)."""
+"""The VecEnv through which Stable-Baselines3 agents see a TeacherSelection env (see :mod:`agents.sb3`): SB3's
+``VecEnv`` API over kd_gym's per-instance env (:class:`kd_gym.routing.TeacherRoutingVectorEnv`), which computes the
+views, the action map and every reward."""
 
 from __future__ import annotations
 
@@ -6,169 +8,101 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 from stable_baselines3.common.env_util import is_wrapped
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
-from agents.state import LabelFreeView, PerTeacherState
+from kd_gym.routing import TeacherRoutingVectorEnv
 
-OBS_BOUND = 50.0  # the env's FEATURE_BOUND and LOGIT_BOUND
+#: the adapter's earlier names of two reward tiers, still accepted (agents/hyperparams/*.yml, saved configs)
+TIER_ALIASES = {"env": "return", "gold": "gold_credit"}
 
 
 class InstanceVecEnv(VecEnv):
-    """One TeacherSelection env seen as many sub-envs (see the module docstring).
+    """One TeacherSelection env seen as many SB3 sub-envs: the per-instance env of kd_gym, with SB3's conventions
+    (``reset`` gives the observation alone; ``step_wait`` gives ``(obs, rewards, dones, infos)``, a list of dicts
+    with ``terminal_observation`` and ``TimeLimit.truncated`` where an episode ended).
 
-    :param env: a TeacherSelection env (wrappers allowed), or a vector env of N of them
-        (:class:`~kd_gym.vector.TeacherSelectionVectorEnv`); it is stepped once per ``step``. A vector env's N students
-        are N times the sub-envs (student-major); a student whose episode ends is reset at once (``reset_mask``), so
-        SB3 sees its next episode's first observation with the done flag, as from a single env.
-    :param view: ``"teacher"``: B*K sub-envs, one per (instance, teacher), observing the RL-KD state ``s_ik``
-        (:mod:`agents.state`) plus a one-hot teacher id and acting for that teacher alone; ``"instance"``: B sub-envs,
-        one per instance, observing ``[instance_features | teacher_features | teacher_logits | student_logits]``
-        (flattened) and acting for its K teachers; ``"router"``: B sub-envs, one per instance, observing what it
-        shows without its gold label (:class:`~agents.state.LabelFreeView`: the label-free instance features, the
-        embedding included, and every teacher's log-probabilities) and acting for its K teachers.
-    :param instance_reward: ``"env"``: every sub-env gets the env's reward; ``"gold"``: sub-envs of a labelled instance
-        get that instance's gold credit (:meth:`gold_credit`), the others 0.
+    :param env: a TeacherSelection env (wrappers allowed), a vector env of N of them
+        (:class:`~kd_gym.vector.TeacherSelectionVectorEnv`; N times the sub-envs, student-major), or an SB3
+        ``DummyVecEnv`` of one TeacherSelection env (RL Zoo's ``vec_env_wrapper``, docs/outside-clients.md). It is
+        stepped once per ``step``; a student whose episode ends is reset at once.
+    :param view: ``"teacher"``: B*K sub-envs, one per (instance, teacher), observing the RL-KD state ``s_ik`` plus a
+        one-hot teacher id and acting for that teacher alone; ``"instance"``: B sub-envs, one per instance, observing
+        every observation column of it; ``"router"``: B sub-envs observing what the instance shows without its gold
+        label (:class:`~kd_gym.views.LabelFreeView`) (:mod:`kd_gym.views`).
+    :param instance_reward: the reward tier of each sub-env (:mod:`kd_gym.credit`): ``"return"`` (alias ``"env"``):
+        the env's reward; ``"student_credit"``: the instance's first-order share of the student's dev-loss change
+        (needs an env made with ``credit=True``); ``"gold_credit"`` (alias ``"gold"``): on a labelled instance, how
+        much likelier the chosen mixture makes its gold label than equal weights, 0 on the transfer rows.
     """
 
     VIEWS = ("teacher", "instance", "router")
-    REWARDS = ("env", "gold")
+    REWARDS = ("return", "student_credit", "gold_credit", *TIER_ALIASES)
 
-    def __init__(self, env: gym.Env, view: str = "teacher", instance_reward: str = "env") -> None:
+    def __init__(self, env: gym.Env | gym.vector.VectorEnv | VecEnv, view: str = "teacher",
+                 instance_reward: str = "return") -> None:
         if view not in self.VIEWS:
             raise ValueError(f"view must be one of {self.VIEWS}, got {view!r}")
         if instance_reward not in self.REWARDS:
             raise ValueError(f"instance_reward must be one of {self.REWARDS}, got {instance_reward!r}")
-        self.env, self.view, self.instance_reward = env, view, instance_reward
-        base = env.unwrapped
-        self._labelled_column = base.instance_feature_names.index("labelled")
-        self._ce_column = base.teacher_feature_names.index("teacher_ce")
-        #: a vector env of N students (else one env: N = 1)
-        self.vector = isinstance(env, gym.vector.VectorEnv)
-        self.students = env.num_envs if self.vector else 1
-        obs_space = env.single_observation_space if self.vector else env.observation_space
-        env_action_space = env.single_action_space if self.vector else env.action_space
-        b, k, p = obs_space["teacher_features"].shape
-        s, c = obs_space["instance_features"].shape[1], obs_space["student_logits"].shape[1]
-        self.batch_size, self.num_teachers = b, k
-        self.select = isinstance(env_action_space, spaces.MultiBinary)
-        if view == "teacher":
-            self.state = PerTeacherState(obs_space, base.config.temperature)
-            size, per_env, num_envs = self.state.size + k, 1, b * k
-        elif view == "router":
-            self.state = LabelFreeView(base.instance_feature_names, k, c)
-            size, per_env, num_envs = self.state.size, k, b
-        else:
-            size, per_env, num_envs = s + k * p + k * c + c, k, b
-        observation_space = spaces.Box(-OBS_BOUND, OBS_BOUND, (size,), np.float32)
-        action_space = spaces.MultiBinary(per_env) if self.select else spaces.Box(-1.0, 1.0, (per_env,), np.float32)
-        self.last_step: dict[str, Any] = {}
-        #: the real env's latest observation (after a done step: the next episode's first), for checkpoints
-        self.env_obs: dict[str, np.ndarray] | None = None
+        if isinstance(env, VecEnv):  # RL Zoo hands its DummyVecEnv of the env it made
+            if not isinstance(env, DummyVecEnv) or env.num_envs != 1:
+                raise ValueError(f"InstanceVecEnv takes an SB3 DummyVecEnv of one TeacherSelection env (RL Zoo's "
+                                 f"n_envs: 1), got {type(env).__name__} with num_envs={env.num_envs}; the per-instance "
+                                 "view makes one sub-env per instance itself")
+            env = env.envs[0]
+        self.env, self.view = env, view
+        self.instance_reward = TIER_ALIASES.get(instance_reward, instance_reward)
+        #: the per-instance env this adapter shows to SB3
+        self.routing = TeacherRoutingVectorEnv(env, view, self.instance_reward)
+        self.vector, self.students = self.routing.vector, self.routing.students
+        self.batch_size, self.num_teachers, self.select = (self.routing.batch_size, self.routing.num_teachers,
+                                                           self.routing.select)
         self._actions: np.ndarray | None = None
-        super().__init__(num_envs * self.students, observation_space, action_space)
+        super().__init__(self.routing.num_envs, self.routing.single_observation_space,
+                         self.routing.single_action_space)
 
-    def _flat(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A vector env's (N, B, ...) observation as one of N * B instances; a single env's as it is."""
-        return {key: value.reshape(-1, *value.shape[2:]) for key, value in obs.items()} if self.vector else obs
+    @property
+    def last_step(self) -> dict[str, Any]:
+        """The real env's last step: ``action``, ``reward``, ``terminated``, ``truncated``, ``info``."""
+        return self.routing.last_step
+
+    @property
+    def env_obs(self) -> dict[str, np.ndarray] | None:
+        """The real env's latest observation (after a done step: the next episode's first), for checkpoints."""
+        return self.routing.env_obs
+
+    @env_obs.setter
+    def env_obs(self, obs: dict[str, np.ndarray] | None) -> None:
+        self.routing.env_obs = obs
 
     def instance_obs(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """(num_envs, size) float32: one row per sub-env (instance-major, then teacher, in the teacher view)."""
-        obs = self._flat(obs)
-        b = obs["instance_features"].shape[0]
-        if self.view == "teacher":
-            states = self.state(obs)  # (B, K, d)
-            ids = np.broadcast_to(np.eye(self.num_teachers), (b, self.num_teachers, self.num_teachers))
-            return np.concatenate([states, ids], axis=-1).reshape(b * self.num_teachers, -1).astype(np.float32)
-        if self.view == "router":
-            return self.state(obs).numpy()
-        return np.concatenate([obs["instance_features"], obs["teacher_features"].reshape(b, -1),
-                               obs["teacher_logits"].reshape(b, -1), obs["student_logits"]], axis=1).astype(np.float32)
-
-    def gold_credit(self, obs: dict[str, np.ndarray], action: np.ndarray) -> np.ndarray:
-        """(B,) the gold credit of the action on each instance of the batch it was taken on: on a labelled instance,
-        how much likelier the gold label is under the mixture the action chose than under equal weights,
-        ``log(sum_k w_k p_k(y) / sum_k w_k) - log(mean_k p_k(y))`` with ``p_k(y) = exp(-teacher_ce)`` (an empty
-        selection counts as equal weights: 0); 0 on the transfer rows, whose label is hidden. A per-instance reward
-        that the action alone decides (a contextual bandit: use ``gamma=0``); beyond the paper."""
-        obs = self._flat(obs)
-        p = np.exp(-obs["teacher_features"][..., self._ce_column].astype(np.float64))  # (B, K)
-        w = action.reshape(p.shape).astype(np.float64)
-        total = w.sum(-1)
-        mixture = np.where(total > 0, (w * p).sum(-1) / np.maximum(total, 1e-12), p.mean(-1))
-        credit = np.log(np.maximum(mixture, 1e-30)) - np.log(np.maximum(p.mean(-1), 1e-30))
-        return np.where(obs["instance_features"][:, self._labelled_column] > 0.5, credit, 0.0).astype(np.float32)
+        return self.routing.observe(obs)
 
     def env_action(self, actions: np.ndarray) -> np.ndarray:
         """The env's (B, K) action (a vector env's: (N, B, K)) from the sub-envs' actions."""
-        shape = (self.students, self.batch_size, self.num_teachers) if self.vector else (self.batch_size, self.num_teachers)
-        actions = np.asarray(actions).reshape(shape)
-        if self.select:
-            return actions.astype(np.int8)
-        return ((np.clip(actions, -1.0, 1.0) + 1.0) / 2.0).astype(np.float32)
+        return self.routing.to_env_action(actions)
 
     def reset(self) -> np.ndarray:
-        options = self._options[0] or None
-        obs, info = self.env.reset(seed=self._seeds[0], options=options)
+        obs, _ = self.routing.reset(seed=self._seeds[0], options=self._options[0] or None)
         self._reset_seeds()
         self._reset_options()
-        self.reset_infos = [info for _ in range(self.num_envs)]
-        self.env_obs = obs
-        return self.instance_obs(obs)
+        self.reset_infos = [{} for _ in range(self.num_envs)]
+        return obs
 
     def step_async(self, actions: np.ndarray) -> None:
         self._actions = actions
 
     def step_wait(self):
-        if self.vector:
-            return self._step_students()
-        action = self.env_action(self._actions)
-        acted_on = self.env_obs
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        self.last_step = {"action": action, "reward": reward, "terminated": terminated, "truncated": truncated,
-                          "info": info}
-        done = terminated or truncated  # SB3 bootstraps through a time limit flagged below
-        self.env_obs = obs
-        flat = self.instance_obs(obs)
-        infos = [dict(info) for _ in range(self.num_envs)]
-        if done:
-            for i, instance_info in enumerate(infos):
-                instance_info["terminal_observation"] = flat[i]
-                instance_info["TimeLimit.truncated"] = truncated and not terminated
-            flat = self.reset()
-        if self.instance_reward == "gold":
-            per_instance = self.gold_credit(acted_on, action)
-            rewards = np.repeat(per_instance, self.num_envs // self.batch_size)
-        else:
-            rewards = np.full(self.num_envs, reward, dtype=np.float32)
-        return flat, rewards, np.full(self.num_envs, done), infos
-
-    def _step_students(self):
-        """:meth:`step_wait` on a vector env: every student's reward and done go to its own sub-envs; the students
-        whose episode ended are reset at once."""
-        action = self.env_action(self._actions)
-        acted_on = self.env_obs
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        self.last_step = {"action": action, "reward": reward, "terminated": terminated, "truncated": truncated,
-                          "info": info}
-        per_student = self.num_envs // self.students
-        done = np.logical_or(terminated, truncated)
-        flat = self.instance_obs(obs)
+        obs, rewards, terminated, truncated, info = self.routing.step(self._actions)
+        dones = terminated | truncated  # SB3 bootstraps through a time limit flagged below
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        if done.any():
-            for i in np.flatnonzero(np.repeat(done, per_student)):
-                student = i // per_student
-                infos[i]["terminal_observation"] = flat[i]
-                infos[i]["TimeLimit.truncated"] = bool(truncated[student] and not terminated[student])
-            obs, _ = self.env.reset(options={"reset_mask": done})
-            flat = self.instance_obs(obs)
-        self.env_obs = obs
-        if self.instance_reward == "gold":
-            rewards = np.repeat(self.gold_credit(acted_on, action), per_student // self.batch_size)
-        else:
-            rewards = np.repeat(np.asarray(reward, dtype=np.float32), per_student)
-        return flat, rewards, np.repeat(done, per_student), infos
+        for i in np.flatnonzero(dones):
+            infos[i]["terminal_observation"] = info["final_obs"][i]
+            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+            infos[i]["episode"] = info["final_info"][i]["episode"]  # SB3's ep_info_buffer (RL Zoo's ep_rew_mean)
+        return obs, rewards.astype(np.float32), dones, infos
 
     def close(self) -> None:
         pass  # the env belongs to the caller

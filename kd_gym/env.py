@@ -15,11 +15,13 @@ import torch
 from gymnasium import spaces
 
 from kd_gym.config import EnvConfig, default_config
+from kd_gym.credit import gold_credit
 from kd_gym.data import KDData
 from kd_gym.defaults import pool_silos
 from kd_gym.env_setup import build_data, build_student
 from kd_gym.features import (
     FEATURE_BOUND,
+    INSTANCE_FEATURES,
     TEACHER_FEATURES,
     assemble_features,
     instance_feature_names,
@@ -35,6 +37,7 @@ from kd_gym.student import StudentTrainer
 LOGIT_BOUND = 50.0
 RESET_OPTIONS = ("keep_student",)
 DEV_SUBSET = "dev_subset"  # the trainer's name for the reward's fixed dev rows
+TEACHER_CE, LABELLED = TEACHER_FEATURES.index("teacher_ce"), INSTANCE_FEATURES.index("labelled")  # gold credit's
 
 
 def validate_weights(action: Any, axes: tuple[str, ...], expected: tuple[int, ...], teacher_names: list[str],
@@ -338,11 +341,17 @@ class TeacherSelectionEnv(gym.Env):
         return validate_weights(action, ("batch_size", "num_teachers"), (self.batch_size, self.num_teachers),
                                 self.teacher_names, self.config.action_type)
 
+    def _gold_credit(self, weights: np.ndarray) -> np.ndarray:
+        """(B,) the gold credit of ``weights`` on the current batch (:func:`kd_gym.credit.gold_credit`)."""
+        rows = self._batch_indices
+        return gold_credit(self._rows.teacher[rows, :, TEACHER_CE], self._rows.instance[rows, LABELLED], weights)
+
     def step(self, action: Any):
         if self._batch is None:
             raise RuntimeError("call reset() before step()")
         weights = self._validate_action(action)
-        credit = self.trainer.pair_credit(self._batch, None, DEV_SUBSET) if self.config.credit else None
+        # first order, before the update: each pair's and each instance's credit (docs/env.md, "Reward tiers")
+        credit = self.trainer.credit(self._batch, weights, None, DEV_SUBSET) if self.config.credit else None
         self.reward_fn.before_update(self, weights)
         loss = self.trainer.train_step(self._batch, weights, logits=self._logits)
         self._t += 1
@@ -351,7 +360,8 @@ class TeacherSelectionEnv(gym.Env):
         reward = self.config.reward_scale * float(self.reward_fn(self, loss)) if measured else 0.0
         info = self._get_info(loss)
         info["reward_measured"] = measured
+        info["gold_credit"] = self._gold_credit(weights)
         if credit is not None:
-            info["credit"] = credit.cpu().numpy()
+            info["credit"], info["student_credit"] = (part.cpu().numpy() for part in credit)
         self._load_batch()
         return self._get_obs(), reward, False, truncated, info

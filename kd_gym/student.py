@@ -309,8 +309,25 @@ class StudentTrainer:
         distillation term toward teacher k alone would lower the student's dev loss on ``dev_indices``, in nats per
         unit step: ``<J_i G, g_ik>`` with ``G`` the dev-loss gradient, ``J_i`` the Jacobian of instance i's logits
         and ``g_ik = w T (softmax(s_i / T) - softmax(t_ik / T))`` the gradient of that term w.r.t. the logits
-        (w = 1 - alpha on labelled instances, 1 on the transfer set). Positive: the pair helps the dev loss. Computed in eval mode (no dropout), without touching the
-        student: one dev backward pass and one double-backward over the batch.
+        (w = 1 - alpha on labelled instances, 1 on the transfer set). Positive: the pair helps the dev loss.
+        Computed in eval mode (no dropout), without touching the student: one dev backward pass and one
+        double-backward over the batch.
+        """
+        return self.credit(batch, None, dev_indices, split)[0]
+
+    def credit(self, batch: dict, weights: torch.Tensor | np.ndarray | None, dev_indices: np.ndarray | None = None,
+               split: str = "dev") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The pair credit (B, K) of :meth:`pair_credit` and, given ``weights`` (B, K), each instance's *student
+        credit* (B,): ``<G, grad_theta loss_i(w)>``, the first-order rate at which a gradient step on instance i's
+        loss under those weights lowers the dev loss (nats per unit step; positive helps). The KD term's gradient
+        w.r.t. the logits is linear in the normalised weights ``w_bar``, so
+
+            student_credit_i = sum_k w_bar_ik pair_credit_ik + ce_coef_i <J_i G, softmax(s_i) - onehot(y_i)>
+
+        with ``ce_coef_i`` the CE coefficient of :func:`~kd_gym.losses.multi_teacher_kd_loss` (alpha on a labelled
+        row with some teacher weight, 1 on a labelled row with none, 0 on a transfer row). The batch loss is the mean
+        over the B rows, so the mean of the student credits is the first-order effect of the whole update's
+        gradient (before clipping and AdamW's scaling). Costs what :meth:`pair_credit` costs.
         """
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.model.eval()
@@ -324,13 +341,26 @@ class StudentTrainer:
             probe = torch.zeros_like(logits, requires_grad=True)
             vjp = torch.autograd.grad(logits, params, probe, create_graph=True)  # J^T probe, linear in probe
             directional = torch.autograd.grad(sum((v * g).sum() for v, g in zip(vjp, dev_grad)), probe)[0]  # J G
-        student_t = torch.softmax(logits.detach() / self.temperature, -1).unsqueeze(1)  # (B, 1, C)
+        logits = logits.detach()
+        student_t = torch.softmax(logits / self.temperature, -1).unsqueeze(1)  # (B, 1, C)
         teacher_t = torch.softmax(batch["teacher_logits"].float() / self.temperature, -1)  # (B, K, C)
+        labelled = batch.get("labelled")
         kd_weight = torch.full((len(logits),), 1.0 - self.alpha, device=logits.device)
-        if batch.get("labelled") is not None:  # transfer rows learn from the KD term alone, with weight 1
-            kd_weight = torch.where(batch["labelled"], kd_weight, torch.ones_like(kd_weight))
+        if labelled is not None:  # transfer rows learn from the KD term alone, with weight 1
+            kd_weight = torch.where(labelled, kd_weight, torch.ones_like(kd_weight))
         g = kd_weight[:, None, None] * self.temperature * (student_t - teacher_t)
-        return (directional.unsqueeze(1) * g).sum(-1)
+        pair = (directional.unsqueeze(1) * g).sum(-1)
+        if weights is None:
+            return pair, None
+        weights = torch.as_tensor(weights, dtype=torch.float32, device=pair.device)
+        total = weights.sum(1)
+        normalised = weights / total.clamp_min(1e-12)[:, None]
+        has_teacher = total > 0
+        known = torch.ones_like(total, dtype=torch.bool) if labelled is None else labelled
+        ce_coef = torch.where(has_teacher, self.alpha, 1.0) * known.float()
+        ce_grad = torch.softmax(logits, -1) - torch.nn.functional.one_hot(batch["labels"], logits.shape[1]).float()
+        student = (normalised * pair).sum(1) + ce_coef * (directional * ce_grad).sum(1)
+        return pair, student
 
     @torch.no_grad()
     def predict(self, split: str, indices: np.ndarray | None = None) -> torch.Tensor:

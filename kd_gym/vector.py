@@ -20,7 +20,8 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from kd_gym.env import LOGIT_BOUND, TeacherSelectionEnv, validate_weights
+from kd_gym.credit import gold_credit
+from kd_gym.env import LABELLED, LOGIT_BOUND, TEACHER_CE, TeacherSelectionEnv, validate_weights
 from kd_gym.features import assemble_features, row_features, student_columns
 from kd_gym.losses import KDLoss
 from kd_gym.rewards import REWARDS
@@ -70,7 +71,10 @@ class TeacherSelectionVectorEnv(VectorEnv):
             raise NotImplementedError(f"student={options['student']!r}: the vector env batches lite students only; "
                                       f"for the full student {_USE_SYNC}")
         if options.get("credit", False):
-            raise NotImplementedError(f"credit=True: the vector env does not compute info['credit']; {_USE_SYNC}")
+            raise NotImplementedError(
+                "credit=True: the vector env does not compute the pair credit nor the student credit (info['credit'], "
+                "info['student_credit']) of its stacked students; for one student use the single env (or the "
+                f"per-instance env with students=1); for N students {_USE_SYNC}")
         self.reward_name = _reward_name(options.get("reward", "dev_delta"))
         single = TeacherSelectionEnv(**options)  # checks the options, builds the data once, gives the architecture
         trainer = single.trainer
@@ -283,6 +287,8 @@ class TeacherSelectionVectorEnv(VectorEnv):
             measured = stepping & ((self._t % self.reward_interval == 0) | truncated)
         else:
             measured = stepping.copy()
+        acted_on = self._indices  # the rows of the batch just trained on (_advance overwrites them in place)
+        gold = gold_credit(self._rows.teacher[acted_on, :, TEACHER_CE], self._rows.instance[acted_on, LABELLED], weights)
         self._start_episodes(resetting, keep_student=False)
         everyone = np.ones(self.num_envs, dtype=bool)
         host = self._advance(everyone, (measured | resetting) if self._interval else ~everyone, loss)
@@ -301,8 +307,9 @@ class TeacherSelectionVectorEnv(VectorEnv):
             values = np.where(stepping[:, None], host["loss"].astype(np.float64), 0.0)
             # weights: normalised as the loss used them (a resetting sub-env's action was zeroed: its rows are 0)
             info.update(loss=values[:, 0], ce=values[:, 1], kd=values[:, 2], weights=host["weights"],
-                        reward_measured=measured,
-                        **{f"_{key}": stepping.copy() for key in ("loss", "ce", "kd", "weights", "reward_measured")})
+                        reward_measured=measured, gold_credit=np.where(stepping[:, None], gold, np.float32(0.0)),
+                        **{f"_{key}": stepping.copy()
+                           for key in ("loss", "ce", "kd", "weights", "reward_measured", "gold_credit")})
         self._autoreset = truncated
         return self._observation(host), rewards, np.zeros(self.num_envs, dtype=bool), truncated, info
 

@@ -319,7 +319,7 @@ def test_registration_is_idempotent() -> None:
     for env_id, student in zip(kd_gym.ENV_IDS, ("full", "lite")):
         spec = gym.spec(env_id)
         assert spec.entry_point == "kd_gym.env:TeacherSelectionEnv" and spec.kwargs == {"student": student}
-    n_ids = len(kd_gym.ENV_IDS) + len(kd_gym.FLAT_ENV_IDS)
+    n_ids = len(kd_gym.ENV_IDS) + len(kd_gym.FLAT_ENV_IDS) + len(kd_gym.ROUTING_ENV_IDS)
     assert sum(env_id.startswith("kd_gym/") for env_id in gym.registry) == n_ids
 
 
