@@ -1,6 +1,8 @@
 """PPO, A2C, SAC and TD3 from Stable-Baselines3 through one adapter: a VecEnv view of the TeacherSelection env.
 
-:class:`~agents.vec_view.InstanceVecEnv` shows one TeacherSelection env as many SB3 sub-environments that share one policy:
+:class:`~agents.vec_view.InstanceVecEnv` is SB3's ``VecEnv`` API over kd_gym's per-instance env
+(:class:`kd_gym.routing.TeacherRoutingVectorEnv`, the env behind ``kd_gym/TeacherRoutingLite-v0``, which computes the
+views and every reward); it shows one TeacherSelection env as many SB3 sub-environments that share one policy:
 
 - ``view="teacher"``, as in RL-KD: B*K sub-envs, one per (instance, teacher). Sub-env (i, k) observes the
   paper's state ``s_ik`` (:mod:`agents.state`: the instance's shared features, teacher k's own features and softened
@@ -13,12 +15,14 @@
   (:class:`~agents.state.LabelFreeView`, the view of REINFORCE's router: label-free features, the embedding, every
   teacher's log-probabilities) and answering for its K teachers.
 
-The reward of a sub-env (``instance_reward``): ``"env"``, the env's reward, the same for every sub-env (one student's
-progress, shared by all B*K or B decisions that made it); or ``"gold"``, each labelled instance's own gold credit,
-how much likelier its gold label is under the mixture its action chose than under equal weights (0 on the transfer
-rows; :meth:`~agents.vec_view.InstanceVecEnv.gold_credit`): per-instance credit, a contextual bandit (gamma 0),
-beyond the paper. Both come from the yml entry (``view``, ``instance_reward``: keys of this adapter, not SB3
-keywords) unless the Config sets them; on the lite env PPO's default is ``router`` + ``gold``
+The reward of a sub-env (``instance_reward``, a reward tier of :mod:`kd_gym.credit`, docs/env.md): ``"return"``
+(alias ``"env"``), the env's reward, the same for every sub-env (one student's progress, shared by all B*K or B
+decisions that made it); ``"student_credit"``, each instance's first-order share of the student's dev-loss change
+under the weights it chose (the env must be made with ``credit=True``); or ``"gold_credit"`` (alias ``"gold"``), each
+labelled instance's gold credit, how much likelier its gold label is under the mixture its action chose than under
+equal weights (0 on the transfer rows): teacher correctness, not student progress. The per-instance tiers are
+contextual bandits (gamma 0), beyond the paper. Both come from the yml entry (``view``, ``instance_reward``: keys of
+this adapter, not SB3 keywords) unless the Config sets them; on the lite env PPO's default is ``router`` + ``gold``
 (agents/hyperparams/ppo.yml), the others' ``teacher`` + ``env``.
 
 ``step_wait`` assembles the (B, K) action and steps the real env once (one student update). Either way the policy
@@ -136,9 +140,10 @@ class SB3Config(AgentConfig):
     'router': one per instance, its label-free view (label-free features, embedding, teachers' log-probabilities)
     (None: the yml's 'view', else 'teacher')"""
     instance_reward: str | None = None
-    """'env': every instance gets the env's reward; 'gold': each labelled instance gets its own gold credit (how
-    much likelier its gold label is under the chosen mixture than under equal weights; 0 on the transfer rows)
-    (None: the yml's 'instance_reward', else 'env')"""
+    """the reward tier of each instance (docs/env.md): 'return' (alias 'env'): the env's reward; 'student_credit':
+    its first-order share of the student's dev-loss change (needs --credit); 'gold_credit' (alias 'gold'): on a
+    labelled instance, how much likelier its gold label is under the chosen mixture than under equal weights, 0 on
+    the transfer rows (None: the yml's 'instance_reward', else 'env')"""
     learning_rate: float | None = None
     """learning rate of the SB3 optimizer(s)"""
     gamma: float | None = None

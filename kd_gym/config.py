@@ -110,7 +110,8 @@ class EnvConfig:
     """append the instance's frozen sentence embedding to instance_features (None: yes for the lite student, no
     for the full one, which has none; validate() resolves it)"""
     credit: bool = False
-    """put info["credit"] (B, K): each (instance, teacher) pair's first-order effect on the dev loss (docs/env.md)"""
+    """put info["credit"] (B, K), each (instance, teacher) pair's first-order effect on the dev loss, and
+    info["student_credit"] (B,), each instance's under the weights chosen (the student-credit reward tier, docs/env.md)"""
 
     def validate(self) -> EnvConfig:
         """Check every value; raise ``ValueError`` naming the option, its value and what is valid."""
