@@ -3,6 +3,11 @@ rewards in the single, vector and per-instance envs, same-step episode ends, and
 
 from __future__ import annotations
 
+import os
+import runpy
+import sys
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -253,3 +258,42 @@ def test_cleanrl_style_ppo_runs_on_the_student_credit_id(env_kwargs) -> None:
     envs.close()
     assert np.isfinite(losses).all() and rewards.abs().max() > 0
     assert len(episodic_returns) == B * (iterations * num_steps // 5)  # every sub-env, every 5 steps
+
+
+#: CleanRL's script, fetched from github.com/vwxyzjn/cleanrl (cleanrl/ppo_continuous_action.py); it needs tyro and
+#: tensorboard, which kd-gym does not install
+CLEANRL_SCRIPT = os.environ.get("KD_GYM_CLEANRL_SCRIPT", "")
+#: the statement docs/outside-clients.md replaces, and the line it puts instead
+CLEANRL_ENVS_STATEMENT = """    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name, args.gamma) for i in range(args.num_envs)]
+    )
+"""
+CLEANRL_ENVS_LINE = '    envs = gym.make_vec(args.env_id, num_envs=args.num_envs, vectorization_mode="vector_entry_point")\n'
+
+
+@pytest.mark.skipif(not CLEANRL_SCRIPT, reason="set KD_GYM_CLEANRL_SCRIPT to CleanRL's ppo_continuous_action.py")
+def test_cleanrls_own_ppo_continuous_action_runs_with_its_envs_line_changed(env_kwargs, tmp_path, monkeypatch,
+                                                                           capsys) -> None:
+    pytest.importorskip("tyro")
+    pytest.importorskip("tensorboard")
+    source = Path(CLEANRL_SCRIPT).read_text()
+    assert source.count(CLEANRL_ENVS_STATEMENT) == 1, "CleanRL's envs statement changed: update the docs' line"
+    script = tmp_path / "ppo_continuous_action.py"
+    script.write_text(source.replace(CLEANRL_ENVS_STATEMENT, CLEANRL_ENVS_LINE))
+    env_id = "kd_gym_test/TinyRoutingStudentCredit-v0"  # the tiny env's options, as a module of one's own would
+    options = {key: value for key, value in env_kwargs.items() if key != "batch_size"}
+    gym.register(env_id, entry_point="kd_gym.routing:refuse_single_env",
+                 vector_entry_point="kd_gym.routing:make_routing_env",
+                 kwargs={**options, "instance_reward": "student_credit"})
+    monkeypatch.chdir(tmp_path)  # the script writes runs/<run name>/
+    monkeypatch.setattr(sys, "argv", [
+        str(script), "--env-id", env_id, "--num-envs", str(B), "--num-steps", "24", "--total-timesteps",
+        str(3 * 24 * B), "--num-minibatches", "4", "--no-cuda", "--seed", "1"])
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        gym.registry.pop(env_id)
+    out = capsys.readouterr().out
+    episodes = 3 * 24 // env_kwargs["episode_steps"]
+    assert out.count("episodic_return=") == B * episodes, out[-2000:]
+    assert out.count("SPS:") == 3
