@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import time
 import typing
@@ -94,6 +95,7 @@ def add_teachers_command(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--device", default="auto", help="auto | cpu | cuda")
     build.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
     build.set_defaults(func=_teachers_build)
+    build.keyword_flags = {"out_dir": "--out", "task_name": "--task"}  # build_default_pool's keywords (speak_flags)
     show.set_defaults(func=_teachers_show)
 
 
@@ -109,14 +111,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that ``args`` were parsed for (``kd-gym teachers build`` -> its own)."""
+    while True:
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, commands[0].dest, None) if commands else None
+        if chosen not in (commands[0].choices if commands else {}):
+            return parser
+        parser = commands[0].choices[chosen]
+
+
+_KEYWORD = re.compile(r"(?<![\w.'\"-])([A-Za-z_]\w*)=(?!=)('[^'\s]*'|\"[^\"\s]*\"|[^\s,;()\[\]{}]*)")
+
+
+def speak_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """``message`` (an error of the Python API, which names keywords: ``pass text_column=...``) in the words of the
+    command line: each ``keyword=value`` whose keyword is an option of ``parser`` becomes ``--flag value``
+    (``--text-column ...``; a boolean flag alone for True: ``allow_rare_labels=True`` -> ``--allow-rare-labels``).
+    Keywords that are no flag (``label_map=...``) are left as they are. ``parser.keyword_flags`` (a dict) may name
+    the flag of a keyword that has none of its own (``episode_steps`` -> ``--steps``)."""
+    flags: dict[str, tuple[str, argparse.Action | None]] = {}
+    for action in parser._actions:
+        long = [o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-")]
+        if long and action.dest not in flags:
+            flags[action.dest] = (long[0], action)
+    for keyword, flag in getattr(parser, "keyword_flags", {}).items():
+        flags.setdefault(keyword, (flag, None))
+
+    def replace(match: re.Match) -> str:
+        keyword, value = match.group(1), match.group(2)
+        if keyword not in flags:
+            return match.group(0)
+        flag, action = flags[keyword]
+        end = "." if value.endswith(".") and not value.endswith("...") else ""
+        value = value[: len(value) - len(end)]
+        if value in ("True", "False") and action is not None and action.nargs == 0:
+            if value == "True":
+                return flag + end
+            return (f"--no-{flag[2:]}" if isinstance(action, argparse.BooleanOptionalAction) else match.group(0)) + end
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        return f"{flag} {'none' if value == 'None' else value}" + end
+
+    return _KEYWORD.sub(replace, message)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.argv = argv  # the exact command, for reports
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, PermissionError) as error:  # a bad input: one line, not a traceback
-        print(f"kd-gym {args.command}: error: {error}", file=sys.stderr)
+        # the library's errors name Python keywords (text_column=...); here the caller typed flags (--text-column)
+        print(f"kd-gym {args.command}: error: {speak_flags(str(error), command_parser(parser, args))}",
+              file=sys.stderr)
         return 2
 
 

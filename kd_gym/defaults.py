@@ -61,6 +61,32 @@ def check_pool_rows(pool_dir: str | Path, task: Task) -> None:
                 f"for this task and split: `kd-gym teachers build --task {task.name} --seed <split seed>`")
 
 
+def check_pool_task(pool_dir: str | Path, task: Task) -> None:
+    """Refuse a pool built for another task when ``task`` cannot have its silos: they are the values of a column
+    (tweets: ``topic``) that ``task`` lacks. A pool built for other rows may still teach ``task`` (the rows its
+    teachers saw are checked by :func:`check_pool_rows`); its silo column cannot carry over.
+
+    :raises ValueError: naming the pool, the task each is for (with their content fingerprints), the column, and
+        the fixes.
+    """
+    manifest = Path(pool_dir) / "pool.json"
+    if not manifest.exists():
+        return
+    info = json.loads(manifest.read_text())
+    silos = info.get("silos") or {}
+    column = silos.get("column") if silos.get("kind") == "column" else None
+    columns = task.splits["train"].column_names
+    if column is None or column in columns:
+        return
+    built_for, fingerprint = info.get("task", "?"), str(info.get("task_fingerprint", "?"))
+    raise ValueError(
+        f"the teacher pool at {pool_dir} was built for task {built_for!r} (content fingerprint {fingerprint[:12]}), "
+        f"not for task {task.name!r} (fingerprint {task.content_fingerprint()[:12]}): its silos are the values of "
+        f"column {column!r}, which task {task.name!r} lacks (its columns: {columns}). Build a pool for this task "
+        f"(`kd-gym teachers build --task {task.name}`) and pass its folder, or use this pool's teachers without "
+        "their silos: pass oracle='gold'")
+
+
 def pool_silos(pool_dir: str | Path, task: Task, split: str = "train") -> tuple[np.ndarray, list[str | None]] | None:
     """Which silo each row of ``task``'s ``split`` is in, and which silo each teacher of the pool is the expert of,
     from the ``pool.json`` of ``kd-gym teachers build`` (None for a pool that does not say).
@@ -75,6 +101,7 @@ def pool_silos(pool_dir: str | Path, task: Task, split: str = "train") -> tuple[
     if silos is None:
         return None
     if silos["kind"] == "column":
+        check_pool_task(pool_dir, task)
         rows = np.asarray(task.splits[split][silos["column"]]).astype(str)
     else:  # k-means: the nearest centroid of the row's sentence embedding (the encoder the silos were made with)
         from kd_gym.prepare.embeddings import SentenceEncoder

@@ -18,6 +18,7 @@ def build_data(config: EnvConfig) -> tuple[KDData, set[str] | None, Path | None]
     pool built by ``kd-gym teachers build``)."""
     from kd_gym.defaults import (
         check_pool_rows,
+        check_pool_task,
         default_pool,
         default_pool_dir,
         minilm_path,
@@ -45,6 +46,8 @@ def build_data(config: EnvConfig) -> tuple[KDData, set[str] | None, Path | None]
         pool = teachers
     elif manifest is not None and manifest.exists():  # a pool folder written by `kd-gym teachers build`
         check_pool_rows(manifest.parent, task)
+        if config.oracle != "gold":  # the other oracles read the pool's silos (kd_gym.defaults.pool_silos)
+            check_pool_task(manifest.parent, task)
         pool = TeacherPool.from_manifest(manifest, **common)
         folder = manifest.parent
         trained = pool_training_rows(folder)

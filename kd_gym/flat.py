@@ -60,12 +60,35 @@ class FlatActions(gym.ActionWrapper):
         self.select = isinstance(space, spaces.MultiBinary)
         self.action_space = spaces.MultiBinary(size) if self.select else spaces.Box(-1.0, 1.0, (size,), np.float32)
 
+    def _expected(self) -> str:
+        """What a flat action is, for error messages."""
+        values = "0 (drop) or 1 (keep)" if self.select else "finite values in [-1, 1]"
+        return (f"({self.action_space.shape[0]},) = B * K for (B, K) = {self.weights_shape} of {values}, element "
+                "i * K + k for instance i and teacher k")
+
     def action(self, action: Any) -> np.ndarray:
-        """Flat action (B * K,) -> the env's (B, K) weights in [0, 1] (or 0/1 selection)."""
-        array = np.asarray(action, dtype=np.float32)
-        if array.size != self.action_space.shape[0]:
-            raise ValueError(f"flat action has shape {array.shape}; expected ({self.action_space.shape[0]},) = "
-                             f"B * K for (B, K) = {self.weights_shape}")
+        """Flat action (B * K,) -> the env's (B, K) weights in [0, 1] (or 0/1 selection).
+
+        :raises ValueError: for an action that is not numeric, not of shape (B * K,) (a (B, K) array is not
+            reshaped: it is the ``Dict`` env's action, whose values mean something else), or not finite; naming
+            the value and what a flat action is.
+        """
+        try:
+            array = np.asarray(action, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"flat action {action!r:.80} is not numeric ({error}); expected {self._expected()}") from None
+        if array.shape != self.action_space.shape:
+            hint = ""
+            if array.shape == self.weights_shape:
+                hint = ("; a (B, K) array is the Dict env's action (weights in [0, 1]): flatten it with "
+                        "env.to_action(weights), which also maps weights to [-1, 1]") if not self.select else (
+                        "; a (B, K) array is the Dict env's action: flatten it with env.to_action(selection)")
+            raise ValueError(f"flat action has shape {array.shape}; expected {self._expected()}{hint}")
+        if not np.isfinite(array).all():
+            bad = np.flatnonzero(~np.isfinite(array))
+            instance, teacher = divmod(int(bad[0]), self.weights_shape[1])
+            raise ValueError(f"flat action holds {len(bad)} NaN or infinite value(s), the first {array[bad[0]]} at "
+                             f"element {bad[0]} (instance {instance}, teacher {teacher}); expected {self._expected()}")
         array = array.reshape(self.weights_shape)
         return array if self.select else (array + 1.0) / 2.0
 

@@ -29,6 +29,9 @@ _TOPIC_PATTERNS = {
 _TOPIC_REGEXES = {topic: re.compile(pattern, re.IGNORECASE) for topic, pattern in _TOPIC_PATTERNS.items()}
 
 RARE_LABEL_SHARE = 0.005  # a train label on fewer rows than this share is reported as a stray value
+MIN_TRAIN_ROWS = 10
+"""the fewest train rows a task may have (before dev and test are drawn from them): 10 rows give a dev and a test
+row at the default shares (0.1) and leave 8 to learn from; fewer is no task to learn"""
 LOCAL_BUILDERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -94,6 +97,19 @@ def load_local_files(files: str | dict[str, str]) -> dict[str, datasets.Dataset]
         if len(loaded[key]) == 0:
             raise ValueError(f"data file {str(files[key])!r} has no rows; a task needs labelled rows")
     return {renamed.get(key, key): loaded[key] for key in files}
+
+
+def check_row_count(name: str, raw: dict, sources: dict[str, str]) -> None:
+    """A task's train data must hold at least :data:`MIN_TRAIN_ROWS` rows.
+
+    :raises ValueError: naming the task, where its train rows came from and how many there are.
+    """
+    rows = len(raw["train"])
+    if rows < MIN_TRAIN_ROWS:
+        where = f" ({sources['train']})" if "train" in sources else ""
+        raise ValueError(f"task {name!r}: the train data{where} has {rows} row(s); a task needs at least "
+                         f"{MIN_TRAIN_ROWS} labelled rows (dev and test are drawn from them, and each class needs a "
+                         "few rows to learn from); add rows")
 
 
 def check_label_sets(name: str, raw: dict[str, datasets.Dataset], label_column: str, allow_rare: bool,

@@ -26,6 +26,7 @@ from kd_gym.task_sources import (
     LOCAL_BUILDERS,
     SPLITS,
     check_label_sets,
+    check_row_count,
     drop_duplicate_texts,
     load_local_files,
     load_tweets,
@@ -259,10 +260,11 @@ def _assemble(name: str, raw: dict[str, datasets.Dataset], *, text_column: str, 
     # Held-out splits with hidden labels (all -1, as in GLUE test) count as missing.
     raw = {split: table for split, table in raw.items() if split == "train" or not _labels_hidden(table, label_column)}
     label_names, label_ids = _encode_labels(raw, label_column)
-    check_label_sets(name, raw, label_column, allow_rare_labels, sources or {})
     if len(np.unique(label_ids["train"])) < 2:
         raise ValueError(f"task {name!r}: the train data has only one class ({label_names[label_ids['train'][0]]!r}) "
                          f"in column {label_column!r}; a classifier needs at least two; check label_column=...")
+    check_row_count(name, raw, sources or {})  # before the label checks: 2 rows are too few, not 2 stray labels
+    check_label_sets(name, raw, label_column, allow_rare_labels, sources or {})
     splits = {split: _canonical(table, text_column, text_pair_column, label_column, label_ids[split], label_names)
               for split, table in raw.items()}
     if dedupe:

@@ -216,7 +216,7 @@ def ensure_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise PermissionError(f"cannot write to {folder} ({error.strerror or error}); point KD_GYM_HOME at a writable "
-                              "folder (it holds teachers and cached logits) or pass --out") from error
+                              "folder (it holds teachers and cached logits) or pass out_dir=...") from error
 
 
 def teacher_rows(task: Task, seed: int, share: float = TEACHER_SHARE) -> np.ndarray:
