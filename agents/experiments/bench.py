@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from agents.experiments.cells import bench_row, cell_config_hash, cell_folder, write_atomic
+from agents.experiments.cells import bench_row, cell_config_hash, cell_folder, read_results_csv, write_atomic
 from agents.experiments.cells import split_list as _split
 from agents.experiments.common import (
     check_env_options,
@@ -70,6 +70,10 @@ def _cell_line(agent: str, seed: int, dev: float, test: float, wall_s: float) ->
 def run_bench(args: argparse.Namespace) -> pd.DataFrame:
     """Run the cells of ``args.agents`` x ``args.seeds`` missing from ``args.out/results.csv``; return all its rows.
 
+    The rows already there are checked first (:func:`~agents.experiments.cells.read_results_csv`): a repeated
+    cell, a value that is no result or a column kd-gym does not write is an error naming the line, before any cell
+    runs. With ``args.force`` the command's cells run again and their rows are replaced.
+
     :param args: parsed ``kd-gym bench`` (or ``demo``) flags; ``args.jobs`` worker processes run the cells
         (:func:`bench_jobs`; absent: 1, one after the other in this process).
     """
@@ -78,11 +82,12 @@ def run_bench(args: argparse.Namespace) -> pd.DataFrame:
     from agents.experiments.run import ENVS
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     csv = out / "results.csv"
-    rows = pd.read_csv(csv).to_dict("records") if csv.exists() else []
-    done = {(r["agent"], int(r["seed"]), r["config_hash"]) for r in rows}
     cells = [(a, int(s), cell_config_hash(args, a)) for a in _split(args.agents) for s in _split(args.seeds)]
+    force = getattr(args, "force", False)
+    rows = read_results_csv(csv, rerun=cells if force else ()).to_dict("records") if csv.exists() else []
+    out.mkdir(parents=True, exist_ok=True)
+    done = {(r["agent"], int(r["seed"]), r["config_hash"]) for r in rows}
     todo = [c for c in cells if c not in done]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} already done, {len(todo)} to run", file=sys.stderr)
     if not todo:

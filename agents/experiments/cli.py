@@ -20,7 +20,14 @@ from agents.experiments.bench import (
     demo,
 )
 from agents.experiments.common import HelpFormatter, add_run_command, run_one
-from agents.experiments.flags import non_negative_int, positive_int, seed_list
+from agents.experiments.flags import SET_BY_RUN_FLAGS, non_negative_int, positive_int, seed_list
+
+
+def _speaks_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser``, told the flags of the env options that have none of their own (``episode_steps`` -> ``--steps``),
+    so that an error naming the option names the flag (:func:`kd_gym.cli.speak_flags`)."""
+    parser.keyword_flags = dict(SET_BY_RUN_FLAGS)
+    return parser
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -54,14 +61,14 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_train_command(commands: argparse._SubParsersAction) -> None:
     """``kd-gym train``: one student under one agent."""
-    add_run_command(
+    _speaks_flags(add_run_command(
         commands, "train", _train, help="train one student under one agent and report dev/test metrics",
         description="Train one student for --steps updates while the agent chooses the teacher weights (and learns); "
                     "evaluate the final student on dev and test; print one JSON line and write it, with the agent "
                     "and student checkpoints, to the run folder. The run checkpoints into its folder as it goes: "
                     "the same command run again after a crash resumes from the last checkpoint.",
         own_flags=_train_flags, agents_dest="agent",
-    )
+    ))
 
 
 def _bench_flags(defaults: dict[str, str]):
@@ -74,6 +81,9 @@ def _bench_flags(defaults: dict[str, str]):
                             help="comma-separated seeds (integers >= 0)")
         parser.add_argument("--out", default=defaults["out"],
                             help="output folder (rerun with the same folder to resume)")
+        parser.add_argument("--force", action="store_true",
+                            help="run this command's cells again even where results.csv has them (their rows are "
+                                 "replaced); narrow --agents and --seeds to rerun fewer")
         parser.add_argument("--jobs", type=non_negative_int, default=0, metavar="N",
                             help="run the missing cells in N worker processes (0: one per CPU core, at most "
                                  f"{MAX_AUTO_JOBS}, for the lite env on a machine without CUDA, where a cell runs on "
@@ -95,7 +105,7 @@ def _bench_flags(defaults: dict[str, str]):
 
 def add_bench_command(commands: argparse._SubParsersAction) -> None:
     """``kd-gym bench``: agents x seeds, resumable."""
-    add_run_command(
+    _speaks_flags(add_run_command(
         commands, "bench", bench,
         help="compare agents over seeds: results.csv/.md, curves.png, weights.png (resumable)",
         description="Train one student per (agent, seed) cell with the same budget and compare agents: mean ± std "
@@ -105,12 +115,12 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
                     "unseen seeds, whose mean is the cell's result (--protocol online: the paper's joint training). "
                     "Rerunning the same command skips finished cells.",
         own_flags=_bench_flags(BENCH_DEFAULTS), agents_dest="agents",
-    ).set_defaults(protocol=BENCH_DEFAULTS["protocol"])
+    )).set_defaults(protocol=BENCH_DEFAULTS["protocol"])
 
 
 def add_demo_command(commands: argparse._SubParsersAction) -> None:
     """``kd-gym demo``: the bench preset that shows the main result on the default pool."""
-    add_run_command(
+    _speaks_flags(add_run_command(
         commands, "demo", demo,
         help="the main job: build the default teachers if needed, then compare teacher weightings",
         description="A preset of kd-gym bench: build the default teacher pool if it is not cached, then train lite "
@@ -120,7 +130,7 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
                     "(resumable, like bench). It uses the online protocol (the paper's joint training: one student per "
                     "cell, quick) unless --protocol train-eval is given.",
         own_flags=_bench_flags(DEMO_DEFAULTS), agents_dest="agents",
-    ).set_defaults(protocol=DEMO_DEFAULTS["protocol"])
+    )).set_defaults(protocol=DEMO_DEFAULTS["protocol"])
 
 
 def add_report_command(commands: argparse._SubParsersAction) -> None:

@@ -32,6 +32,7 @@ from agents.experiments.cells import (  # noqa: F401 (bench_row, parse_cell: pub
     cell_folder,
     grid_cells,
     parse_cell,
+    read_results_csv,
     write_atomic,
 )
 from agents.experiments.cells import split_list as _split
@@ -59,7 +60,8 @@ def run_cell(args: argparse.Namespace) -> int:
                          "name a cell of the bench's grid")
     folder = cell_folder(Path(args.out), agent, seed)
     csv, config_hash = folder / RESULTS, cell_config_hash(args, agent)
-    if csv.exists() and config_hash in set(pd.read_csv(csv)["config_hash"].astype(str)):
+    rerun = [(agent, seed, config_hash)] if getattr(args, "force", False) else []
+    if csv.exists() and config_hash in set(read_results_csv(csv, rerun=rerun)["config_hash"]):
         print(f"cell {agent}@{seed} already done in {csv}", file=sys.stderr)
         return 0
     result = run_one(args, agent, seed, folder)
@@ -162,10 +164,7 @@ def read_results(paths: list[str | Path], config_hashes: list[str] | None = None
     """
     frames = []
     for csv in result_files(paths):
-        rows = pd.read_csv(csv)
-        missing = {"agent", "seed", "dev_metric", "test_metric", "config_hash"} - set(rows)
-        if missing:
-            raise ValueError(f"{csv} lacks the column(s) {sorted(missing)} of a kd-gym bench results.csv")
+        rows = read_results_csv(csv, extra_columns=("source", "history"), runs_cells=False)  # merged: these two
         rows["source"] = str(csv)
         rows["history"] = [str(_history_path(csv, a, int(s))) for a, s in zip(rows["agent"], rows["seed"])]
         frames.append(rows)

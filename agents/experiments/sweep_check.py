@@ -5,8 +5,8 @@
 A sweep file (``program``, ``method``, ``metric``, ``parameters``, ``command``) must run ``kd-gym train`` with its
 parameters passed through ``${args}`` or ``${args_no_boolean_flags}``; every parameter must be a flag of
 ``kd-gym train`` that applies to the swept agent (one of its ``Config`` fields, an env option or a task option),
-and the metric must be a dev-split key that the run logs (``dev_metric`` ...; tuning on ``test_metric`` would
-select on the test split, which agents never see).
+and the metric must be a dev-split key of the result the run logs (:func:`sweep_metrics`: ``dev_metric``; tuning
+on ``test_metric`` would select on the test split, which agents never see).
 """
 
 from __future__ import annotations
@@ -27,8 +27,24 @@ from agents.experiments.cells import split_list as _split
 
 REQUIRED_KEYS = ("program", "method", "metric", "parameters", "command")
 ARGS_MACROS = ("${args}", "${args_no_boolean_flags}")
-LOGGED_METRICS = ("dev_metric", "dev_loss", "reward")  # logged per record and (dev_metric) in the summary
-LOGGED_PREFIXES = ("agent/", "weight/", "train/")
+
+
+def sweep_metrics() -> list[str]:
+    """The keys a sweep may select on: the dev-split numbers of a run's result (the ``dev_*`` fields of
+    :class:`~agents.experiments.run.RunResult`), which ``kd-gym train`` prints in its JSON result line (what
+    ``kd-gym sweep`` reads) and logs to its W&B summary (what ``wandb agent`` reads). A key the run logs only now
+    and then (``agent/...``, per dev record) is not in that line, so a local sweep could not read it."""
+    from agents.experiments.run import RunResult
+
+    return [f.name for f in dataclasses.fields(RunResult) if f.name.startswith("dev_")]
+
+
+def _check_metric(path: Path, config: dict, allowed: list[str]) -> None:
+    metric = (config["metric"] or {}).get("name", "")
+    if metric not in allowed:
+        why = (" (tuning on it would select on the test split)" if metric == "test_metric" else
+               " (it is not a key of the result kd-gym train logs: its JSON line and W&B summary)")
+        raise ValueError(f"{path}: metric {metric!r} cannot be swept{why}; use one the run logs: {', '.join(allowed)}")
 
 
 def subcommand_parser(name: str) -> argparse.ArgumentParser:
@@ -73,8 +89,8 @@ def check_bench_grid(path: Path, config: dict) -> dict:
             raise ValueError(f"{path}: cell {value!r} is not in the command's grid --agents {','.join(agents)} x "
                              f"--seeds {args.seeds}; add it there or drop the cell")
     metric = (config["metric"] or {}).get("name", "")
-    if metric not in LOGGED_METRICS and not metric.startswith(LOGGED_PREFIXES):
-        raise ValueError(f"{path}: metric {metric!r} is not logged by a bench cell; use dev_metric")
+    if metric not in sweep_metrics():
+        raise ValueError(f"{path}: metric {metric!r} is not logged by a bench cell; use {', '.join(sweep_metrics())}")
     return config
 
 
@@ -129,11 +145,7 @@ def check_sweep(path: str | Path) -> dict[str, Any]:
         if name not in applicable and name not in {"steps", "seed", "env", "task", "teachers"}:
             raise ValueError(f"{path}: parameter {name!r} does not apply to agent {agent!r}; sweep its own "
                              "hyperparameters, env options or task options")
-    metric = (config["metric"] or {}).get("name", "")
-    if metric not in LOGGED_METRICS and not metric.startswith(LOGGED_PREFIXES):
-        why = " (tuning on it would select on the test split)" if metric == "test_metric" else ""
-        raise ValueError(f"{path}: metric {metric!r} cannot be swept{why}; use one the run logs: "
-                         f"{', '.join(LOGGED_METRICS)} or a key under {', '.join(LOGGED_PREFIXES)}")
+    _check_metric(path, config, sweep_metrics())
     return config
 
 
