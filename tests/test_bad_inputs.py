@@ -153,14 +153,103 @@ def _corrupt_checkpoint(world) -> str:
     return str(out)
 
 
-def _sweep_file(world, parameter: str) -> Path:
+def _sweep_file(world, parameter: str, metric: str = "dev_metric") -> Path:
     path = world["root"] / "bad_sweep.yaml"
     path.write_text(yaml.safe_dump({
-        "program": "kd_gym/cli.py", "method": "random", "metric": {"name": "dev_metric", "goal": "maximize"},
+        "program": "kd_gym/cli.py", "method": "random", "metric": {"name": metric, "goal": "maximize"},
         "parameters": {parameter: {"values": [0.01, 0.1]}},
         "command": ["${env}", "${interpreter}", "-m", "kd_gym.cli", "train", "--agent", "reinforce",
                     "${args_no_boolean_flags}"]}))
     return path
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def unchanged(folder: Path, call: Callable[[], object]) -> None:
+    """``call()``, then (whatever it raised) check that no file under ``folder`` was added, removed or changed."""
+    before = _hashes(folder)
+    try:
+        call()
+    finally:
+        assert _hashes(folder) == before, f"a file under {folder} was added, removed or changed"
+
+
+def _without_tokenizer(world) -> Path:
+    """A copy of teacher0 whose vocabulary files (tokenizer.json, vocab.txt) are missing."""
+    folder = world["root"] / "no-tokenizer"
+    if not folder.exists():
+        shutil.copytree(world["teachers"][0], folder)
+        for name in ("tokenizer.json", "vocab.txt"):
+            (folder / name).unlink()
+    return folder
+
+
+def _pool_folder(world, name: str, teachers: dict[str, Path], silos: dict | None = None) -> str:
+    """A pool folder as ``kd-gym teachers build`` writes it: pool.json naming teacher folders (copies) in it."""
+    folder = world["root"] / name
+    if not folder.exists():
+        folder.mkdir()
+        for teacher, source in teachers.items():
+            shutil.copytree(source, folder / teacher)
+        recipe = {"kind": "minilm", "num_layers": 2, "silos": None}
+        manifest = {"task": "tweets", "pool": "siloed", "seed": 0, "task_fingerprint": "0123456789ab" + "0" * 52,
+                    "teachers": [{"name": t, "folder": t, "recipe": {**recipe, "silos": [t.removeprefix("expert-")]}
+                                  if t.startswith("expert-") else recipe} for t in teachers]}
+        (folder / "pool.json").write_text(json.dumps({**manifest, **({"silos": silos} if silos else {})}))
+    return str(folder)
+
+
+def _pool_missing_a_tokenizer(world) -> str:
+    return _pool_folder(world, "pool-missing-tokenizer", {"intact": world["teachers"][0],
+                                                          "broken": _without_tokenizer(world)})
+
+
+def _tweets_pool(world) -> str:
+    """A siloed pool of the tweets: its silos are the values of their 'topic' column, which the tiny task lacks."""
+    return _pool_folder(world, "tweets-pool", {"expert-airline": world["teachers"][0],
+                                               "expert-apple": world["teachers"][1], "minilm-l1": world["teachers"][2]},
+                        silos={"kind": "column", "column": "topic", "names": ["airline", "apple"]})
+
+
+def bench_flags(world) -> list[str]:
+    return ["bench", "--agents", "no_kd", "--seeds", "0,1", "--steps", "3", "--no-oracle", "--jobs", "1",
+            "--protocol", "online", *tiny(world)]
+
+
+def _bench_with(world, name: str, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> Path:
+    """A copy of a finished tiny bench (no_kd, seeds 0 and 1) whose results.csv was edited by ``edit``."""
+    original = world["root"] / "bench"
+    if not (original / "results.csv").exists():
+        kd_gym_cli(world, *bench_flags(world), "--out", str(original))
+    folder = world["root"] / name
+    if not folder.exists():
+        shutil.copytree(original, folder)
+        edit(pd.read_csv(folder / "results.csv", dtype=str)).to_csv(folder / "results.csv", index=False)
+    return folder
+
+
+def resume_bench(world, name: str, edit: Callable[[pd.DataFrame], pd.DataFrame]) -> None:
+    """``kd-gym bench`` resumed on an edited results.csv: it must change no file of the bench."""
+    folder = _bench_with(world, name, edit)
+    unchanged(folder, lambda: kd_gym_cli(world, *bench_flags(world), "--out", str(folder)))
+
+
+def _set(column: str, value: str, row: int = 1):
+    def edit(frame: pd.DataFrame) -> pd.DataFrame:
+        frame.loc[row, column] = value
+        return frame
+    return edit
+
+
+def flat_step(world, action):
+    """A step of the flat view of the world's env (built once, reset)."""
+    if "flat" not in world:
+        world["flat"] = gym.make("kd_gym/TeacherSelectionLiteFlat-v0", **world["kwargs"])
+        world["flat"].reset(seed=0)
+    return world["flat"].step(action)
 
 
 def _resume_past_the_budget(world):
@@ -244,13 +333,14 @@ CASES: list[Case] = [
      lambda w: kd_gym_cli(w, "bench", "--agents", "no_kd,unifrom", *tiny(w))),
     ("cli bench negative seed", CommandFailed, r"exit 2: .*argument --seeds: seed '-2' in '0,-2' is invalid",
      lambda w: kd_gym_cli(w, "bench", "--seeds", "0,-2", *tiny(w))),
-    ("cli env option", CommandFailed, r"exit 2: kd-gym train: error: temperature=0\.0 is invalid; use a number > 0",
+    ("cli env option", CommandFailed, r"exit 2: kd-gym train: error: --temperature 0\.0 is invalid; use a number > 0",
      lambda w: train(w, "--temperature", "0")),
-    ("cli env option choice", CommandFailed, r"exit 2: kd-gym bench: error: action_type='soft' is invalid.*select",
+    ("cli env option choice", CommandFailed, r"exit 2: kd-gym bench: error: --action-type soft is invalid.*select",
      lambda w: kd_gym_cli(w, "bench", "--action-type", "soft", *tiny(w))),
-    ("cli task column", CommandFailed, r"exit 2: kd-gym train: error: .*column 'review' is missing.*text_column",
+    ("cli task column", CommandFailed,
+     r"exit 2: kd-gym train: error: .*column 'review' is missing.*; pass --text-column \.\.\. naming one of them",
      lambda w: train(w, "--text-column", "review")),
-    ("cli task fraction", CommandFailed, r"exit 2: kd-gym train: error: dev_fraction=1\.5 is out of range",
+    ("cli task fraction", CommandFailed, r"exit 2: kd-gym train: error: --dev-fraction 1\.5 is out of range",
      lambda w: train(w, "--dev-fraction", "1.5")),
     ("cli checkpoint of another command", CommandFailed,
      r"exit 2: kd-gym train: error: the checkpoint .*checkpoint\.safetensors \(step 3 of 6\) was made by another "
@@ -263,6 +353,57 @@ CASES: list[Case] = [
      lambda w: check_sweep(_sweep_file(w, "learnig_rate"))),
     ("sweep parameter of another agent", ValueError, r"parameter 'clip_range' does not apply to agent 'reinforce'",
      lambda w: check_sweep(_sweep_file(w, "clip_range"))),
+    # -- issue 33: each input a new user tried, with what the error must say
+    ("teacher without its tokenizer", FileNotFoundError,
+     r"teacher 'no-tokenizer': the tokenizer in .*no-tokenizer has no vocabulary \(5 tokens, all special.*vocab\.txt"
+     r".*missing",
+     lambda w: TeacherPool([_without_tokenizer(w)], cache_dir=w["kwargs"]["cache_dir"]).logits(
+         load_task(str(w["csv"])), "dev")),
+    ("cli pool with a teacher without its tokenizer", CommandFailed,
+     r"exit 2: kd-gym train: error: teacher 'broken': the tokenizer .* has no vocabulary",
+     lambda w: kd_gym_cli(w, "train", *tiny(w), "--teachers", _pool_missing_a_tokenizer(w))),
+    ("bench resumed on a duplicate row", CommandFailed,
+     r"exit 2: kd-gym bench: error: .*duplicate-row/results\.csv line 4 \(agent 'no_kd', seed 1\) repeats the cell of "
+     r"line 3 .*delete that row, or rerun the command with --force",
+     lambda w: resume_bench(w, "duplicate-row", lambda f: pd.concat([f, f.iloc[[1]]]))),
+    ("bench resumed on a non-numeric metric", CommandFailed,
+     r"exit 2: kd-gym bench: error: .*non-numeric/results\.csv line 3 \(agent 'no_kd', seed 1\): column "
+     r"'test_metric' holds '(0\.388024){5}\.\.\.' \(800 characters\), not a number in \[0, 1\]; fix or "
+     r"delete that row, or rerun the command with --force",
+     lambda w: resume_bench(w, "non-numeric", _set("test_metric", "0.388024" * 100))),
+    ("bench resumed on an out-of-range metric", CommandFailed,
+     r"exit 2: .*out-of-range/results\.csv line 2 \(agent 'no_kd', seed 0\): column 'dev_metric' holds 1\.7, out of "
+     r"range", lambda w: resume_bench(w, "out-of-range", _set("dev_metric", "1.7", row=0))),
+    ("bench resumed on an unknown column", CommandFailed,
+     r"exit 2: .*unknown-column/results\.csv has column\(s\) \['notes'\] that kd-gym bench does not write",
+     lambda w: resume_bench(w, "unknown-column", lambda f: f.assign(notes="rerun?"))),
+    ("sweep metric the run never logs", ValueError,
+     r"metric 'agent/never_logged_key' cannot be swept \(it is not a key of the result kd-gym train logs.*use one "
+     r"the run logs: dev_metric$",
+     lambda w: check_sweep(_sweep_file(w, "learning_rate", metric="agent/never_logged_key"))),
+    ("task of 2 rows", ValueError,
+     r"task '.*two\.csv': the train data \(.*two\.csv\) has 2 row\(s\); a task needs at least 10 labelled rows",
+     lambda w: load_task(write_csv(w["root"], "two.csv", rows(["pos", "neg"], 2)))),
+    ("pool of another task", ValueError,
+     r"the teacher pool at .*tweets-pool was built for task 'tweets' \(content fingerprint 0123456789ab\), not for "
+     r"task .*tiny\.csv' \(fingerprint [0-9a-f]{12}\): its silos are the values of column 'topic', which task .* lacks"
+     r".*kd-gym teachers build --task .*pass oracle='gold'$",
+     lambda w: make_env(w, teachers=_tweets_pool(w))),
+    ("cli pool of another task", CommandFailed,
+     r"exit 2: kd-gym train: error: the teacher pool at .*tweets-pool was built for task 'tweets' .*column 'topic'.*"
+     r"pass --oracle gold$", lambda w: kd_gym_cli(w, "train", *tiny(w), "--teachers", _tweets_pool(w))),
+    ("cli rare label names the flag", CommandFailed,
+     r"exit 2: kd-gym train: error: .*\{'neutrl': 1\}.*or pass --allow-rare-labels to keep them as classes",
+     lambda w: kd_gym_cli(w, "train", *tiny(w), "--task", write_csv(w["root"], "stray-cli.csv", pd.concat(
+         [rows(["pos", "neg"], 400), pd.DataFrame({"text": ["odd one"], "label": ["neutrl"]})])))),
+    ("flat action of shape (B, K)", ValueError,
+     r"flat action has shape \(8, 3\); expected \(24,\) = B \* K for \(B, K\) = \(8, 3\) of finite values in "
+     r"\[-1, 1\].*a \(B, K\) array is the Dict env's action .*env\.to_action\(weights\)",
+     lambda w: flat_step(w, np.zeros((8, 3), np.float32))),
+    ("flat action with a NaN", ValueError,
+     r"flat action holds 1 NaN or infinite value\(s\), the first nan at element 4 \(instance 1, teacher 1\); "
+     r"expected \(24,\) = B \* K for \(B, K\) = \(8, 3\) of finite values in \[-1, 1\]",
+     lambda w: flat_step(w, np.where(np.arange(24) == 4, np.nan, 0.0))),
 ]
 
 
@@ -303,3 +444,50 @@ def test_bad_input_is_a_clear_error_and_loses_nothing(world, name, error, patter
 
 def test_the_suite_is_large_enough():
     assert len(CASES) >= 45
+
+
+def test_force_reruns_the_cells_whose_rows_were_refused(world, monkeypatch, tmp_path):
+    # the duplicate row of "bench resumed on a duplicate row": --force runs the command's cells again, one row each
+    monkeypatch.chdir(tmp_path)
+    folder = _bench_with(world, "forced", lambda f: pd.concat([f, f.iloc[[1]]]))
+    assert len(pd.read_csv(folder / "results.csv")) == 3
+    kd_gym_cli(world, *bench_flags(world), "--out", str(folder), "--force")
+    rows, original = pd.read_csv(folder / "results.csv"), pd.read_csv(world["root"] / "bench" / "results.csv")
+    assert rows["seed"].tolist() == [0, 1]
+    for metric in ("dev_metric", "test_metric"):  # seeded cells: the same results again
+        assert rows[metric].tolist() == original[metric].tolist()
+
+
+def test_a_sweep_records_each_run_as_it_ends_and_goes_on_after_a_failed_one(world, monkeypatch, tmp_path):
+    """kd-gym sweep writes each run to sweep.csv when it ends; a run that fails is recorded with its error (its last
+    stderr line) and the next one runs. The runs are stand-ins for kd-gym train (its exit code and output)."""
+    import subprocess
+
+    from agents.experiments import sweep_local
+
+    out, path = tmp_path / "sweep", tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({
+        "program": "kd_gym/cli.py", "method": "grid", "metric": {"name": "dev_metric", "goal": "maximize"},
+        "parameters": {"temperature": {"values": [-1.0, 2.0]}},
+        "command": ["${env}", "${interpreter}", "-m", "kd_gym.cli", "train", "--agent", "uniform", "${args}"]}))
+    recorded_before: list[int] = []
+
+    def run(command, **kwargs):
+        recorded_before.append(len(pd.read_csv(out / "sweep.csv")) if (out / "sweep.csv").exists() else 0)
+        if "--temperature=-1.0" in command:
+            return subprocess.CompletedProcess(command, 2, "", "kd-gym train: error: --temperature -1.0 is invalid; "
+                                                               "use a number > 0\n")
+        return subprocess.CompletedProcess(command, 0, 'note\n{"dev_metric": 0.61, "test_metric": 0.6, "wall_s": 1.5}\n',
+                                           "")
+
+    monkeypatch.setattr(sweep_local.subprocess, "run", run)
+    assert main(["sweep", str(path), "--count", "5", "--out", str(out)]) == 0  # a grid of 2: it stops after them
+    assert recorded_before == [0, 1]  # the failed run was on disk before the next one started
+    rows = pd.read_csv(out / "sweep.csv")
+    assert rows["temperature"].tolist() == [-1.0, 2.0] and rows["status"].tolist() == ["failed", "finished"]
+    assert rows["error"][0] == "exit 2: kd-gym train: error: --temperature -1.0 is invalid; use a number > 0"
+    assert np.isnan(rows["dev_metric"][0]) and rows["dev_metric"][1] == 0.61
+    report = (out / "sweep.md").read_text()
+    assert "(1 runs, ranked by dev_metric" in report and "| 2.0 | 0.61 | 0.6 | 1.5 |" in report
+    assert "## 1 failed run(s)" in report and "| -1.0 | exit 2: kd-gym train: error: --temperature -1.0" in report
+    assert main(["sweep", str(path), "--count", "1", "--out", str(out)]) == 0 and len(recorded_before) == 2  # done
