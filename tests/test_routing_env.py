@@ -297,3 +297,30 @@ def test_cleanrls_own_ppo_continuous_action_runs_with_its_envs_line_changed(env_
     episodes = 3 * 24 // env_kwargs["episode_steps"]
     assert out.count("episodic_return=") == B * episodes, out[-2000:]
     assert out.count("SPS:") == 3
+
+
+# ------------------------------------------------------------------------------------------------ RL Zoo
+
+
+def test_rl_zoo_train_runs_ppo_on_the_per_instance_env_through_its_vec_env_wrapper(env_kwargs, tmp_path,
+                                                                                  monkeypatch, capsys) -> None:
+    pytest.importorskip("rl_zoo3")
+    from rl_zoo3.train import train
+    from stable_baselines3 import PPO
+
+    rl_zoo_ppo = Path(__file__).resolve().parents[1] / "agents" / "hyperparams" / "rl_zoo" / "ppo.yml"
+    env_args = [f"{key}:{value!r}" for key, value in {**env_kwargs, "credit": True}.items()]
+    steps = 2 * env_kwargs["episode_steps"]  # student updates: two episodes
+    monkeypatch.setattr(sys, "argv", [
+        "rl_zoo3.train", "--algo", "ppo", "--env", LITE, "--gym-packages", "kd_gym", "-conf", str(rl_zoo_ppo),
+        "-n", str(steps * B), "--seed", "0", "--eval-freq", "-1", "-f", str(tmp_path / "logs"), "--env-kwargs",
+        *env_args, "-params", "n_steps:3", "batch_size:24", "n_epochs:1"])
+    train()
+    assert "Loading hyperparameters from: " + str(rl_zoo_ppo) in capsys.readouterr().out
+    run = tmp_path / "logs" / "ppo" / "kd_gym-TeacherSelectionLite-v0_1"
+    model = PPO.load(run / "kd_gym-TeacherSelectionLite-v0.zip", device="cpu")
+    assert model.n_envs == B and model.num_timesteps == steps * B  # one SB3 step per instance
+    assert model.observation_space.shape == (S_LITE - 2 + K * C,)  # the router view of one instance
+    assert model.action_space == gym.spaces.Box(-1.0, 1.0, (K,), np.float32)
+    monitor = (run / "0.monitor.csv").read_text().splitlines()
+    assert len(monitor) - 2 == 2  # the student's two episodes (+ 2 header lines)
