@@ -240,7 +240,7 @@ class TeacherRoutingVectorEnv(VectorEnv):
         done = terminated | truncated
         observation = self.observe(obs)
         if done.any():
-            infos["final_obs"], infos["_final_obs"] = np.where(done[:, None], observation, 0.0), done
+            infos["final_obs"], infos["_final_obs"] = np.where(done[:, None], observation, np.float32(0.0)), done
             final = np.full(self.num_envs, None, dtype=object)
             now = time.perf_counter()
             for j in np.flatnonzero(done):

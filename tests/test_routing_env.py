@@ -166,6 +166,28 @@ def test_the_tiers_are_the_same_numbers_in_the_single_vector_and_per_instance_en
         np.testing.assert_allclose(rewards, expected.reshape(-1), rtol=1e-5, atol=1e-7)
 
 
+def test_student_credit_over_n_students_through_a_sync_vector_env_of_single_envs(env_kwargs) -> None:
+    """What the NotImplementedError of students > 1 with student_credit suggests: N single envs with credit=True
+    in a sync vector env, wrapped, give each instance its own student's credit, across episode ends."""
+    options = {**env_kwargs, "credit": True, "episode_steps": 2}
+    sync = gym.make_vec(LITE, num_envs=2, vectorization_mode="sync", **options)
+    envs = TeacherRoutingVectorEnv(sync, "router", "student_credit")
+    singles = [make(LITE, options) for _ in range(2)]
+    envs.reset(seed=0)
+    for n, single in enumerate(singles):
+        single.reset(seed=n)
+    for step, both in enumerate(zip(exact_weights(5), exact_weights(5, seed=1))):
+        _, rewards, _, truncated, _ = envs.step(2.0 * np.concatenate(both) - 1.0)
+        expected = []
+        for single, w in zip(singles, both):
+            *_, single_truncated, info = single.step(w)
+            expected.append(info["student_credit"])
+            if single_truncated:
+                single.reset()
+        assert truncated.all() == (step % 2 == 1)
+        np.testing.assert_allclose(rewards, np.concatenate(expected), rtol=1e-5, atol=1e-8)
+
+
 def test_gold_credit_scores_the_mixture_on_labelled_rows_only(env_kwargs) -> None:
     env = make(LITE, env_kwargs, gold_labels=60)
     obs, _ = env.reset(seed=0)
