@@ -177,14 +177,19 @@ def unchanged(folder: Path, call: Callable[[], object]) -> None:
         assert _hashes(folder) == before, f"a file under {folder} was added, removed or changed"
 
 
-def _without_tokenizer(world) -> Path:
-    """A copy of teacher0 whose vocabulary files (tokenizer.json, vocab.txt) are missing."""
-    folder = world["root"] / "no-tokenizer"
+def _without(world, name: str, files: list[str]) -> Path:
+    """A copy of teacher0 named ``name`` without ``files``."""
+    folder = world["root"] / name
     if not folder.exists():
         shutil.copytree(world["teachers"][0], folder)
-        for name in ("tokenizer.json", "vocab.txt"):
-            (folder / name).unlink()
+        for file in files:
+            (folder / file).unlink()
     return folder
+
+
+def _without_tokenizer(world) -> Path:
+    """A copy of teacher0 whose vocabulary files (tokenizer.json, vocab.txt) are missing."""
+    return _without(world, "no-tokenizer", ["tokenizer.json", "vocab.txt"])
 
 
 def _pool_folder(world, name: str, teachers: dict[str, Path], silos: dict | None = None) -> str:
@@ -358,6 +363,9 @@ CASES: list[Case] = [
      r"teacher 'no-tokenizer': the tokenizer in .*no-tokenizer has no vocabulary \(5 tokens, all special.*vocab\.txt"
      r".*missing",
      lambda w: TeacherPool([_without_tokenizer(w)], cache_dir=w["kwargs"]["cache_dir"]).logits(
+         load_task(str(w["csv"])), "dev")),
+    ("teacher without its config", FileNotFoundError, r"teacher 'no-config': no config\.json in .*no-config; save",
+     lambda w: TeacherPool([_without(w, "no-config", ["config.json"])], cache_dir=w["kwargs"]["cache_dir"]).logits(
          load_task(str(w["csv"])), "dev")),
     ("cli pool with a teacher without its tokenizer", CommandFailed,
      r"exit 2: kd-gym train: error: teacher 'broken': the tokenizer .* has no vocabulary",
