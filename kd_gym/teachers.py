@@ -32,7 +32,13 @@ from kd_gym.prepare.cache import (
     kd_gym_home,
     resolve_model_folder,
 )
-from kd_gym.prepare.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
+from kd_gym.prepare.inference import (
+    autocast_dtype,
+    batched_forward,
+    check_model_folder,
+    quiet_transformers,
+    resolve_device,
+)
 from kd_gym.prepare.tfidf import is_tfidf_teacher, tfidf_labels, tfidf_logits
 from kd_gym.tasks import Task, teacher_metrics
 
@@ -103,43 +109,6 @@ def label_permutation(teacher_labels: Sequence[str], task: Task, name: str, labe
         return [lowered.index(label.lower()) for label in task_labels]
     raise ValueError(f"teacher {name!r} has labels {list(teacher_labels)} but task {task.name!r} has "
                      f"{task_labels}; pass label_map={{task label: teacher label}}")
-
-
-_CHECKED_FOLDERS: set[tuple] = set()  # (folder, its files' names, sizes and times) already checked in this process
-
-
-def check_classifier_folder(folder: Path, name: str) -> None:
-    """Refuse a sequence-classifier folder that lacks what its model type needs: ``config.json`` and a tokenizer
-    with a vocabulary. Without its vocabulary files transformers builds a tokenizer of special tokens only, which
-    reads every text as ``[UNK]``: the teacher would give the same logits on every row.
-
-    :raises FileNotFoundError: naming the teacher, the folder and the missing file(s).
-    """
-    stamp = (str(folder), tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                                       for p in folder.iterdir() if p.is_file())))
-    if stamp in _CHECKED_FOLDERS:
-        return
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"teacher {name!r}: no config.json in {folder}; save the model there with "
-                                "save_pretrained (it writes config.json beside the weights), or fix the path")
-    from transformers import AutoTokenizer
-
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError, KeyError) as error:
-        raise FileNotFoundError(f"teacher {name!r}: no tokenizer could be loaded from {folder} ({error}); save the "
-                                "teacher's tokenizer there with tokenizer.save_pretrained(folder)") from error
-    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
-        needed = sorted(set(getattr(type(tokenizer), "vocab_files_names", {}).values())) or ["tokenizer.json"]
-        present = sorted(p.name for p in folder.iterdir() if p.name.startswith(("tokenizer", "vocab", "merges",
-                                                                                "special_tokens")))
-        raise FileNotFoundError(
-            f"teacher {name!r}: the tokenizer in {folder} has no vocabulary ({len(tokenizer)} tokens, all special: "
-            f"{tokenizer.all_special_tokens}), so every text would read as unknown tokens; its vocabulary file "
-            f"({' or '.join(needed)}) is missing (tokenizer files there: {present or 'none'}). Copy the tokenizer "
-            "files from where the teacher was trained, or save them with tokenizer.save_pretrained(folder)")
-    _CHECKED_FOLDERS.add(stamp)
 
 
 def load_classifier(folder: str | Path, **kwargs):
@@ -224,7 +193,7 @@ class TeacherPool:
                 raise FileNotFoundError(f"teacher {self.specs[k].name!r}: no model weights (*.safetensors or *.bin) in "
                                         f"{folder}; save the model there with save_pretrained, or fix the path")
             if not is_tfidf_teacher(folder):
-                check_classifier_folder(folder, self.specs[k].name)
+                check_model_folder(folder, f"teacher {self.specs[k].name!r}")
             self._folders[k] = folder
         return self._folders[k]
 

@@ -29,6 +29,7 @@ from agents.experiments.resume import CHECKPOINT_FILE
 from agents.experiments.run import TrainingMonitor
 from agents.experiments.sweep_check import check_sweep
 from kd_gym.cli import main
+from kd_gym.prepare.embeddings import SentenceEncoder
 from kd_gym.tasks import load_task
 from kd_gym.teachers import TeacherPool
 
@@ -363,6 +364,10 @@ CASES: list[Case] = [
      r"teacher 'no-tokenizer': the tokenizer in .*no-tokenizer has no vocabulary \(5 tokens, all special.*vocab\.txt"
      r".*missing",
      lambda w: TeacherPool([_without_tokenizer(w)], cache_dir=w["kwargs"]["cache_dir"]).logits(
+         load_task(str(w["csv"])), "dev")),
+    ("sentence encoder without its tokenizer", FileNotFoundError,
+     r"sentence encoder 'no-tokenizer': the tokenizer in .*no-tokenizer has no vocabulary",
+     lambda w: SentenceEncoder(_without_tokenizer(w), cache_dir=w["kwargs"]["cache_dir"], device="cpu").encode(
          load_task(str(w["csv"])), "dev")),
     ("teacher without its config", FileNotFoundError, r"teacher 'no-config': no config\.json in .*no-config; save",
      lambda w: TeacherPool([_without(w, "no-config", ["config.json"])], cache_dir=w["kwargs"]["cache_dir"]).logits(

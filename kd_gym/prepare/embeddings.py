@@ -18,7 +18,13 @@ from kd_gym.prepare.cache import (
     minilm_path,
     resolve_model_folder,
 )
-from kd_gym.prepare.inference import autocast_dtype, batched_forward, quiet_transformers, resolve_device
+from kd_gym.prepare.inference import (
+    autocast_dtype,
+    batched_forward,
+    check_model_folder,
+    quiet_transformers,
+    resolve_device,
+)
 from kd_gym.tasks import Task
 
 
@@ -51,6 +57,7 @@ class SentenceEncoder:
     def encode(self, task: Task, split: str) -> torch.Tensor:
         """(N, H) float32 embeddings of ``split``; computed once, then read from the cache."""
         if self._files_hash is None:
+            check_model_folder(self.folder, f"sentence encoder {self.folder.name!r}")
             self._files_hash = hash_files(self.folder)
         key = fingerprint(self._files_hash, task.fingerprint(split), self.max_length, str(self.dtype), "mean-l2")
         path = self.cache_dir / "embeddings" / f"{self.folder.name}-{split}-{key[:20]}.safetensors"

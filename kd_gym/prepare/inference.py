@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -61,6 +62,44 @@ def quiet_transformers() -> Iterator[None]:
         transformers.logging.set_verbosity(verbosity)
         if bars:
             transformers.logging.enable_progress_bar()
+
+
+_CHECKED_FOLDERS: set[tuple] = set()  # (folder, its files' names, sizes and times) already checked in this process
+
+
+def check_model_folder(folder: Path, who: str) -> None:
+    """Refuse a HuggingFace model folder that lacks what its model type needs: ``config.json`` and a tokenizer
+    with a vocabulary. Without its vocabulary files transformers builds a tokenizer of special tokens only, which
+    reads every text as ``[UNK]``: a teacher would give the same logits on every row, an encoder the same embedding.
+
+    :param who: what the folder is, for the message (``"teacher 'x'"``).
+    :raises FileNotFoundError: naming ``who``, the folder and the missing file(s).
+    """
+    stamp = (str(folder), tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                                       for p in folder.iterdir() if p.is_file())))
+    if stamp in _CHECKED_FOLDERS:
+        return
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{who}: no config.json in {folder}; save the model there with "
+                                "save_pretrained (it writes config.json beside the weights), or fix the path")
+    from transformers import AutoTokenizer
+
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as error:
+        raise FileNotFoundError(f"{who}: no tokenizer could be loaded from {folder} ({error}); save the "
+                                "teacher's tokenizer there with tokenizer.save_pretrained(folder)") from error
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        needed = sorted(set(getattr(type(tokenizer), "vocab_files_names", {}).values())) or ["tokenizer.json"]
+        present = sorted(p.name for p in folder.iterdir() if p.name.startswith(("tokenizer", "vocab", "merges",
+                                                                                "special_tokens")))
+        raise FileNotFoundError(
+            f"{who}: the tokenizer in {folder} has no vocabulary ({len(tokenizer)} tokens, all special: "
+            f"{tokenizer.all_special_tokens}), so every text would read as unknown tokens; its vocabulary file "
+            f"({' or '.join(needed)}) is missing (tokenizer files there: {present or 'none'}). Copy the tokenizer "
+            "files from where the teacher was trained, or save them with tokenizer.save_pretrained(folder)")
+    _CHECKED_FOLDERS.add(stamp)
 
 
 def batched_forward(
