@@ -63,6 +63,9 @@ class Agent:
     learns: ClassVar[bool] = True
     """False for a policy that learns nothing from rewards (the fixed weightings): the train-eval protocol then
     skips its training phase, which would only cost student steps."""
+    learns_from: ClassVar[str] = "the env's reward"
+    """What the agent's learning signal is, for the results tables: the env's return (the student's progress),
+    student credit, gold credit (teacher correctness), or nothing (a fixed weighting)."""
     pure_predict: ClassVar[bool] = False
     """True when ``predict(obs, deterministic=True)`` is a function of ``obs`` and the learned state alone: it reads
     nothing from the env, draws no random numbers and changes nothing. The train-eval protocol then trains its

@@ -20,6 +20,7 @@ class FixedAgent(Agent):
     """A policy that never learns; subclasses define :meth:`weights`."""
 
     learns = False
+    learns_from = "nothing (fixed)"
     pure_predict = True  # weights from the observation only (random and oracle say otherwise)
 
     def weights(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -137,6 +138,7 @@ class OracleAgent(FixedAgent):
     gold label the highest probability (:mod:`kd_gym.regime`); noisy-teacher and specialists have their own."""
 
     name = "oracle"
+    learns_from = "nothing (privileged: hidden labels or silos)"
     pure_predict = False  # reads the env's current batch, not the observation
 
     def __init__(self, env, **kwargs):

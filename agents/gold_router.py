@@ -195,6 +195,7 @@ class GoldRouterAgent(Agent):
     """
 
     name = "gold-router"
+    learns_from = "gold credit (the labelled rows' gold labels)"
     Config = GoldRouterConfig
     pure_predict = True  # deterministic: the frozen router's probabilities
 

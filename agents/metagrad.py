@@ -74,6 +74,7 @@ class MetaGradientAgent(Agent):
     """
 
     name = "metagrad"
+    learns_from = "student credit, greedily (no learning)"
     Config = MetaGradientConfig
     learns = False
 

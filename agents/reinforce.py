@@ -127,6 +127,7 @@ class ReinforceAgent(Agent):
     """
 
     name = "reinforce"
+    learns_from = "the env's return (the student's dev gain)"
     Config = ReinforceConfig
     pure_predict = True  # the mean router: a function of the observation alone
 

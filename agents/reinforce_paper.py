@@ -123,6 +123,11 @@ class PaperReinforceAgent(Agent):
     """
 
     name = "reinforce-paper"
+
+    @property
+    def learns_from(self) -> str:  # type: ignore[override]
+        return {"return": "the env's reward (window returns)", "credit": "student credit (per pair)",
+                "gold": "gold credit (the labelled rows' gold labels)"}[self.config.advantage]
     Config = PaperReinforceConfig
     pure_predict = True  # deterministic: the keep probabilities of the frozen selector and input statistics
 

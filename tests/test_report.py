@@ -196,3 +196,19 @@ def test_the_sweep_command_drops_the_flags_it_sets_itself_in_any_spelling():
     argv = ["--agents", "a,b", "--emit", "g.yaml", "--steps", "6", "--out=runs/x", "--seeds=0,1", "--scenario",
             "specialists", "--cell", "a@0"]
     assert _strip_flags(argv, DROPPED_FLAGS, options) == ["--steps", "6", "--scenario", "specialists"]
+
+
+def test_every_results_table_says_what_each_learner_learns_from():
+    from agents.experiments.report import readme_table
+
+    frame = _frame(**BEATS)
+    frame["learns_from"] = frame["agent"].map({"uniform": "nothing (fixed)", "x": "the env's return"})
+    for text in (bench_report(frame, None, "t"), readme_table(frame)):
+        rows: dict[str, str] = {}
+        for line in text.splitlines():  # the first table's rows
+            if line.startswith("| "):
+                rows.setdefault(line.split(" | ")[0][2:], line)
+        assert rows["agent"].startswith("| agent | learns from | test")
+        assert rows["x"].startswith("| x | the env's return | ") and rows["oracle"].startswith("| oracle | - | ")
+    # cells of an older bench (no such column) give the table without it
+    assert "learns from" not in bench_report(_frame(**BEATS), None, "t")

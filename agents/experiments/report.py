@@ -77,15 +77,17 @@ def bench_report(frame: pd.DataFrame, command: str | None, title: str, reference
     frame = canonical_order(frame)
     # train-eval cells: the student steps an agent spent learning, beside its result
     cost = "train_student_steps" in frame and frame["train_student_steps"].notna().any()
+    signal = _has_learns_from(frame)
     lines = [f"{heading} {title}", "",
-             f"| agent | test {metric_label} (%) mean ± std | test 95% CI | dev {metric_label} (%) mean ± std | seeds | "
+             "| agent |" + (" learns from |" if signal else "") + f" test {metric_label} (%) mean ± std | test 95% CI | dev {metric_label} (%) mean ± std | seeds | "
              f"Δ test vs {reference} (points) | p (paired t) | wall s / cell |" + (" student steps to learn |" if cost else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|" if cost else "")]
+             "|---|---|---|---|---|---|---|---|" + ("---|" if signal else "") + ("---|" if cost else "")]
     for agent, group in frame.groupby("agent", sort=False):
         test_mean, test_std, half = mean_ci(group["test_metric"] * 100)
         dev_mean, dev_std, _ = mean_ci(group["dev_metric"] * 100)
         delta, p = _paired_cells(frame, agent, reference)
-        lines.append(f"| {agent} | {test_mean:.2f} ± {test_std:.2f} | [{test_mean - half:.2f}, {test_mean + half:.2f}] "
+        learns = f" {_learns_from(group)} |" if signal else ""
+        lines.append(f"| {agent} |{learns} {test_mean:.2f} ± {test_std:.2f} | [{test_mean - half:.2f}, {test_mean + half:.2f}] "
                      f"| {dev_mean:.2f} ± {dev_std:.2f} | {len(group)} | {delta} | {p} | {group['wall_s'].mean():.1f} |"
                      + (f" {group['train_student_steps'].fillna(0).mean():,.0f} |" if cost else ""))
     lines += scores_lines(frame, reference)
@@ -210,6 +212,17 @@ def headroom_lines(frame: pd.DataFrame) -> list[str]:
             *(f"| {name} | {definition} | {value:+.2f} |" for name, definition, value in rows)]
 
 
+def _has_learns_from(frame: pd.DataFrame) -> bool:
+    """Whether the cells record what each agent learns from (RunResult's ``learns_from``; older cells do not)."""
+    return "learns_from" in frame and frame["learns_from"].notna().any()
+
+
+def _learns_from(group: pd.DataFrame) -> str:
+    """What an agent's cells say it learns from ('-' where they do not say)."""
+    values = group["learns_from"].dropna() if "learns_from" in group else []
+    return str(values.iloc[0]) if len(values) else "-"
+
+
 def readme_table(frame: pd.DataFrame, reference: str = "uniform") -> str:
     """The README's results block from a bench's ``results.csv`` rows: per agent test mean ± std, the paired
     difference with ``reference`` and its p-value, the normalised score and the wall time per cell; then the
@@ -217,12 +230,14 @@ def readme_table(frame: pd.DataFrame, reference: str = "uniform") -> str:
     frame = canonical_order(frame)
     normalised = frame.groupby("agent", sort=False)["test_metric"].mean()
     low, high = normalised.get(reference, np.nan), normalised.get(TOP, np.nan)
-    lines = [f"| agent | test accuracy (%) mean ± std | Δ vs {reference} (points) | p (paired t) | normalised (%) | "
-             "wall s / cell |", "|---|---|---|---|---|---|"]
+    signal = _has_learns_from(frame)
+    lines = ["| agent |" + (" learns from |" if signal else "") + f" test accuracy (%) mean ± std | Δ vs {reference} "
+             "(points) | p (paired t) | normalised (%) | wall s / cell |", "|---|---|---|---|---|---|" + ("---|" if signal else "")]
     for agent, group in frame.groupby("agent", sort=False):
         mean, std, _ = mean_ci(group["test_metric"] * 100)
         delta, p = _paired_cells(frame, agent, reference)
         score = 100 * (normalised[agent] - low) / (high - low) if np.isfinite(high - low) and high != low else np.nan
-        lines.append(f"| {agent} | {mean:.2f} ± {std:.2f} | {delta} | {p} | "
+        learns = f" {_learns_from(group)} |" if signal else ""
+        lines.append(f"| {agent} |{learns} {mean:.2f} ± {std:.2f} | {delta} | {p} | "
                      f"{'-' if np.isnan(score) else f'{score:+.1f}'} | {group['wall_s'].mean():.1f} |")
     return "\n".join(lines + headroom_lines(frame))

@@ -169,6 +169,7 @@ def train_student(
     bar.close()
     result = RunResult(agent_name, seed, dev, test, steps, time.perf_counter() - started,
                        student_env.task_name, env, student_env.metric_name, extra=extra, history=history)
+    result.extra["learns_from"] = agent.learns_from
     result.extra["agent_metrics"] = {k: float(v) for k, v in getattr(agent, "metrics", {}).items()}
     if out_dir is not None:
         _write_run(Path(out_dir), result, agent, student_env,
