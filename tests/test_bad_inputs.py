@@ -159,7 +159,7 @@ def _sweep_file(world, parameter: str, metric: str = "dev_metric") -> Path:
     path.write_text(yaml.safe_dump({
         "program": "kd_gym/cli.py", "method": "random", "metric": {"name": metric, "goal": "maximize"},
         "parameters": {parameter: {"values": [0.01, 0.1]}},
-        "command": ["${env}", "${interpreter}", "-m", "kd_gym.cli", "train", "--agent", "reinforce",
+        "command": ["${env}", "${interpreter}", "-m", "kd_gym.cli", "train", "--agent", "gold-router",
                     "${args_no_boolean_flags}"]}))
     return path
 
@@ -317,7 +317,7 @@ CASES: list[Case] = [
     ("unknown hyperparameter", TypeError, r"learnig_rate.*learning_rate",
      lambda w: agents.make("reinforce", w["env"], learnig_rate=0.1)),
     ("init keep probability", ValueError, r"init_keep_probability=1\.5.*\(0, 1\)",
-     lambda w: agents.make("reinforce", w["env"], init_keep_probability=1.5)),
+     lambda w: agents.make("reinforce-paper", w["env"], init_keep_probability=1.5)),
     ("no saved agent", FileNotFoundError, r"no saved agent at .*nothing-here.*agent\.json",
      lambda w: agents.load(w["root"] / "nothing-here", w["env"])),
     ("corrupted agent state", ValueError, r"corrupted.*save it again", lambda w: agents.load(_corrupt_agent(w), w["env"])),
@@ -357,7 +357,7 @@ CASES: list[Case] = [
     ("sweep parameter that is no flag", ValueError,
      r"bad_sweep\.yaml: parameter 'learnig_rate' is not a flag of kd-gym train; did you mean 'learning_rate'",
      lambda w: check_sweep(_sweep_file(w, "learnig_rate"))),
-    ("sweep parameter of another agent", ValueError, r"parameter 'clip_range' does not apply to agent 'reinforce'",
+    ("sweep parameter of another agent", ValueError, r"parameter 'clip_range' does not apply to agent 'gold-router'",
      lambda w: check_sweep(_sweep_file(w, "clip_range"))),
     # -- issue 33: each input a new user tried, with what the error must say
     ("teacher without its tokenizer", FileNotFoundError,

@@ -240,7 +240,7 @@ def test_kd_gym_sweep_runs_a_sweep_file_locally_and_continues(tiny_env_kwargs, t
 
     sweep = {"program": "kd_gym/cli.py", "method": "grid", "metric": {"name": "dev_metric", "goal": "maximize"},
              "parameters": {"learning_rate": {"values": [0.001, 0.05]}},
-             "command": ["${env}", "${interpreter}", "-m", "kd_gym.cli", "train", "--agent", "reinforce", "--steps",
+             "command": ["${env}", "${interpreter}", "-m", "kd_gym.cli", "train", "--agent", "gold-router", "--steps",
                          "6", "${args}"]}
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(sweep))
@@ -257,10 +257,10 @@ def test_kd_gym_sweep_runs_a_sweep_file_locally_and_continues(tiny_env_kwargs, t
     assert table[0].startswith(f"| {best['learning_rate']} | {best['dev_metric']} |")  # ranked best first
 
 
-def test_the_recorded_reinforce_choices_are_real_flags_with_the_recorded_values():
-    from agents.reinforce import ReinforceConfig
+def test_the_recorded_reinforce_paper_choices_are_real_flags_with_the_recorded_values():
+    from agents.reinforce_paper import PaperReinforceConfig as ReinforceConfig
 
-    path = Path(__file__).parents[1] / "agents" / "hyperparams" / "reinforce.yml"
+    path = Path(__file__).parents[1] / "agents" / "hyperparams" / "reinforce-paper.yml"
     recorded = yaml.safe_load(path.read_text())
     parser, agent_fields = _train_parser(), set(ReinforceConfig.__dataclass_fields__)
     env_options = {f.name for f in EnvConfig.cli_fields()}
@@ -270,7 +270,7 @@ def test_the_recorded_reinforce_choices_are_real_flags_with_the_recorded_values(
         assert entry["found_by"].startswith("kd-gym sweep sweeps/") and Path(
             Path(__file__).parents[1], entry["found_by"].split()[2]).is_file()
         assert set(entry["env"]) <= env_options and set(entry["agent"]) <= agent_fields
-        args = vars(parser.parse_args(["--agent", "reinforce", *entry["flags"].split()]))
+        args = vars(parser.parse_args(["--agent", "reinforce-paper", *entry["flags"].split()]))
         for name, value in {**entry["env"], **entry["agent"]}.items():
             assert args[name] == value, f"{entry['flags']!r} sets {name}={args[name]!r}, the file says {value!r}"
         set_by_flags = {flag.removeprefix("--").replace("-", "_") for flag in entry["flags"].split()
