@@ -283,6 +283,12 @@ class SB3Agent(Agent):
             self.model.set_logger(Logger(folder=None, output_formats=outputs))
 
     @property
+    def learns_from(self) -> str:  # type: ignore[override]
+        """What the agent learns from: its sub-envs' reward tier (results tables print it)."""
+        return {"return": "the env's reward", "student_credit": "student credit (per instance)",
+                "gold_credit": "gold credit (the labelled rows' gold labels)"}[self.vec_env.instance_reward]
+
+    @property
     def model_env(self) -> VecEnv:
         """The VecEnv the SB3 model steps: ``VecNormalize(vec_env)`` or ``vec_env``."""
         return self.normalizer if self.normalizer is not None else self.vec_env

@@ -137,7 +137,7 @@ class TeacherRoutingVectorEnv(VectorEnv):
         config = base.config if hasattr(base, "config") else env.get_attr("config")[0]
         if instance_reward == "student_credit" and not config.credit:
             raise ValueError("instance_reward='student_credit' needs an env that computes the credit: make it with "
-                             "credit=True")
+                             "credit=True (kd-gym train / bench: --credit; RL Zoo: --env-kwargs credit:True)")
         self.students = env.num_envs if self.vector else 1
         obs_space = env.single_observation_space if self.vector else env.observation_space
         env_action_space = env.single_action_space if self.vector else env.action_space
