@@ -76,47 +76,52 @@ class RouterFeatures:
     """``phi``: label-free views (n, d) -> features (n, F), fitted once on a survey of views (module docstring)."""
 
     def __init__(self, views: torch.Tensor, kind: str, clusters: int, projection_dim: int, seed: int) -> None:
-        rows = views.double()
-        self.mean, self.std = rows.mean(0), rows.std(0).clamp_min(1e-4)
-        standard = self._standardise(views)
         self.kind = kind
+        rows = views.double()
+        self._set_scale(rows.mean(0).float(), rows.std(0).clamp_min(1e-4).float())
+        standard = self._standardise(views)
         if kind == "clusters":
             if clusters > len(views):
                 raise ValueError(f"clusters={clusters} is more than the {len(views)} surveyed rows; use fewer "
                                  "clusters or more survey_steps")
             kmeans = KMeans(n_clusters=clusters, n_init=3, random_state=seed).fit(standard.numpy())
-            self.centroids = torch.as_tensor(kmeans.cluster_centers_, dtype=torch.float32)
+            self._set_basis(torch.as_tensor(kmeans.cluster_centers_, dtype=torch.float32))
             self.size = clusters
         else:
             generator = torch.Generator().manual_seed(seed)
-            self.projection = torch.randn(standard.shape[1], projection_dim, generator=generator)
-            self.projection /= standard.shape[1] ** 0.5  # unit variance per projected coordinate
+            projection = torch.randn(standard.shape[1], projection_dim, generator=generator)
+            self._set_basis(projection / standard.shape[1] ** 0.5)  # unit variance per projected coordinate
             self.size = projection_dim + 1
 
+    def _set_scale(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean, self.std = mean, std
+        self._scale, self._shift = 1.0 / std, -mean / std  # (v - mean) / std as one multiply-add
+
+    def _set_basis(self, basis: torch.Tensor) -> None:
+        """The centroids (clusters, d) or the projection (d, projection_dim)."""
+        self.basis = basis
+        if self.kind == "clusters":  # the nearest centroid is the argmax of x.c - |c|^2 / 2
+            self._half_norms = 0.5 * basis.square().sum(1)
+
     def _standardise(self, views: torch.Tensor) -> torch.Tensor:
-        return ((views.double() - self.mean) / self.std).float().clamp_(-5.0, 5.0)
+        return torch.addcmul(self._shift, views, self._scale).clamp_(-5.0, 5.0)
 
     def __call__(self, views: torch.Tensor) -> torch.Tensor:
         standard = self._standardise(views)
         if self.kind == "clusters":
-            nearest = torch.cdist(standard, self.centroids).argmin(1)
+            nearest = (standard @ self.basis.T - self._half_norms).argmax(1)
             return torch.nn.functional.one_hot(nearest, self.size).float()
-        return torch.cat([standard @ self.projection, torch.ones(len(standard), 1)], dim=1)
+        return torch.cat([standard @ self.basis, torch.ones(len(standard), 1)], dim=1)
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"kind": self.kind, "mean": self.mean, "std": self.std, "size": self.size}
-        state["basis"] = self.centroids if self.kind == "clusters" else self.projection
-        return state
+        return {"kind": self.kind, "mean": self.mean, "std": self.std, "size": self.size, "basis": self.basis}
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> RouterFeatures:
         features = cls.__new__(cls)
         features.kind, features.size = str(state["kind"]), int(state["size"])
-        features.mean, features.std = torch.as_tensor(state["mean"]), torch.as_tensor(state["std"])
-        if features.kind == "clusters":
-            features.centroids = torch.as_tensor(state["basis"])
-        else:
-            features.projection = torch.as_tensor(state["basis"])
+        features._set_scale(torch.as_tensor(state["mean"]), torch.as_tensor(state["std"]))
+        features._set_basis(torch.as_tensor(state["basis"]))
         return features
 
 
