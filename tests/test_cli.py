@@ -131,7 +131,7 @@ def test_demo_is_a_bench_preset_with_its_own_defaults(tiny_env_kwargs, tmp_path,
 
     defaults = _subparser("demo").parse_args([])
     assert (defaults.agents, defaults.seeds, defaults.out) == (DEMO_DEFAULTS["agents"], "0,1,2", "runs/demo")
-    assert defaults.agents.split(",") == ["no_kd", "uniform", "best_teacher", "confidence", "oracle", "reinforce", "ppo"]
+    assert defaults.agents.split(",") == ["no_kd", "uniform", "best_teacher", "confidence", "oracle", "gold-router", "ppo"]
     out = tmp_path / "demo"
     args = ["demo", "--agents", "no_kd,uniform", "--seeds", "0", "--steps", "4", "--out", str(out),
             *tiny_flags(tiny_env_kwargs)]
