@@ -56,7 +56,8 @@ class ReinforceConfig(AgentConfig):
     population: int = 16
     """students per generation, in antithetic pairs (even, >= 2)"""
     rollout_steps: int = 500
-    """student steps per training episode (shorter than an evaluation episode: the ranking of routers shows early)"""
+    """student steps per training episode, at most the env's episode_steps (shorter than an evaluation episode: the
+    ranking of routers shows early)"""
     sigma: float = 1.0
     """std of the Gaussian exploration of the router's parameters"""
     learning_rate: float = 0.2
@@ -69,7 +70,7 @@ class ReinforceConfig(AgentConfig):
     """features=projection: dimensions of the random projection (plus a bias)"""
     survey_steps: int = 20
     """steps of every first-generation student taught with equal weights, whose views fit the standardisation and
-    the features"""
+    the features (at most half a training episode)"""
 
 
 class RouterFeatures:
@@ -184,6 +185,11 @@ class ReinforceAgent(Agent):
         self._adam = torch.optim.Adam([self.mu.requires_grad_()], lr=self.config.learning_rate)
 
     # -- learning
+    def _lengths(self, episode_steps: int) -> tuple[int, int]:
+        """(rollout, survey) steps on an env whose episodes are ``episode_steps`` long."""
+        rollout = min(self.config.rollout_steps, episode_steps)
+        return rollout, max(1, min(self.config.survey_steps, rollout // 2))
+
     def _directions(self) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """A generation's (P, F, K) directions, its (2P, F, K) routers [mu + sigma eps_j, mu - sigma eps_j, ...]
         (pair members side by side) and the env seed of each of the 2P students (the same for a pair)."""
@@ -213,8 +219,9 @@ class ReinforceAgent(Agent):
         vector env of lite students made with the options of ``envs`` (whose own size and ``steps`` do not set the
         budget: :meth:`learning_student_steps` gives it). ``callback(locals())`` after each generation."""
         cfg = self.config
+        rollout, survey_steps = self._lengths(envs.config.episode_steps)
         options = {f.name: getattr(envs.config, f.name) for f in dataclasses.fields(envs.config)}
-        options.update(episode_steps=cfg.rollout_steps, reward_interval=cfg.rollout_steps)  # the return alone
+        options.update(episode_steps=rollout, reward_interval=rollout)  # the return alone
         population = gym.make_vec(LITE_ID, num_envs=cfg.population, vectorization_mode="vector_entry_point",
                                   **options)
         bar = tqdm(total=cfg.generations, desc="reinforce generations", unit="gen", leave=False)
@@ -224,28 +231,28 @@ class ReinforceAgent(Agent):
                 seeds = np.repeat(self.rng.integers(TRAIN_SEEDS, size=cfg.population // 2), 2).tolist()
                 obs, _ = population.reset(seed=seeds)
                 views, returns = [], np.zeros(cfg.population)
-                for _ in range(cfg.survey_steps):
+                for _ in range(survey_steps):
                     flat = {key: value.reshape(-1, *value.shape[2:]) for key, value in obs.items()}
                     views.append(self.view(flat))
                     obs, reward, *_ = population.step(np.full(population.action_space.shape, 1.0, np.float32))
                     returns += reward
                 self._fit_features(views)
                 eps, thetas, _ = self._directions()
-                start = cfg.survey_steps
+                start = survey_steps
             else:
                 eps, thetas, seeds = self._directions()
                 obs, _ = population.reset(seed=seeds)
                 returns, start = np.zeros(cfg.population), 0
-            for _ in range(start, cfg.rollout_steps):
+            for _ in range(start, rollout):
                 flat = {key: value.reshape(-1, *value.shape[2:]) for key, value in obs.items()}
                 phi = self.features(self.view(flat)).reshape(cfg.population, -1, self.features.size)
                 weights = torch.softmax(torch.bmm(phi, thetas), dim=-1)  # (N, B, K)
                 obs, reward, *_ = population.step(weights.numpy())
                 returns += reward
-            self.student_steps_learned += cfg.population * cfg.rollout_steps
+            self.student_steps_learned += cfg.population * rollout
             self._update(eps, returns)
             bar.update(1)
-            if callback is not None and callback({**locals(), "student_steps_done": cfg.population * cfg.rollout_steps}) is False:
+            if callback is not None and callback({**locals(), "student_steps_done": cfg.population * rollout}) is False:
                 break
         bar.close()
         return self
@@ -260,9 +267,10 @@ class ReinforceAgent(Agent):
         online protocol's result). Not checkpointed. ``callback(locals())`` after each generation."""
         cfg = self.config
         self.loop.step = 0
-        generation_cost = cfg.population * cfg.rollout_steps
+        rollout, survey_steps = self._lengths(self.unwrapped.config.episode_steps)
+        generation_cost = cfg.population * rollout
 
-        def rollout(theta: torch.Tensor | None, seed: int, steps: int, views: list | None = None) -> float:
+        def run(theta: torch.Tensor | None, seed: int, steps: int, views: list | None = None) -> float:
             obs, _ = self.env.reset(seed=seed)
             total = 0.0
             for _ in range(steps):
@@ -277,28 +285,28 @@ class ReinforceAgent(Agent):
             return total
 
         for _ in range(cfg.generations):
-            survey = cfg.survey_steps if self.features is None else 0
+            survey = survey_steps if self.features is None else 0
             if total_steps - self.loop.step < generation_cost + survey:
                 break
             if survey:
                 views: list[torch.Tensor] = []
-                rollout(None, int(self.rng.integers(TRAIN_SEEDS)), survey, views)
+                run(None, int(self.rng.integers(TRAIN_SEEDS)), survey, views)
                 self._fit_features(views)
             eps, thetas, seeds = self._directions()
-            returns = np.array([rollout(theta, seed, cfg.rollout_steps) for theta, seed in zip(thetas, seeds)])
+            returns = np.array([run(theta, seed, rollout) for theta, seed in zip(thetas, seeds)])
             self.student_steps_learned = self.loop.step
             self._update(eps, returns)
             if callback is not None and callback(locals()) is False:
                 return self
         remaining = total_steps - self.loop.step
         if remaining > 0:
-            rollout(None, cfg.seed, remaining)
+            run(None, cfg.seed, remaining)
             self.student_steps_learned = self.loop.step
         return self
 
     def learning_student_steps(self, steps: int, students: int) -> int:
         """The student steps :meth:`learn_over` spends: every generation's students and nothing else."""
-        return self.config.generations * self.config.population * self.config.rollout_steps
+        return self.config.generations * self.config.population * self._lengths(steps)[0]
 
     # -- persistence
     def state_dict(self) -> dict[str, Any]:
