@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{policy:8s} expert has the highest credit: {trace['expert_top'].mean():.3f} (chance {1 / k:.3f}); "
               f"expert - others: {trace['expert_margin'].mean():+.4f}; by thirds of the episode: "
               + ", ".join(f"{part['expert_top'].mean():.3f} / {part['expert_margin'].mean():+.4f}"
-                          for part in np.array_split(trace, 3)))
+                          for part in (trace.iloc[i * len(trace) // 3:(i + 1) * len(trace) // 3] for i in range(3))))
     axes[0].axhline(1 / k, color="grey", lw=0.8, ls="--", label="chance")
     axes[0].set(xlabel="student step", ylabel="share of rows", title="the silo expert has the highest credit")
     axes[1].axhline(0.0, color="grey", lw=0.8, ls="--")
