@@ -18,6 +18,7 @@ from typing import Any
 
 STUDENTS = ("lite", "full")
 LITE_STUDENTS = ("ngrams", "mlp")
+NGRAM_UPDATES = ("sparse", "dense")
 ORACLES = ("auto", "gold", "silo", "silo-gold", "silo-mix")  # as kd_gym.regime.ORACLES
 ACTION_TYPES = ("weights", "select")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -75,6 +76,9 @@ class EnvConfig:
     """ngrams lite student: rows of the hashed n-gram embedding table"""
     ngram_dim: int = 32
     """ngrams lite student: embedding size"""
+    ngram_update: str = "sparse"
+    """ngrams lite student: sparse (a step reads and writes only the table rows its batch touched, lazy AdamW, as
+    fastText) | dense (AdamW over the whole table every step: the earlier default, its numbers reproducible)"""
     lite_hidden: int = 128
     """mlp lite student: hidden units of the MLP head (0: a linear classifier)"""
     lr: float | None = None
@@ -126,6 +130,7 @@ class EnvConfig:
         require(self.pool in POOLS, "pool", f"use one of {POOLS}")
         require(self.oracle in ORACLES, "oracle", f"use one of {ORACLES}")
         require(self.lite_student in LITE_STUDENTS, "lite_student", f"use one of {LITE_STUDENTS}")
+        require(self.ngram_update in NGRAM_UPDATES, "ngram_update", f"use one of {NGRAM_UPDATES}")
         for name in ("batch_size", "episode_steps", "reward_interval", "dev_subset", "max_length", "student_layers",
                      "ngram_dim"):
             value = getattr(self, name)

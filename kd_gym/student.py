@@ -25,6 +25,7 @@ from kd_gym.data import KDData, SplitTensors
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
 from kd_gym.prepare.embeddings import mean_pool
 from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
+from kd_gym.sparse import LazyAdamW, bag_sum, clip_grad_norm_
 
 
 class LiteStudent(nn.Module):
@@ -74,11 +75,15 @@ class NgramStudent(nn.Module):
     :param buckets: rows of the embedding table (id 0 pads and stays zero).
     :param num_labels: C.
     :param dim: embedding size.
+    :param sparse: a training step gives the table a sparse gradient of the rows its batch touched, and
+        :class:`StudentTrainer` updates only those rows (:class:`~kd_gym.sparse.LazyAdamW`), as fastText does; False:
+        a dense gradient and AdamW over the whole table on every step.
     """
 
-    def __init__(self, buckets: int, num_labels: int, dim: int = 32) -> None:
+    def __init__(self, buckets: int, num_labels: int, dim: int = 32, sparse: bool = False) -> None:
         super().__init__()
         self.representation_size = dim
+        self.sparse = sparse
         # nn.Embedding and a masked mean rather than nn.EmbeddingBag: the same numbers, and a double backward (the
         # per-pair credit and the meta-gradient rival differentiate twice; EmbeddingBag's backward has no derivative)
         self.embedding = nn.Embedding(buckets, dim, padding_idx=0)
@@ -109,7 +114,11 @@ class NgramStudent(nn.Module):
         # The padding row (id 0) is zero and gets no gradient (padding_idx), so the sum over all L positions is the
         # sum over the real ids: no mask to multiply by (a pass over (B, L, dim) saved; the same numbers).
         count = (ngram_ids != 0).sum(1, keepdim=True).to(self.embedding.weight.dtype).clamp_min(1.0)  # (B, 1)
-        representation = self.embedding(ngram_ids).sum(1) / count  # (B, dim)
+        if self.sparse and self.training and torch.is_grad_enabled():  # the same sum, with a sparse table gradient
+            total = bag_sum(ngram_ids, self.embedding.weight)
+        else:
+            total = self.embedding(ngram_ids).sum(1)
+        representation = total / count  # (B, dim)
         return self.classifier(representation), representation
 
 
@@ -217,6 +226,8 @@ class StudentTrainer:
                 self.cuda_generator.set_state(torch.cuda.get_rng_state(self.device))
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
+        if getattr(self.model, "sparse", False):  # only the table rows a batch touched are read and written
+            return LazyAdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         fused = {"fused": True} if fused_adamw(self.device) else {}
         return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay, **fused)
 
@@ -270,8 +281,14 @@ class StudentTrainer:
                                        teacher_probs=batch.get("teacher_probs"))
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        params = list(self.model.parameters())
+        sparse = [p for p in params if p.grad is not None and p.grad.is_sparse]
+        for p in sparse:  # one entry per row already (autograd drops the flag): coalesce() only marks it so
+            p.grad = p.grad.coalesce()
+        if self.grad_clip and sparse:
+            clip_grad_norm_(params, self.grad_clip)  # scales the sparse gradient's values: nothing densified
+        elif self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.optimizer.step()
         self.steps += 1
         return result

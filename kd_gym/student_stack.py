@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
+from kd_gym.sparse import adamw_scalars, lazy_adamw_rows_, row_gradients
 from kd_gym.student import LiteStudent, NgramStudent, fused_adamw
 
 
@@ -327,6 +328,12 @@ class StackedNgramStudents(StackedStudents):
     def __init__(self, template: NgramStudent, num_students: int, **options) -> None:
         super().__init__(template, num_students, **options)
         self.buckets, self.dim = self.template.embedding.weight.shape
+        #: the template's ``sparse``: only the table rows a batch touched are read and written (kd_gym.sparse)
+        self.sparse = bool(getattr(self.template, "sparse", False))
+        if self.sparse:  # the fused AdamW call covers the classifier; the table's rows take lazy_adamw_rows_
+            self._blocks = [[t[i] for i in range(num_students) for t in views[1:]]
+                            for views in (self.params, self.grads, *self._moments)]
+            self._block_steps = [self._step_values[i] for i in range(num_students) for _ in self.params[1:]]
 
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor, masks: torch.Tensor | None = None, index: np.ndarray | None = None,
@@ -371,6 +378,9 @@ class StackedNgramStudents(StackedStudents):
             grad = torch.bmm(grad_logits, self.params[1]).float()  # d loss / d representation, (N, B, D)
         # spread over the ids, masked: a padding id's gradient would land on its student's zero row, which
         # nn.Embedding's padding_idx leaves alone
+        if self.sparse:
+            self._sparse_update(rows, real, grad.view(-1, self.dim) / count)
+            return
         grad = (grad.view(-1, self.dim) / count).unsqueeze(1).expand(-1, rows.shape[1], -1) * real  # (N * B, L, D)
         g_table.zero_()
         g_table.view(-1, self.dim).index_add_(0, rows.view(-1), grad.view(-1, self.dim))
@@ -378,6 +388,44 @@ class StackedNgramStudents(StackedStudents):
             self._clip()
         self.steps += 1
         self._adamw()
+
+    def _sparse_update(self, rows: torch.Tensor, real: torch.Tensor, grad_sum: torch.Tensor) -> None:
+        """The sparse student's backward and update from d loss / d (sum of the row's embeddings) (N * B, D): the
+        table's gradient as the rows touched (:func:`~kd_gym.sparse.row_gradients`, what ``NgramStudent(sparse=True)``
+        hands its optimizer), each student's gradient clipping over its own rows and classifier, then AdamW on the
+        classifier and :func:`~kd_gym.sparse.lazy_adamw_rows_` on the rows."""
+        length = rows.shape[1]
+        positions = grad_sum.unsqueeze(1).expand(-1, length, -1).reshape(-1, self.dim)  # (N * B * L, D)
+        touched, summed = row_gradients(rows.view(-1), positions, padding=~real.view(-1))
+        student = torch.div(touched, self.buckets, rounding_mode="floor")  # (U,) whose row each is, ascending
+        ends = torch.bincount(student, minlength=self.num_students).cumsum(0).tolist()
+        segments = list(zip([0, *ends[:-1]], ends))  # student n's rows: summed[a:b]
+        if self.grad_clip:  # clip_grad_norm_ per student: its rows' norm, its classifier's, the norm of those
+            table_norms = torch.stack([torch.linalg.vector_norm(summed[a:b]) for a, b in segments])
+            norms = torch.stack([table_norms, *[torch.linalg.vector_norm(g.flatten(1), dim=1) for g in self.grads[1:]]],
+                                dim=1)
+            coef = (self.grad_clip / (torch.linalg.vector_norm(norms, dim=1) + 1e-6)).clamp(max=1.0)
+            if self.device.type != "cpu" or bool((coef < 1.0).any()):
+                summed.mul_(coef[student].unsqueeze(1))
+                for g in self.grads[1:]:
+                    g.mul_(_per_student(coef, g))
+        self.steps += 1
+        if fused_adamw(self.device):
+            self._fused_adamw()
+        else:  # torch.optim.AdamW's single-tensor update per student (LazyAdamW's arithmetic without the kernel)
+            for i, t in enumerate(self.steps.astype(float).tolist()):
+                for p, g, m, v in zip(*(views[1:] for views in (self.params, self.grads, *self._moments))):
+                    p[i].mul_(1 - self.lr * self.weight_decay)
+                    m[i].lerp_(g[i], 1 - self.betas[0])
+                    v[i].mul_(self.betas[1]).addcmul_(g[i], g[i], value=1 - self.betas[1])
+                    denom = (v[i].sqrt() / (1 - self.betas[1] ** t) ** 0.5).add_(self.eps)
+                    p[i].addcdiv_(m[i], denom, value=-(self.lr / (1 - self.betas[0] ** t)))
+        step_size, bias2_sqrt = adamw_scalars(self.steps.tolist(), self.lr, self.betas, self.device)
+        table = self.params[0].view(-1, self.dim)
+        exp_avg, exp_avg_sq = (moment[0].view(-1, self.dim) for moment in self._moments)
+        lazy_adamw_rows_(table, exp_avg, exp_avg_sq, touched, summed, step_size[student].unsqueeze(1),
+                         bias2_sqrt[student].unsqueeze(1), lr=self.lr, weight_decay=self.weight_decay,
+                         betas=self.betas, eps=self.eps)
 
 
 def _per_student(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

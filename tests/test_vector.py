@@ -112,15 +112,16 @@ def test_stacked_students_are_student_trainers_with_clipping_dropout_and_their_o
             torch.testing.assert_close(stack.state_dict(i)[name], value, atol=ATOL, rtol=0, msg=name)
 
 
-def test_stacked_ngram_students_are_student_trainers_with_clipping_padding_and_their_own_step_counts() -> None:
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse-table", "dense-table"])
+def test_stacked_ngram_students_are_student_trainers_with_clipping_padding_and_their_own_step_counts(sparse) -> None:
     # to float32 rounding at these tiny sizes (a batched product may take another kernel than a single one); bit for
     # bit at the default sizes: tests/test_vector_sizes.py
     torch.manual_seed(0)
     buckets, dim, c, k, b, length, n, clip = 50, 8, 3, 2, 6, 7, 3, 0.05  # every update is clipped
-    trainers = [StudentTrainer(NgramStudent(buckets, c, dim), KDData(None, ["t0", "t1"]), lr=1e-2, grad_clip=clip,
-                               device="cpu") for _ in range(n)]
-    stack = StackedNgramStudents(NgramStudent(buckets, c, dim), n, lr=1e-2, weight_decay=0.01, grad_clip=clip,
-                                 device="cpu")
+    trainers = [StudentTrainer(NgramStudent(buckets, c, dim, sparse=sparse), KDData(None, ["t0", "t1"]), lr=1e-2,
+                               grad_clip=clip, device="cpu") for _ in range(n)]
+    stack = StackedNgramStudents(NgramStudent(buckets, c, dim, sparse=sparse), n, lr=1e-2, weight_decay=0.01,
+                                 grad_clip=clip, device="cpu")
     for i, seed in enumerate([3, 4, 5]):
         trainers[i].reset(seed=seed)
         stack.reset(i, seed)
@@ -141,7 +142,9 @@ def test_stacked_ngram_students_are_student_trainers_with_clipping_padding_and_t
             single_logits, _ = trainer.forward(batch, grad=True)
             torch.testing.assert_close(logits[i], single_logits, atol=ATOL, rtol=0)
             trainer.train_step(batch, weights[i], logits=single_logits)
-            norm = torch.stack([p.grad.norm() for p in trainer.model.parameters()]).norm()
+            grads = [p.grad._values() if p.grad.is_sparse else p.grad for p in trainer.model.parameters()]
+            assert trainer.model.embedding.weight.grad.is_sparse == sparse
+            norm = torch.stack([g.norm() for g in grads]).norm()
             assert norm.item() == pytest.approx(clip, abs=1e-6)  # every update is clipped
     assert stack.steps.tolist() == [8, 4, 8]
     for i, trainer in enumerate(trainers):

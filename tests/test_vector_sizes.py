@@ -50,9 +50,10 @@ def default_sized_data(seed: int = 0, rows: int = 640, ngrams: bool = False) -> 
                   {"train": split(rows), "dev": split(rows // 2), "test": split(rows // 2)})
 
 
-@pytest.mark.parametrize(("student", "fused"), [("mlp", True), ("mlp", False), ("ngrams", True), ("ngrams", False)],
-                         ids=["mlp-fused-adamw", "mlp-whole-buffer-adamw", "ngrams-fused-adamw",
-                              "ngrams-whole-buffer-adamw"])
+@pytest.mark.parametrize(("student", "fused"), [("mlp", True), ("mlp", False), ("ngrams", True), ("ngrams", False),
+                                                ("ngrams-dense", True), ("ngrams-dense", False)],
+                         ids=["mlp-fused-adamw", "mlp-whole-buffer-adamw", "ngrams-sparse-fused-adamw",
+                              "ngrams-sparse-unfused-adamw", "ngrams-dense-fused-adamw", "ngrams-dense-whole-buffer-adamw"])
 def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes(student, fused, monkeypatch) -> None:
     import kd_gym.student
     import kd_gym.student_stack
@@ -62,7 +63,9 @@ def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes(student,
     if not fused:  # the path of a torch without one: torch.optim.AdamW's default, the stack's whole-buffer update
         for module in (kd_gym.student, kd_gym.student_stack):
             monkeypatch.setattr(module, "fused_adamw", lambda device: False)
-    options = {"data": default_sized_data(ngrams=student == "ngrams"), "lite_student": student, "device": "cpu", "episode_steps": 9,
+    ngrams = student.startswith("ngrams")
+    options = {"data": default_sized_data(ngrams=ngrams), "lite_student": "ngrams" if ngrams else student,
+               "ngram_update": "dense" if student == "ngrams-dense" else "sparse", "device": "cpu", "episode_steps": 9,
                "dev_subset": 200, "reward_interval": 4, "gold_labels": 300, "include_representation": True,
                "ngram_buckets": BUCKETS}
     vector = gym.make_vec(LITE, num_envs=N, vectorization_mode="vector_entry_point", **options)

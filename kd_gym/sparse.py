@@ -1,0 +1,175 @@
+"""Sparse updates of an n-gram table, as fastText makes them: a step reads and writes only the rows its batch touched.
+
+A batch of 32 short texts touches a few hundred of the n-gram student's 16,384 table rows. A dense optimizer step
+still makes about a dozen passes over the whole table (zero-fill, gradient norm, AdamW's reads and writes of
+gradient, weights and both moments); here a step costs what the batch touched. One set of functions serves the single
+student (:class:`~kd_gym.student.NgramStudent` with ``sparse=True`` under :class:`LazyAdamW`) and the stacked students
+of the vector env (:class:`~kd_gym.student_stack.StackedNgramStudents`), so that both compute the same numbers:
+
+- :func:`row_gradients`: the table's gradient as (touched rows, their summed gradients), accumulated position by
+  position in the batch's order, as ``nn.Embedding``'s dense backward accumulates it;
+- :func:`lazy_adamw_rows_`: AdamW on those rows only (the *lazy* Adam of TensorFlow's ``LazyAdam`` and PyTorch's
+  ``SparseAdam``, with AdamW's decoupled weight decay): a row's moments and its weight decay advance on the steps
+  that touch it. The bias correction uses the student's step count, as AdamW's does.
+
+Untouched rows are left exactly as they are, so this is not AdamW's arithmetic on them: a dense AdamW step keeps
+moving a row by its old momentum and decays it on every step. docs/env.md gives the numbers of both students.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def row_gradients(ids: torch.Tensor, grads: torch.Tensor, padding: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of an embedding table from one gradient per looked-up position.
+
+    :param ids: (M,) the table row each position looked up.
+    :param grads: (M, D) the gradient of the loss w.r.t. each position's embedding.
+    :param padding: (M,) bool, positions that looked up a padding row (no gradient, as ``padding_idx``), or None.
+    :return: ``rows`` (U,) the distinct rows touched, ascending, and ``summed`` (U, D) their gradients, each the sum
+        of its positions' gradients in the order of the positions.
+    """
+    if padding is not None:
+        keep = ~padding
+        ids, grads = ids[keep], grads[keep]
+    rows, where = torch.unique(ids, sorted=True, return_inverse=True)
+    summed = torch.zeros(len(rows), grads.shape[1], dtype=grads.dtype, device=grads.device)
+    summed.index_add_(0, where, grads)
+    return rows, summed
+
+
+@torch.no_grad()
+def lazy_adamw_rows_(table: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, rows: torch.Tensor,
+                     grad: torch.Tensor, step_size: torch.Tensor, bias2_sqrt: torch.Tensor, *, lr: float,
+                     weight_decay: float, betas: tuple[float, float], eps: float) -> None:
+    """AdamW on the rows ``rows`` of ``table`` and of its moments, in place; every other row is left untouched.
+
+    The arithmetic is ``torch.optim.AdamW``'s single-tensor update on the gathered rows, with its step size and bias
+    correction given per row (so the stacked students, each with its own step count, share one call).
+
+    :param table: (R, D) weights; :param exp_avg: (R, D), :param exp_avg_sq: (R, D) AdamW's moments.
+    :param rows: (U,) distinct rows; :param grad: (U, D) their gradients.
+    :param step_size: (U, 1) or (1, 1) ``lr / (1 - beta1 ** t)`` in float32; :param bias2_sqrt: the same shape,
+        ``sqrt(1 - beta2 ** t)``, with t the (already incremented) step count of the row's student.
+    """
+    beta1, beta2 = betas
+    p, m, v = table[rows], exp_avg[rows], exp_avg_sq[rows]  # (U, D) copies
+    if weight_decay != 0:
+        p.mul_(1 - lr * weight_decay)
+    m.lerp_(grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = v.sqrt().div_(bias2_sqrt).add_(eps)
+    p.addcdiv_(m * step_size, denom, value=-1.0)
+    table.index_copy_(0, rows, p)
+    exp_avg.index_copy_(0, rows, m)
+    exp_avg_sq.index_copy_(0, rows, v)
+
+
+def adamw_scalars(steps: list[int], lr: float, betas: tuple[float, float], device: torch.device,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(len(steps),) float32 ``lr / (1 - beta1 ** t)`` and ``sqrt(1 - beta2 ** t)`` for step counts ``steps``,
+    computed in Python floats as ``torch.optim.AdamW`` computes them, then cast as its kernels cast them."""
+    beta1, beta2 = betas
+    step_size = [lr / (1 - beta1**t) for t in steps]
+    bias2_sqrt = [(1 - beta2**t) ** 0.5 for t in steps]
+    return (torch.tensor(step_size, dtype=torch.float32, device=device),
+            torch.tensor(bias2_sqrt, dtype=torch.float32, device=device))
+
+
+class _BagSum(torch.autograd.Function):
+    """``F.embedding(ids, table).sum(1)`` whose backward gives the table a sparse gradient of the rows touched
+    (:func:`row_gradients`, coalesced), for :class:`LazyAdamW`. Differentiable once; the students' credit, which
+    differentiates twice, runs the dense lookup in eval mode."""
+
+    @staticmethod
+    def forward(ctx, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.table_shape = table.shape
+        return torch.nn.functional.embedding(ids, table).sum(1)
+
+    @staticmethod
+    def backward(ctx, grad_sum: torch.Tensor) -> tuple[None, torch.Tensor]:
+        (ids,) = ctx.saved_tensors
+        length, dim = ids.shape[1], grad_sum.shape[1]
+        positions = grad_sum.unsqueeze(1).expand(-1, length, -1).reshape(-1, dim)  # (B * L, D)
+        flat = ids.reshape(-1).long()
+        rows, summed = row_gradients(flat, positions, padding=flat == 0)
+        grad = torch.sparse_coo_tensor(rows.unsqueeze(0), summed, ctx.table_shape, is_coalesced=True,
+                                       check_invariants=False)  # unique rows, in range: valid by construction
+        return None, grad
+
+
+def bag_sum(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(B, D) the sum of the rows ``ids`` (B, L) of ``table`` (row 0 pads: zero, no gradient); the table's gradient
+    is sparse (:class:`_BagSum`)."""
+    return _BagSum.apply(ids, table)
+
+
+class LazyAdamW(torch.optim.Optimizer):
+    """AdamW where a parameter's gradient is dense, :func:`lazy_adamw_rows_` where it is sparse (the n-gram table
+    under ``NgramStudent(sparse=True)``). Dense parameters take PyTorch's fused AdamW kernel where this torch has one
+    (:func:`~kd_gym.student.fused_adamw`), as the stacked students do; else ``torch.optim.AdamW``'s arithmetic.
+
+    :param params: the student's parameters; :param lr:, :param weight_decay:, :param betas:, :param eps: AdamW's.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201 (torch.optim.Optimizer's signature)
+        from kd_gym.student import fused_adamw
+
+        for group in self.param_groups:
+            lr, weight_decay, betas, eps = group["lr"], group["weight_decay"], group["betas"], group["eps"]
+            dense: list[tuple[torch.Tensor, dict]] = []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                if p.grad.is_sparse:
+                    step_size, bias2_sqrt = adamw_scalars([int(state["step"])], lr, betas, p.device)
+                    lazy_adamw_rows_(p, state["exp_avg"], state["exp_avg_sq"], p.grad._indices()[0], p.grad._values(),
+                                     step_size.view(1, 1), bias2_sqrt.view(1, 1), lr=lr, weight_decay=weight_decay,
+                                     betas=betas, eps=eps)
+                else:
+                    dense.append((p, state))
+            if not dense:
+                continue
+            params = [p for p, _ in dense]
+            grads = [p.grad for p in params]
+            exp_avgs, exp_avg_sqs = [s["exp_avg"] for _, s in dense], [s["exp_avg_sq"] for _, s in dense]
+            if fused_adamw(params[0].device):
+                steps = [s["step"].to(params[0].device) for _, s in dense]
+                torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=lr,
+                                    beta1=betas[0], beta2=betas[1], weight_decay=weight_decay, eps=eps,
+                                    maximize=False, grad_scale=None, found_inf=None)
+                continue
+            for p, g, m, v, (_, state) in zip(params, grads, exp_avgs, exp_avg_sqs, dense):
+                t = float(state["step"])
+                p.mul_(1 - lr * weight_decay)
+                m.lerp_(g, 1 - betas[0])
+                v.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
+                denom = (v.sqrt() / (1 - betas[1] ** t) ** 0.5).add_(eps)
+                p.addcdiv_(m, denom, value=-(lr / (1 - betas[0] ** t)))
+
+
+def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` that also takes sparse (coalesced) gradients, scaling their values in
+    place: nothing is densified. The same numbers as torch's on dense gradients (each tensor's norm, the norm of
+    those, then ``max_norm / (norm + 1e-6)`` capped at 1)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    values = [g._values() if g.is_sparse else g for g in grads]
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in values]))
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for v in values:
+        v.mul_(coef)
+    return total

@@ -1,0 +1,81 @@
+"""The sparse n-gram student (kd_gym.sparse): a step reads and writes only the table rows its batch touched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kd_gym.data import KDData
+from kd_gym.sparse import bag_sum, row_gradients
+from kd_gym.student import NgramStudent, StudentTrainer
+
+BUCKETS, DIM, C, K = 40, 6, 3, 2
+
+
+def batch_of(seed: int, rows: int = 5, length: int = 6) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, 12, (rows, length), generator=g, dtype=torch.int32)  # rows 12..39 never touched
+    ids[:, 4:] = 0  # padding
+    return {"inputs": {"ngram_ids": ids}, "teacher_logits": torch.randn(rows, K, C, generator=g),
+            "labels": torch.randint(0, C, (rows,), generator=g)}
+
+
+def test_the_sparse_gradient_is_the_dense_one_on_the_rows_touched() -> None:
+    table = torch.randn(BUCKETS, DIM, requires_grad=True)
+    ids = batch_of(0)["inputs"]["ngram_ids"]
+    upstream = torch.randn(len(ids), DIM)
+    (bag_sum(ids, table) * upstream).sum().backward()
+    sparse = table.grad
+    assert sparse.is_sparse
+    dense_table = table.detach().clone().requires_grad_()
+    (torch.nn.functional.embedding(ids, dense_table, padding_idx=0).sum(1) * upstream).sum().backward()
+    torch.testing.assert_close(sparse.to_dense(), dense_table.grad, atol=1e-6, rtol=0)
+    touched = sorted(set(ids[ids != 0].tolist()))
+    assert sparse._indices()[0].tolist() == touched  # the padding row (0) and the untouched rows carry nothing
+
+
+def test_row_gradients_sum_each_rows_positions_in_order() -> None:
+    rows, summed = row_gradients(torch.tensor([5, 2, 5, 0, 2]), torch.arange(10.0).view(5, 2),
+                                 padding=torch.tensor([False, False, False, True, False]))
+    assert rows.tolist() == [2, 5]
+    assert summed.tolist() == [[2.0 + 8.0, 3.0 + 9.0], [0.0 + 4.0, 1.0 + 5.0]]
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_a_sparse_step_leaves_untouched_rows_and_matches_adamw_on_the_rows_touched(steps) -> None:
+    students = {}
+    for sparse in (True, False):
+        trainer = StudentTrainer(NgramStudent(BUCKETS, C, DIM, sparse=sparse), KDData(None, ["t0", "t1"]), lr=1e-2,
+                                 device="cpu")
+        trainer.reset(seed=3)
+        start = trainer.model.embedding.weight.detach().clone()
+        for _ in range(steps):  # the same batch: the same rows every step, so lazy and dense moments agree there
+            trainer.train_step(batch_of(1), torch.rand(5, K, generator=torch.Generator().manual_seed(2)))
+        students[sparse] = trainer.model.embedding.weight.detach(), start
+    (sparse_table, start), (dense_table, _) = students[True], students[False]
+    ids = batch_of(1)["inputs"]["ngram_ids"]
+    touched = torch.unique(ids[ids != 0]).long()
+    untouched = torch.ones(BUCKETS, dtype=torch.bool)
+    untouched[touched] = False
+    untouched[0] = False
+    assert torch.equal(sparse_table[untouched], start[untouched])  # never read nor written
+    decay = (1 - 1e-2 * 0.01) ** steps  # dense AdamW decays every row every step; its moments there stay zero
+    torch.testing.assert_close(dense_table[untouched], start[untouched] * decay, atol=1e-7, rtol=0)
+    torch.testing.assert_close(sparse_table[touched], dense_table[touched], atol=1e-6, rtol=0)
+    assert not sparse_table[0].any()  # the padding row stays zero
+
+
+def test_the_sparse_student_keeps_its_exact_resume_and_lookahead() -> None:
+    trainer = StudentTrainer(NgramStudent(BUCKETS, C, DIM, sparse=True), KDData(None, ["t0", "t1"]), lr=1e-2,
+                             device="cpu")
+    trainer.reset(seed=0)
+    weights = torch.full((5, K), 0.5)
+    trainer.train_step(batch_of(0), weights)
+    saved = trainer.state_dict()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train_step(batch_of(1), weights)
+    after = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.load_state_dict(saved)
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in before.items())
+    trainer.train_step(batch_of(1), weights)  # the moments came back too: the same update again
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in after.items())
