@@ -42,40 +42,49 @@ def row_gradients(ids: torch.Tensor, grads: torch.Tensor, padding: torch.Tensor 
 
 @torch.no_grad()
 def lazy_adamw_rows_(table: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor, rows: torch.Tensor,
-                     grad: torch.Tensor, step_size: torch.Tensor, bias2_sqrt: torch.Tensor, *, lr: float,
-                     weight_decay: float, betas: tuple[float, float], eps: float) -> None:
+                     grad: torch.Tensor, segments: list[tuple[int, int, int]], *, lr: float, weight_decay: float,
+                     betas: tuple[float, float], eps: float) -> None:
     """AdamW on the rows ``rows`` of ``table`` and of its moments, in place; every other row is left untouched.
 
-    The arithmetic is ``torch.optim.AdamW``'s single-tensor update on the gathered rows, with its step size and bias
-    correction given per row (so the stacked students, each with its own step count, share one call).
+    The touched rows are gathered, updated by ``torch.optim.AdamW``'s arithmetic (its fused kernel where this torch
+    has one, :func:`~kd_gym.student.fused_adamw`; else its single-tensor update), and written back. ``segments``
+    gives each block of rows its own AdamW step count, so that the stacked students, each with its own, share one
+    call; the kernel updates each block as a tensor of its own, so a student's rows get the same numbers in a stack as
+    alone.
 
     :param table: (R, D) weights; :param exp_avg: (R, D), :param exp_avg_sq: (R, D) AdamW's moments.
     :param rows: (U,) distinct rows; :param grad: (U, D) their gradients.
-    :param step_size: (U, 1) or (1, 1) ``lr / (1 - beta1 ** t)`` in float32; :param bias2_sqrt: the same shape,
-        ``sqrt(1 - beta2 ** t)``, with t the (already incremented) step count of the row's student.
+    :param segments: ``(start, end, t)``: rows ``rows[start:end]`` take AdamW step ``t`` (already incremented).
     """
-    beta1, beta2 = betas
-    p, m, v = table[rows], exp_avg[rows], exp_avg_sq[rows]  # (U, D) copies
-    if weight_decay != 0:
-        p.mul_(1 - lr * weight_decay)
-    m.lerp_(grad, 1 - beta1)
-    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    denom = v.sqrt().div_(bias2_sqrt).add_(eps)
-    p.addcdiv_(m * step_size, denom, value=-1.0)
+    from kd_gym.student import fused_adamw
+
+    p, m, v = table.index_select(0, rows), exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
+    blocks = [(a, b, t) for a, b, t in segments if b > a]
+    if fused_adamw(table.device):
+        steps = [torch.tensor(float(t), device=table.device) for _, _, t in blocks]
+        torch._fused_adamw_([p[a:b] for a, b, _ in blocks], [grad[a:b] for a, b, _ in blocks],
+                            [m[a:b] for a, b, _ in blocks], [v[a:b] for a, b, _ in blocks], [], steps, amsgrad=False,
+                            lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=weight_decay, eps=eps, maximize=False,
+                            grad_scale=None, found_inf=None)
+    else:
+        for a, b, t in blocks:
+            adamw_tensor_(p[a:b], grad[a:b], m[a:b], v[a:b], float(t), lr=lr, weight_decay=weight_decay,
+                          betas=betas, eps=eps)
     table.index_copy_(0, rows, p)
     exp_avg.index_copy_(0, rows, m)
     exp_avg_sq.index_copy_(0, rows, v)
 
 
-def adamw_scalars(steps: list[int], lr: float, betas: tuple[float, float], device: torch.device,
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(len(steps),) float32 ``lr / (1 - beta1 ** t)`` and ``sqrt(1 - beta2 ** t)`` for step counts ``steps``,
-    computed in Python floats as ``torch.optim.AdamW`` computes them, then cast as its kernels cast them."""
+@torch.no_grad()
+def adamw_tensor_(p: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: float, *, lr: float,
+                  weight_decay: float, betas: tuple[float, float], eps: float) -> None:
+    """``torch.optim.AdamW``'s single-tensor update of one tensor at step ``t`` (already incremented), in place."""
     beta1, beta2 = betas
-    step_size = [lr / (1 - beta1**t) for t in steps]
-    bias2_sqrt = [(1 - beta2**t) ** 0.5 for t in steps]
-    return (torch.tensor(step_size, dtype=torch.float32, device=device),
-            torch.tensor(bias2_sqrt, dtype=torch.float32, device=device))
+    p.mul_(1 - lr * weight_decay)
+    m.lerp_(grad, 1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    denom = (v.sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
+    p.addcdiv_(m, denom, value=-(lr / (1 - beta1**t)))
 
 
 class _BagSum(torch.autograd.Function):
@@ -124,7 +133,8 @@ class LazyAdamW(torch.optim.Optimizer):
         from kd_gym.student import fused_adamw
 
         for group in self.param_groups:
-            lr, weight_decay, betas, eps = group["lr"], group["weight_decay"], group["betas"], group["eps"]
+            options = {"lr": group["lr"], "weight_decay": group["weight_decay"], "betas": group["betas"],
+                       "eps": group["eps"]}
             dense: list[tuple[torch.Tensor, dict]] = []
             for p in group["params"]:
                 if p.grad is None:
@@ -136,30 +146,25 @@ class LazyAdamW(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
                 if p.grad.is_sparse:
-                    step_size, bias2_sqrt = adamw_scalars([int(state["step"])], lr, betas, p.device)
-                    lazy_adamw_rows_(p, state["exp_avg"], state["exp_avg_sq"], p.grad._indices()[0], p.grad._values(),
-                                     step_size.view(1, 1), bias2_sqrt.view(1, 1), lr=lr, weight_decay=weight_decay,
-                                     betas=betas, eps=eps)
+                    rows = p.grad._indices()[0]
+                    lazy_adamw_rows_(p, state["exp_avg"], state["exp_avg_sq"], rows, p.grad._values(),
+                                     [(0, len(rows), int(state["step"]))], **options)
                 else:
                     dense.append((p, state))
             if not dense:
                 continue
-            params = [p for p, _ in dense]
+            params, states = [p for p, _ in dense], [s for _, s in dense]
             grads = [p.grad for p in params]
-            exp_avgs, exp_avg_sqs = [s["exp_avg"] for _, s in dense], [s["exp_avg_sq"] for _, s in dense]
+            exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
             if fused_adamw(params[0].device):
-                steps = [s["step"].to(params[0].device) for _, s in dense]
-                torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=lr,
-                                    beta1=betas[0], beta2=betas[1], weight_decay=weight_decay, eps=eps,
-                                    maximize=False, grad_scale=None, found_inf=None)
+                steps = [s["step"].to(params[0].device) for s in states]
+                torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                                    lr=options["lr"], beta1=options["betas"][0], beta2=options["betas"][1],
+                                    weight_decay=options["weight_decay"], eps=options["eps"], maximize=False,
+                                    grad_scale=None, found_inf=None)
                 continue
-            for p, g, m, v, (_, state) in zip(params, grads, exp_avgs, exp_avg_sqs, dense):
-                t = float(state["step"])
-                p.mul_(1 - lr * weight_decay)
-                m.lerp_(g, 1 - betas[0])
-                v.mul_(betas[1]).addcmul_(g, g, value=1 - betas[1])
-                denom = (v.sqrt() / (1 - betas[1] ** t) ** 0.5).add_(eps)
-                p.addcdiv_(m, denom, value=-(lr / (1 - betas[0] ** t)))
+            for p, g, m, v, state in zip(params, grads, exp_avgs, exp_avg_sqs, states):
+                adamw_tensor_(p, g, m, v, float(state["step"]), **options)
 
 
 def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:

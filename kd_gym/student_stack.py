@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
-from kd_gym.sparse import adamw_scalars, lazy_adamw_rows_, row_gradients
+from kd_gym.sparse import adamw_tensor_, lazy_adamw_rows_, row_gradients
 from kd_gym.student import LiteStudent, NgramStudent, fused_adamw
 
 
@@ -410,22 +410,17 @@ class StackedNgramStudents(StackedStudents):
                 for g in self.grads[1:]:
                     g.mul_(_per_student(coef, g))
         self.steps += 1
+        options = {"lr": self.lr, "weight_decay": self.weight_decay, "betas": self.betas, "eps": self.eps}
         if fused_adamw(self.device):
             self._fused_adamw()
         else:  # torch.optim.AdamW's single-tensor update per student (LazyAdamW's arithmetic without the kernel)
-            for i, t in enumerate(self.steps.astype(float).tolist()):
+            for i, t in enumerate(self.steps.tolist()):
                 for p, g, m, v in zip(*(views[1:] for views in (self.params, self.grads, *self._moments))):
-                    p[i].mul_(1 - self.lr * self.weight_decay)
-                    m[i].lerp_(g[i], 1 - self.betas[0])
-                    v[i].mul_(self.betas[1]).addcmul_(g[i], g[i], value=1 - self.betas[1])
-                    denom = (v[i].sqrt() / (1 - self.betas[1] ** t) ** 0.5).add_(self.eps)
-                    p[i].addcdiv_(m[i], denom, value=-(self.lr / (1 - self.betas[0] ** t)))
-        step_size, bias2_sqrt = adamw_scalars(self.steps.tolist(), self.lr, self.betas, self.device)
+                    adamw_tensor_(p[i], g[i], m[i], v[i], float(t), **options)
         table = self.params[0].view(-1, self.dim)
         exp_avg, exp_avg_sq = (moment[0].view(-1, self.dim) for moment in self._moments)
-        lazy_adamw_rows_(table, exp_avg, exp_avg_sq, touched, summed, step_size[student].unsqueeze(1),
-                         bias2_sqrt[student].unsqueeze(1), lr=self.lr, weight_decay=self.weight_decay,
-                         betas=self.betas, eps=self.eps)
+        lazy_adamw_rows_(table, exp_avg, exp_avg_sq, touched, summed,
+                         [(a, b, int(t)) for (a, b), t in zip(segments, self.steps)], **options)
 
 
 def _per_student(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,8 @@ from kd_gym.data import KDData, SplitTensors
 from kd_gym.defaults import default_pool, minilm_path
 from kd_gym.env_setup import build_student
 from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
+from kd_gym.sparse import LazyAdamW
+from kd_gym.sparse import clip_grad_norm_ as sparse_clip_grad_norm_
 from kd_gym.student import fused_adamw
 
 
@@ -66,8 +68,12 @@ def plain_kd_loop(model: torch.nn.Module, split: SplitTensors, batches: list[np.
     """A textbook KD loop: equal-weight teacher average, CE + T^2 KL, AdamW, the trainer's autocast; no env, no
     features, no host copies."""
     model = model.to(device).train()
-    fused = {"fused": True} if fused_adamw(device) else {}  # the trainer's optimizer, so only the env's work differs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, **fused)
+    # the trainer's optimizer and clipping, so only the env's work differs (the sparse n-gram student: its lazy AdamW)
+    sparse = getattr(model, "sparse", False)
+    fused = {"fused": True} if fused_adamw(device) else {}
+    optimizer = (LazyAdamW(model.parameters(), lr=lr, weight_decay=0.01) if sparse
+                 else torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, **fused))
+    clip = sparse_clip_grad_norm_ if sparse else torch.nn.utils.clip_grad_norm_
 
     def run() -> float:
         started = time.perf_counter()
@@ -81,7 +87,9 @@ def plain_kd_loop(model: torch.nn.Module, split: SplitTensors, batches: list[np.
             loss = alpha * F.cross_entropy(logits, batch["labels"]) + (1 - alpha) * kd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if sparse:
+                model.embedding.weight.grad = model.embedding.weight.grad.coalesce()
+            clip(list(model.parameters()), 1.0)
             optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -170,7 +178,8 @@ def measure(env_name: str, steps: int, rounds: int, config: EnvConfig,
     loops = {"plain PyTorch KD step": plain_kd_loop(model, train, batches, lr, config.alpha, config.temperature,
                                                    device, dtype)}
     options = {"device": config.device, "student_checkpoint": config.student_checkpoint, "data": data,
-               "lite_student": config.lite_student, "include_embedding": config.include_embedding}
+               "lite_student": config.lite_student, "ngram_update": config.ngram_update,
+               "include_embedding": config.include_embedding}
     variants = [("reward=neg_ce", {"reward": "neg_ce"}), ("reward=dev_delta", {"reward": "dev_delta"})]
     if dense:  # the dense signals of the learning agents: a paired trial update, per-pair credit
         variants += [("reward=dev_loss_paired", {"reward": "dev_loss_paired"}),
@@ -200,6 +209,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--lite-student", default="ngrams", choices=("ngrams", "mlp"),
                         help="the lite student (default: ngrams, the env's default)")
+    parser.add_argument("--ngram-update", default="sparse", choices=("sparse", "dense"),
+                        help="the ngrams student's update: sparse (the table rows a batch touched; the default) or dense")
     parser.add_argument("--dense", action="store_true",
                         help="also time the dense signals: reward=dev_loss_paired and credit=True")
     parser.add_argument("--ngram-parts", action="store_true",
@@ -211,6 +222,7 @@ def main() -> None:
         ngram_parts()
         return
     config = EnvConfig(device=args.device, student_checkpoint=args.student_checkpoint, lite_student=args.lite_student,
+                       ngram_update=args.ngram_update,
                        teachers=args.teachers.split(",") if args.teachers else None).validate()
     torch.manual_seed(0)
     device = resolve_device(args.device)
@@ -218,7 +230,8 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}")
     for env_name in args.envs.split(","):
         steps = args.steps if env_name == "lite" else max(10, args.steps // 4)
-        kind = f" ({config.lite_student} student)" if env_name == "lite" else ""
+        update = f", {config.ngram_update} update" if config.lite_student == "ngrams" else ""
+        kind = f" ({config.lite_student} student{update})" if env_name == "lite" else ""
         print(f"\n{env_name} env{kind}, batch {config.batch_size}, {steps} steps x {args.rounds} rounds")
         print(f"{'loop':<40}{'ms / step':>12}{'ratio':>8}")
         for loop, ms, ratio in measure(env_name, steps, args.rounds, config, args.dense):

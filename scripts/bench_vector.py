@@ -16,7 +16,8 @@ shared with other work, ``--clock cpu`` (this process's CPU time, with one threa
     python scripts/bench_vector.py --lite-student mlp                   # the MLP over sentence embeddings
     python scripts/bench_vector.py --device cuda --sizes 1,16,64,256 --threads 1   # on a GPU (the N = 256 target)
 
-``--lite-student`` picks the student: ``ngrams`` (the default's, a 16,384 x 32 table) or ``mlp``.
+``--lite-student`` picks the student: ``ngrams`` (the default's, a 16,384 x 32 table) or ``mlp``; ``--ngram-update``
+the n-gram student's update: ``sparse`` (the default: only the rows a batch touched) or ``dense`` (the whole table).
 
 With ``--learn``: the default REINFORCE (the gold-likelihood router) learning over N students at once
 (``agent.learn_over`` on the vector env of N students: one batched student step and one router step per vector step)
@@ -216,6 +217,8 @@ def main() -> None:
                         help="print where one vector step's time goes (torch.profiler operators per step) per N")
     parser.add_argument("--lite-student", choices=("ngrams", "mlp"), default="ngrams",
                         help="the student: ngrams (the default env's) or mlp (over sentence embeddings)")
+    parser.add_argument("--ngram-update", choices=("sparse", "dense"), default="sparse",
+                        help="the ngrams student's update: sparse (the rows a batch touched; the default) or dense")
     parser.add_argument("--learn", action="store_true",
                         help="the gold router learning over N students at once against over one (student steps/s)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -234,7 +237,8 @@ def main() -> None:
     if args.tiny and args.lite_student == "mlp":  # the mlp student reads every input it is given
         data.splits = {name: SplitTensors({"embeddings": split.inputs["embeddings"]}, split.labels, split.lengths,
                                           split.teacher_logits) for name, split in data.splits.items()}
-    options = {"data": data, "lite_student": args.lite_student, "device": args.device, "episode_steps": 200}
+    options = {"data": data, "lite_student": args.lite_student, "ngram_update": args.ngram_update, "device": args.device,
+               "episode_steps": 200}
     if args.profile:
         torch.set_num_threads(thread_counts[0])
         print(f"torch {torch.__version__}, {thread_counts[0]} thread(s), {args.steps} steps profiled per N")
@@ -253,7 +257,8 @@ def main() -> None:
             for n in sizes:
                 print(f"{threads:>7} {n:>4} {rates[n]:>16.0f} {rates[n] / rates[0]:>14.2f}", flush=True)
         return
-    print(f"torch {torch.__version__}, {where}; {args.lite_student} student; data: {'synthetic' if args.tiny else 'default'} "
+    student = f"{args.lite_student} ({args.ngram_update})" if args.lite_student == "ngrams" else args.lite_student
+    print(f"torch {torch.__version__}, {where}; {student} student; data: {'synthetic' if args.tiny else 'default'} "
           f"({len(train)} train rows, D {train.inputs['embeddings'].shape[1]}, K {data.num_teachers}, "
           f"C {data.num_labels}); batch 32, reward dev_delta every 10 steps, {args.steps} steps x {args.rounds} rounds, "
           f"{args.clock} clock")
