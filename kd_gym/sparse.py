@@ -21,23 +21,27 @@ from __future__ import annotations
 import torch
 
 
-def row_gradients(ids: torch.Tensor, grads: torch.Tensor, padding: torch.Tensor | None = None,
+def row_gradients(rows: torch.Tensor, real: torch.Tensor, grad_sum: torch.Tensor, num_rows: int,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradient of an embedding table from one gradient per looked-up position.
+    """The gradient of an embedding table under bags of rows summed: each real position of bag b receives bag b's
+    gradient, and a row's gradient is the sum of its positions', accumulated in the order of the positions (bag by
+    bag, left to right), as ``nn.Embedding``'s dense backward accumulates it.
 
-    :param ids: (M,) the table row each position looked up.
-    :param grads: (M, D) the gradient of the loss w.r.t. each position's embedding.
-    :param padding: (M,) bool, positions that looked up a padding row (no gradient, as ``padding_idx``), or None.
-    :return: ``rows`` (U,) the distinct rows touched, ascending, and ``summed`` (U, D) their gradients, each the sum
-        of its positions' gradients in the order of the positions.
+    :param rows: (B, L) the table row each position looked up.
+    :param real: (B, L) bool, the positions that count (False: padding, which gets no gradient, as ``padding_idx``).
+    :param grad_sum: (B, D) the gradient of the loss w.r.t. each bag's sum.
+    :param num_rows: the table's rows R: the distinct rows are found by counting into R bins (no sort).
+    :return: ``touched`` (U,) the distinct rows touched, ascending, and ``summed`` (U, D) their gradients.
     """
-    if padding is not None:
-        keep = ~padding
-        ids, grads = ids[keep], grads[keep]
-    rows, where = torch.unique(ids, sorted=True, return_inverse=True)
-    summed = torch.zeros(len(rows), grads.shape[1], dtype=grads.dtype, device=grads.device)
-    summed.index_add_(0, where, grads)
-    return rows, summed
+    positions = real.nonzero()  # (M, 2) bag and position of each real position, in row-major order
+    ids = rows[real]  # (M,) in the same order
+    touched = (torch.bincount(ids, minlength=num_rows) > 0).nonzero().squeeze(1)
+    rank = torch.empty(num_rows, dtype=torch.long, device=ids.device)
+    rank[touched] = torch.arange(len(touched), device=ids.device)
+    slot = rank[ids]  # each position's row, as its rank among the rows touched
+    summed = torch.zeros(len(touched), grad_sum.shape[1], dtype=grad_sum.dtype, device=grad_sum.device)
+    summed.index_add_(0, slot, grad_sum.index_select(0, positions[:, 0]))
+    return touched, summed
 
 
 @torch.no_grad()
@@ -101,10 +105,7 @@ class _BagSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_sum: torch.Tensor) -> tuple[None, torch.Tensor]:
         (ids,) = ctx.saved_tensors
-        length, dim = ids.shape[1], grad_sum.shape[1]
-        positions = grad_sum.unsqueeze(1).expand(-1, length, -1).reshape(-1, dim)  # (B * L, D)
-        flat = ids.reshape(-1).long()
-        rows, summed = row_gradients(flat, positions, padding=flat == 0)
+        rows, summed = row_gradients(ids.long(), ids != 0, grad_sum, ctx.table_shape[0])
         grad = torch.sparse_coo_tensor(rows.unsqueeze(0), summed, ctx.table_shape, is_coalesced=True,
                                        check_invariants=False)  # unique rows, in range: valid by construction
         return None, grad

@@ -108,6 +108,21 @@ class NgramStudent(nn.Module):
         self._init_embedding()
         self.classifier.reset_parameters()
 
+    @torch.no_grad()
+    def projected_table(self) -> torch.Tensor:
+        """(V, C) every table row through the classifier's weights: one pass over the table, after which a
+        prediction gathers C numbers per id instead of ``dim`` (:meth:`predict_logits`)."""
+        return torch.mm(self.embedding.weight, self.classifier.weight.t())
+
+    @torch.no_grad()
+    def predict_logits(self, ngram_ids: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        """(B, C) eval logits from :meth:`projected_table`: the mean of the ids' projected rows plus the bias. The
+        classifier is linear, so these are :meth:`forward`'s logits summed in another order (~1e-7 apart); the sparse
+        student evaluates this way, as do its stacked copies (kd_gym.student_stack): a dev evaluation of 16 students
+        gathers 12 bytes per id from 16 tables of 192 KB instead of 128 bytes from 16 of 2 MB."""
+        count = (ngram_ids != 0).sum(1, keepdim=True).to(projected.dtype).clamp_min(1.0)
+        return torch.nn.functional.embedding(ngram_ids, projected).sum(1) / count + self.classifier.bias
+
     def forward(self, ngram_ids: torch.Tensor, **frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:param frozen: other inputs a split may carry (the frozen sentence embedding the observation can show,
         ``include_embedding``); the student does not read them."""
@@ -383,12 +398,17 @@ class StudentTrainer:
     def predict(self, split: str, indices: np.ndarray | None = None) -> torch.Tensor:
         """(N, C) student logits on ``split`` (or its rows ``indices``), in eval mode."""
         tensors = self.split(split)
+        forward = (lambda batch: self.forward(batch, grad=False)[0])  # noqa: E731
+        if getattr(self.model, "sparse", False):  # the table through the classifier once (NgramStudent.predict_logits)
+            self.model.eval()
+            projected = self.model.projected_table()
+            forward = (lambda batch: self.model.predict_logits(batch["inputs"]["ngram_ids"], projected))  # noqa: E731
         if indices is None:  # the whole split: slices are views, nothing is gathered
             n, size = len(tensors), self.eval_batch_size
-            out = [self.forward(tensors.batch(slice(i, i + size)), grad=False)[0] for i in range(0, n, size)]
+            out = [forward(tensors.batch(slice(i, i + size))) for i in range(0, n, size)]
         else:
             rows = np.asarray(indices)
-            out = [self.forward(tensors.batch(rows[i : i + self.eval_batch_size]), grad=False)[0]
+            out = [forward(tensors.batch(rows[i : i + self.eval_batch_size]))
                    for i in range(0, len(rows), self.eval_batch_size)]
         return out[0] if len(out) == 1 else torch.cat(out)
 

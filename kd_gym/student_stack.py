@@ -365,6 +365,25 @@ class StackedNgramStudents(StackedStudents):
         return logits.float(), representation.float()
 
     @torch.no_grad()
+    def predict(self, inputs: torch.Tensor, index: np.ndarray | None = None, chunk: int = 512) -> torch.Tensor:
+        """(n, M, C) eval logits on shared rows ``inputs`` (M, L); the sparse students' as
+        ``NgramStudent.predict_logits`` computes them (each table through its classifier once), the dense students'
+        as :meth:`forward`'s."""
+        if not self.sparse:
+            return super().predict(inputs, index, chunk)
+        students = np.arange(self.num_students) if index is None else np.asarray(index)
+        select = torch.as_tensor(students, device=self.device)
+        tables, weights, biases = (p if index is None else p[select] for p in self.params)
+        projected = torch.bmm(tables, weights.transpose(1, 2))  # (n, V, C): NgramStudent.projected_table per student
+        out = []
+        for n, student_table in enumerate(projected):
+            rows = [F.embedding(inputs[i : i + chunk], student_table).sum(1)
+                    / (inputs[i : i + chunk] != 0).sum(1, keepdim=True).to(student_table.dtype).clamp_min(1.0)
+                    + biases[n] for i in range(0, len(inputs), chunk)]
+            out.append(rows[0] if len(rows) == 1 else torch.cat(rows))
+        return torch.stack(out)
+
+    @torch.no_grad()
     def update(self, grad_logits: torch.Tensor) -> None:
         """One AdamW update of every student from d loss_n / d logits_n (N, B, C) of the last
         ``forward(..., train=True)``: the backward pass of the classifier, the masked mean and the embedding, per
@@ -394,9 +413,7 @@ class StackedNgramStudents(StackedStudents):
         table's gradient as the rows touched (:func:`~kd_gym.sparse.row_gradients`, what ``NgramStudent(sparse=True)``
         hands its optimizer), each student's gradient clipping over its own rows and classifier, then AdamW on the
         classifier and :func:`~kd_gym.sparse.lazy_adamw_rows_` on the rows."""
-        length = rows.shape[1]
-        positions = grad_sum.unsqueeze(1).expand(-1, length, -1).reshape(-1, self.dim)  # (N * B * L, D)
-        touched, summed = row_gradients(rows.view(-1), positions, padding=~real.view(-1))
+        touched, summed = row_gradients(rows, real.view(rows.shape), grad_sum, self.num_students * self.buckets)
         student = torch.div(touched, self.buckets, rounding_mode="floor")  # (U,) whose row each is, ascending
         ends = torch.bincount(student, minlength=self.num_students).cumsum(0).tolist()
         segments = list(zip([0, *ends[:-1]], ends))  # student n's rows: summed[a:b]

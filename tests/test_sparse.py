@@ -35,10 +35,10 @@ def test_the_sparse_gradient_is_the_dense_one_on_the_rows_touched() -> None:
 
 
 def test_row_gradients_sum_each_rows_positions_in_order() -> None:
-    rows, summed = row_gradients(torch.tensor([5, 2, 5, 0, 2]), torch.arange(10.0).view(5, 2),
-                                 padding=torch.tensor([False, False, False, True, False]))
-    assert rows.tolist() == [2, 5]
-    assert summed.tolist() == [[2.0 + 8.0, 3.0 + 9.0], [0.0 + 4.0, 1.0 + 5.0]]
+    rows = torch.tensor([[5, 2, 0], [5, 2, 7]])
+    touched, summed = row_gradients(rows, rows != 0, torch.tensor([[1.0, 2.0], [10.0, 20.0]]), num_rows=8)
+    assert touched.tolist() == [2, 5, 7]
+    assert summed.tolist() == [[11.0, 22.0], [11.0, 22.0], [10.0, 20.0]]
 
 
 @pytest.mark.parametrize("steps", [1, 5])
