@@ -3,8 +3,8 @@
 Each round trains one student per agent (``train_student``, online protocol, the same env and seed), interleaved, so
 the agents see the same machine load; the median over rounds is reported with its ratio to ``uniform``.
 
-    python scripts/bench_cost.py                               # uniform vs reinforce, 1,500 steps, 5 rounds
-    python scripts/bench_cost.py --agents uniform,reinforce,ppo --steps 1000 --rounds 3
+    python scripts/bench_cost.py                               # uniform vs gold-router, 1,500 steps, 5 rounds
+    python scripts/bench_cost.py --agents uniform,gold-router,ppo --steps 1000 --rounds 3
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from agents.experiments.run import ENVS, train_student
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agents", default="uniform,reinforce", help="comma-separated; the first is the reference")
+    parser.add_argument("--agents", default="uniform,gold-router",
+                        help="comma-separated; the first is the reference (default: the online learner gold-router)")
     parser.add_argument("--env", default="lite", choices=sorted(ENVS))
     parser.add_argument("--steps", type=int, default=1500, help="student updates per run")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
