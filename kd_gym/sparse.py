@@ -1,6 +1,6 @@
 """Sparse updates of an n-gram table, as fastText makes them: a step reads and writes only the rows its batch touched.
 
-A batch of 32 short texts touches a few hundred of the n-gram student's 16,384 table rows. A dense optimizer step
+A batch of 32 tweets touches about 1,500 of the n-gram student's 16,384 table rows. A dense optimizer step
 still makes about a dozen passes over the whole table (zero-fill, gradient norm, AdamW's reads and writes of
 gradient, weights and both moments); here a step costs what the batch touched. One set of functions serves the single
 student (:class:`~kd_gym.student.NgramStudent` with ``sparse=True`` under :class:`LazyAdamW`) and the stacked students
