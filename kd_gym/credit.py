@@ -32,9 +32,13 @@ def gold_credit(teacher_ce: np.ndarray, labelled: np.ndarray, weights: np.ndarra
     :param labelled: (..., B) bool or 0/1, whether the instance keeps its gold label.
     :param weights: (..., B, K) the weights as the env took them (clipped to [0, 1], or 0/1 selections).
     """
-    p = np.exp(-teacher_ce.astype(np.float64))
-    w = weights.astype(np.float64)
+    known = np.asarray(labelled) > 0.5
+    credit = np.zeros(known.shape, dtype=np.float32)
+    if not known.any():  # most batches of the transfer-set regime have one labelled row or none
+        return credit
+    p = np.exp(-teacher_ce[known].astype(np.float64))  # (M, K): the labelled rows only
+    w = np.asarray(weights)[known].astype(np.float64)
     total = w.sum(-1)
     mixture = np.where(total > 0, (w * p).sum(-1) / np.maximum(total, 1e-12), p.mean(-1))
-    credit = np.log(np.maximum(mixture, 1e-30)) - np.log(np.maximum(p.mean(-1), 1e-30))
-    return np.where(np.asarray(labelled) > 0.5, credit, 0.0).astype(np.float32)
+    credit[known] = np.log(np.maximum(mixture, 1e-30)) - np.log(np.maximum(p.mean(-1), 1e-30))
+    return credit
