@@ -229,6 +229,8 @@ def bench(args: argparse.Namespace) -> int:
         from agents.experiments.grid import emit_sweep, run_cell
 
         return emit_sweep(args) if args.emit_sweep else run_cell(args)
+    if not args.teachers and getattr(args, "command", "bench") == "bench":  # demo prints the whole pool first
+        print_headroom(args.task, args.split_seed or 0, task_kwargs_from(args), args.pool or "siloed")
     frame = run_bench(args)
     out = Path(args.out)
     current = {cell_config_hash(args, a) for a in _split(args.agents)}
@@ -246,6 +248,20 @@ def bench(args: argparse.Namespace) -> int:
     print(report)
     print(f"\nwrote {out}/results.csv, results.md, curves.png, weights.png ({time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def print_headroom(task: str, split_seed: int = 0, task_kwargs: dict | None = None, pool: str = "siloed") -> None:
+    """Print the headroom verdict of the task's built pool (:mod:`kd_gym.headroom`), before any cell runs; nothing
+    where the pool is not built yet or cannot be found (the env then says what to do)."""
+    from kd_gym.defaults import default_pool_dir
+    from kd_gym.headroom import pool_headroom, verdict_lines
+
+    try:
+        manifest_path = default_pool_dir(task, split_seed, pool, **(task_kwargs or {})) / "pool.json"
+    except (ValueError, FileNotFoundError):
+        return
+    if manifest_path.exists():
+        print("\n".join(verdict_lines(pool_headroom(json.loads(manifest_path.read_text())))), "\n", flush=True)
 
 
 def ensure_default_pool(task: str, split_seed: int = 0, task_kwargs: dict | None = None, pool: str = "siloed") -> None:

@@ -336,8 +336,9 @@ def build_default_pool(
 
 def silo_accuracy(pool_dir: Path, task: Task, teachers: TeacherPool, split: str = "dev") -> dict:
     """Each teacher's accuracy on the rows of each silo of ``split`` (and the rows per silo), from the cached logits:
-    ``{"rows": {silo: n}, "accuracy": {teacher: {silo: acc}}, "routed": acc}``, where ``routed`` sends every row
-    to its own silo's expert (a teacher of the pool trained on that silo alone)."""
+    ``{"rows": {silo: n}, "accuracy": {teacher: {silo: acc}}, "routed": acc, "any_right": acc}``, where
+    ``routed`` sends every row to its own silo's expert (a teacher of the pool trained on that silo alone) and
+    ``any_right`` is the share of rows some teacher gets right (the gold-label oracle's reach)."""
     from kd_gym.defaults import pool_silos
 
     row_silos, expert_of = pool_silos(pool_dir, task, split)
@@ -349,11 +350,15 @@ def silo_accuracy(pool_dir: Path, task: Task, teachers: TeacherPool, split: str 
     experts = {silo: k for k, silo in enumerate(expert_of) if silo is not None}
     routed = [right[i, experts[s]] for i, s in enumerate(row_silos) if s in experts]
     return {"rows": {s: int((row_silos == s).sum()) for s in names}, "accuracy": accuracy,
-            "routed": round(float(np.mean(routed)), 4) if routed else None}
+            "routed": round(float(np.mean(routed)), 4) if routed else None,
+            "any_right": round(float(right.any(1).mean()), 4)}
 
 
 def format_manifest(manifest: dict) -> str:
-    """A plain-text table of the pool: each teacher's dev/test metric and the dev disagreement matrix."""
+    """A plain-text table of the pool: each teacher's dev/test metric, its dev accuracy per silo with the headroom
+    verdict (:mod:`kd_gym.headroom`), and the dev disagreement matrix."""
+    from kd_gym.headroom import pool_headroom, verdict_lines
+
     names = [t["name"] for t in manifest["teachers"]]
     width = max(len(n) for n in names) + 2
     lines = [f"{'teacher':<{width}}{'kind':>10}{'rows':>8}{'dev acc':>9}{'test acc':>10}"]
@@ -377,4 +382,6 @@ def format_manifest(manifest: dict) -> str:
     lines.append(" " * width + "".join(f"{n[:12]:>14}" for n in names))
     for name, row in zip(names, manifest["dev_disagreement"]):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>14.3f}" for v in row))
+    if by_silo:
+        lines += ["", *verdict_lines(pool_headroom(manifest))]
     return "\n".join(lines)

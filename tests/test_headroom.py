@@ -1,0 +1,55 @@
+"""The headroom verdict (kd_gym.headroom): does a pool leave room for per-instance choice, before any RL."""
+
+from __future__ import annotations
+
+import pytest
+
+from kd_gym.headroom import HEADROOM_POINTS, pool_headroom, verdict_lines
+from kd_gym.prepare.pool_build import build_default_pool, format_manifest
+from test_default_pool import TINY_RECIPES
+
+
+def manifest(best: float, routed: float | None, kind: str = "kmeans") -> dict:
+    teachers = [{"name": "expert-a", "dev": {"accuracy": best}}, {"name": "expert-b", "dev": {"accuracy": best - 0.1}}]
+    return {"teachers": teachers, "silos": {"kind": kind},
+            "dev_by_silo": {"routed": routed, "any_right": None if routed is None else min(1.0, routed + 0.1)}}
+
+
+@pytest.mark.parametrize(("best", "routed", "verdict"), [
+    (0.5776, 0.7422, "headroom"),  # tweets, topic silos: +16.5 points
+    (0.7467, 0.7435, "none"),  # a single-domain file, k-means silos: -0.3 points
+    (0.70, 0.70, "none"),  # no gain at all
+    (0.70, 0.70 + HEADROOM_POINTS / 200, "little"),
+    (0.70, None, "unknown"),  # no silo experts to route to
+])
+def test_the_verdict_follows_what_silo_routing_gains_over_the_best_teacher(best, routed, verdict):
+    headroom = pool_headroom(manifest(best, routed))
+    assert headroom.verdict == verdict and headroom.best_teacher == "expert-a"
+    text = "\n".join(verdict_lines(headroom))
+    assert f"verdict: {verdict}" in text and f"{best:.1%}" in text
+    if verdict in ("none", "little"):  # the user is told what to try
+        assert "--silo-column" in text and "fewer silos" in text
+    if verdict == "headroom":
+        assert f"{100 * (routed - best):+.1f} points" in text
+
+
+def test_a_built_pool_records_what_some_teacher_gets_right_and_prints_its_verdict(tiny_csv, tiny_encoder, kd_home):
+    built = build_default_pool(str(tiny_csv), base=tiny_encoder, recipes=TINY_RECIPES, device="cpu")
+    any_right = built["dev_by_silo"]["any_right"]
+    best = max(t["dev"]["accuracy"] for t in built["teachers"])
+    assert best <= any_right <= 1.0  # some teacher right on a row: at least the best one's rows
+    text = format_manifest(built)
+    assert "verdict: unknown" in text  # the tiny recipes are generalists: no silo expert to route to
+    assert text.index("dev disagreement") < text.index("verdict:")  # the verdict is the last thing printed
+
+
+def test_bench_prints_the_verdict_before_its_results(tiny_csv, tiny_encoder, kd_home, tmp_path, capsys):
+    from kd_gym.cli import main as run_cli
+
+    build_default_pool(str(tiny_csv), base=tiny_encoder, recipes=TINY_RECIPES, device="cpu")
+    capsys.readouterr()
+    assert run_cli(["bench", "--agents", "uniform", "--seeds", "0", "--steps", "4", "--out", str(tmp_path / "b"),
+                    "--no-oracle", "--task", str(tiny_csv), "--student-checkpoint", str(tiny_encoder),
+                    "--batch-size", "8", "--dev-subset", "20", "--max-length", "16", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("per-instance headroom (dev accuracy)") < out.index("| uniform")  # before the results
