@@ -16,7 +16,7 @@ import numpy as np
 
 from kd_gym.config import POOLS
 from kd_gym.prepare.cache import TRAINING_ROWS_FILE, kd_gym_home, minilm_path  # noqa: F401 (minilm_path: public here too)
-from kd_gym.tasks import Task, load_task
+from kd_gym.tasks import KMEANS_SILOS, Task, load_task
 
 DEFAULT_POOL = "siloed"  # POOLS: the default pools `kd-gym teachers build --pool` makes (kd_gym.prepare.pool_build)
 
@@ -33,7 +33,14 @@ def default_pool_dir(task: Task | str = "tweets", split_seed: int = 0, pool: str
     if isinstance(task, str):
         task = load_task(task, seed=split_seed, **task_kwargs)
     stem = re.sub(r"[^\w.-]+", "_", Path(task.name).stem if Path(task.name).suffix else task.name)
-    return kd_gym_home() / "teachers" / f"{stem}-{pool}-{task.content_fingerprint()[:12]}"
+    # the silos are part of what a siloed pool is: a named column, or k-means clusters other than the default 5
+    # (tweets' topic column, the built-in default, keeps the plain name)
+    silos = ""
+    if task.silo_column is not None and not (task.name == "tweets" and task.silo_column == "topic"):
+        silos = "-by-" + re.sub(r"[^\w.-]+", "_", task.silo_column)
+    elif task.silo_column is None and task.kmeans_silos != KMEANS_SILOS:
+        silos = f"-k{task.kmeans_silos}"
+    return kd_gym_home() / "teachers" / f"{stem}-{pool}{silos}-{task.content_fingerprint()[:12]}"
 
 
 def pool_training_rows(pool_dir: str | Path) -> set[str] | None:

@@ -47,6 +47,10 @@ _GLUE_CONFIGS: dict[str, tuple[str, str | None, str]] = {
 
 
 
+#: silos of a task without a silo column: k-means clusters of the sentence embeddings (``kmeans_silos``)
+KMEANS_SILOS = 5
+
+
 @dataclass
 class TaskOptions:
     """The keywords of :func:`load_task` besides the name and the seed: how to read a custom task. Each field is a
@@ -66,6 +70,11 @@ class TaskOptions:
     """keep a stratified, seeded subset of train of this many rows (None: all)"""
     allow_rare_labels: bool = False
     """keep train labels rarer than 0.5% of the rows as classes (default: an error, they are usually stray values)"""
+    silo_column: str | None = None
+    """column naming each row's domain: the siloed pool's silos, one expert each (None: tweets' topic; other tasks
+    get k-means clusters of the rows' sentence embeddings)"""
+    kmeans_silos: int = KMEANS_SILOS
+    """silos of a task without a silo column: k-means clusters of the rows' sentence embeddings"""
 
 
 def available_tasks() -> list[str]:
@@ -89,6 +98,10 @@ class Task:
     splits: dict[str, datasets.Dataset]
     label_names: list[str]
     metric: str
+    #: the column naming each row's domain (the siloed pool's silos; tweets: ``topic``), or None (k-means silos)
+    silo_column: str | None = None
+    #: k-means silos of a task without a silo column
+    kmeans_silos: int = KMEANS_SILOS
     _fingerprints: dict[str, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -241,7 +254,7 @@ def _encode_labels(raw: dict[str, datasets.Dataset], label_column: str) -> tuple
 def _assemble(name: str, raw: dict[str, datasets.Dataset], *, text_column: str, text_pair_column: str | None,
               label_column: str, metric: str, seed: int, dev_fraction: float, test_fraction: float,
               max_train_examples: int | None, dedupe: bool = False, allow_rare_labels: bool = False,
-              sources: dict[str, str] | None = None) -> Task:
+              sources: dict[str, str] | None = None, silo_column: str | None = None) -> Task:
     """Check columns and labels, encode labels, split what is missing off train, subsample train, build the Task.
 
     :param raw: loaded splits, keyed by names in :data:`SPLITS`; ``"train"`` is required.
@@ -250,7 +263,7 @@ def _assemble(name: str, raw: dict[str, datasets.Dataset], *, text_column: str, 
     """
     for split, table in raw.items():
         for flag, column in (("text_column", text_column), ("text_pair_column", text_pair_column),
-                             ("label_column", label_column)):
+                             ("label_column", label_column), ("silo_column", silo_column)):
             if column is not None and column not in table.column_names:
                 raise ValueError(f"task {name!r}: column {column!r} is missing from the {split} split, which has "
                                  f"columns {table.column_names}; pass {flag}=... naming one of them")
@@ -298,7 +311,8 @@ def _labels_hidden(table: datasets.Dataset, label_column: str) -> bool:
 def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str, str] | None = None,
               text_column: str = "text", text_pair_column: str | None = None, label_column: str = "label",
               dev_fraction: float = 0.1, test_fraction: float = 0.1, max_train_examples: int | None = None,
-              allow_rare_labels: bool = False) -> Task:
+              allow_rare_labels: bool = False, silo_column: str | None = None,
+              kmeans_silos: int = KMEANS_SILOS) -> Task:
     """Load a task with deterministic train / dev / test splits.
 
     :param name: ``"tweets"`` (embedded default), ``"glue/<config>"``, a hub dataset ``"owner/name"``, or a local
@@ -314,6 +328,9 @@ def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str
     :param max_train_examples: keep a stratified, seeded subset of train of this many rows; None keeps all.
     :param allow_rare_labels: keep train labels rarer than 0.5% of the rows as classes (by default an error: such
         labels are usually stray values). Dev and test labels must always be labels of train.
+    :param silo_column: column naming each row's domain, kept in every split: the siloed pool's silos (tweets:
+        ``topic`` unless another column is named); None: k-means silos.
+    :param kmeans_silos: how many k-means silos a task without a silo column gets (>= 2).
     :return: the :class:`Task`. GLUE's test labels are hidden, so its test split is GLUE validation
         (``validation_matched`` for mnli) and its dev split is drawn from GLUE train.
     """
@@ -323,6 +340,9 @@ def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str
     if dev_fraction + test_fraction >= 1:
         raise ValueError(f"dev_fraction + test_fraction = {dev_fraction + test_fraction} leaves no training data; "
                          "keep their sum below 1, e.g. 0.1 and 0.1")
+    if isinstance(kmeans_silos, bool) or not isinstance(kmeans_silos, int) or kmeans_silos < 2:
+        raise ValueError(f"kmeans_silos={kmeans_silos!r} is invalid; use an integer >= 2 (silos need a choice "
+                         "between experts), e.g. 5")
     columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
     metric = "accuracy"
     extra: dict = {}
@@ -337,6 +357,7 @@ def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str
     elif name == "tweets":
         raw = {"train": load_tweets()}
         columns = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
+        silo_column = silo_column or "topic"
     elif name.startswith("glue/"):
         config = name.removeprefix("glue/")
         if config not in _GLUE_CONFIGS:
@@ -355,9 +376,11 @@ def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str
     else:
         raise ValueError(f"unknown task {name!r}; use one of {available_tasks()}, a hub dataset 'owner/name', "
                          f"or a local file ending in {sorted(LOCAL_BUILDERS)}")
-    return _assemble(name, raw, **columns, metric=metric, seed=seed, dev_fraction=dev_fraction,
+    task = _assemble(name, raw, **columns, metric=metric, seed=seed, dev_fraction=dev_fraction,
                      test_fraction=test_fraction, max_train_examples=max_train_examples,
-                     allow_rare_labels=allow_rare_labels, **extra)
+                     allow_rare_labels=allow_rare_labels, silo_column=silo_column, **extra)
+    task.silo_column, task.kmeans_silos = silo_column, kmeans_silos
+    return task
 
 
 def teacher_metrics(task: Task, teacher_logits, labels) -> list[dict[str, float]]:

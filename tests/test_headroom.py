@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from test_default_pool import TINY_RECIPES
 
 from kd_gym.headroom import HEADROOM_POINTS, pool_headroom, verdict_lines
 from kd_gym.prepare.pool_build import build_default_pool, format_manifest
-from test_default_pool import TINY_RECIPES
 
 
 def manifest(best: float, routed: float | None, kind: str = "kmeans") -> dict:
@@ -53,3 +53,41 @@ def test_bench_prints_the_verdict_before_its_results(tiny_csv, tiny_encoder, kd_
                     "--batch-size", "8", "--dev-subset", "20", "--max-length", "16", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert out.index("per-instance headroom (dev accuracy)") < out.index("| uniform")  # before the results
+
+
+def test_a_silo_column_names_the_silos_and_its_own_pool_folder(tmp_path, kd_home):
+    import pandas as pd
+    from conftest import make_rows
+
+    from kd_gym.defaults import default_pool_dir
+    from kd_gym.prepare.pool_build import silo_labels, teacher_rows
+    from kd_gym.tasks import load_task
+
+    rows = pd.DataFrame(make_rows(300))
+    rows["source"] = ["shop" if i % 3 else "news" for i in range(len(rows))]
+    path = tmp_path / "domains.csv"
+    rows.to_csv(path, index=False)
+    task = load_task(str(path), silo_column="source")
+    labels, info = silo_labels(task, teacher_rows(task, 0))
+    assert info == {"kind": "column", "column": "source", "names": ["news", "shop"]}
+    assert set(labels) == {"news", "shop"}
+    folders = {default_pool_dir(str(path)), default_pool_dir(str(path), silo_column="source"),
+               default_pool_dir(str(path), kmeans_silos=3)}
+    assert len(folders) == 3  # each choice of silos is a pool of its own
+    assert default_pool_dir(str(path), silo_column="source").name.startswith("domains-siloed-by-source-")
+    with pytest.raises(ValueError, match=r"column 'domain' is missing .* pass silo_column=\.\.\."):
+        load_task(str(path), silo_column="domain")
+    with pytest.raises(ValueError, match=r"kmeans_silos=1 is invalid; use an integer >= 2"):
+        load_task(str(path), kmeans_silos=1)
+    rows.assign(source="shop").to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"silo_column='source' has 1 value"):
+        silo_labels(load_task(str(path), silo_column="source"), teacher_rows(task, 0))
+
+
+def test_the_silo_flags_reach_every_command_that_finds_a_pool():
+    from kd_gym.cli import build_parser, command_parser
+
+    parser = build_parser()
+    for argv in (["teachers", "build"], ["teachers", "show"], ["train"], ["bench"], ["demo"]):
+        args = parser.parse_args([*argv, "--silo-column", "source", "--kmeans-silos", "3"])
+        assert (args.silo_column, args.kmeans_silos) == ("source", 3), command_parser(parser, args).prog

@@ -3,7 +3,8 @@
 Two pools, chosen with ``pool=`` (``--pool``):
 
 - ``siloed`` (the default): multi-source distillation. The teacher rows are split into *silos* (a column of the task,
-  ``topic`` for tweets, or else :data:`KMEANS_SILOS` k-means clusters of the rows' sentence embeddings, seeded), and
+  ``topic`` for tweets or the one ``--silo-column`` names, or else ``--kmeans-silos`` k-means clusters of the rows'
+  sentence embeddings, seeded), and
   each silo's owner fine-tunes one expert (3 MiniLM layers) on that silo's rows only; no teacher saw every silo. A
   weak generalist (1 MiniLM layer on 1,000 rows of every silo) completes the pool. The silo of an instance is not in
   the observation: an agent must infer it.
@@ -32,7 +33,7 @@ from kd_gym.defaults import DEFAULT_POOL, POOLS, TRAINING_ROWS_FILE, default_poo
 from kd_gym.prepare.cache import kd_gym_home
 from kd_gym.prepare.embeddings import SentenceEncoder
 from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
-from kd_gym.tasks import Task, load_task
+from kd_gym.tasks import KMEANS_SILOS, Task, load_task  # noqa: F401 (KMEANS_SILOS: public here too)
 from kd_gym.teachers import TeacherPool, TeacherSpec, load_classifier
 
 
@@ -73,8 +74,6 @@ MICRO_BATCHES = 2
 """each fine-tuning batch is sorted by token count and run as this many micro-batches whose gradients add up to the
 batch's: the same update on fewer padding tokens (measured on 2 CPU cores: 0.9 s -> 0.5 s per update with fused
 AdamW; docs/tasks-and-teachers.md)"""
-SILO_COLUMN = "topic"  # a task column that names each row's silo (tweets: its topic)
-KMEANS_SILOS = 5  # silos of a task without a SILO_COLUMN: k-means clusters of the sentence embeddings
 
 
 def pool_recipes(pool: str, silos: list[str]) -> tuple[TeacherRecipe, ...]:
@@ -90,27 +89,34 @@ def pool_recipes(pool: str, silos: list[str]) -> tuple[TeacherRecipe, ...]:
     raise ValueError(f"pool={pool!r} is not a default pool; use one of {POOLS}")
 
 
-def silo_labels(task: Task, fit_rows: np.ndarray, *, seed: int = 0, k: int = KMEANS_SILOS,
+def silo_labels(task: Task, fit_rows: np.ndarray, *, seed: int = 0, k: int | None = None,
                 encoder=None) -> tuple[np.ndarray, dict]:
     """The silo of every train row, and how it was made.
 
-    A task with a :data:`SILO_COLUMN` column uses it (tweets: the topic, in :data:`~kd_gym.task_sources.TWEET_TOPICS`
-    order). Any other task gets ``k`` k-means clusters (scikit-learn, ``n_init=10``, ``random_state=seed``) of the
-    MiniLM sentence embeddings, fitted on the rows ``fit_rows`` (the teacher rows) and named ``cluster-0`` ...
-    ``cluster-<k-1>`` by size, largest first.
+    A task with a silo column (``task.silo_column``: tweets' topic, or ``--silo-column``) uses its values (tweets'
+    topics in :data:`~kd_gym.task_sources.TWEET_TOPICS` order, others sorted). Any other task gets ``k`` (default
+    ``task.kmeans_silos``) k-means clusters (scikit-learn, ``n_init=10``, ``random_state=seed``) of the MiniLM sentence
+    embeddings, fitted on the rows ``fit_rows`` (the teacher rows) and named ``cluster-0`` ... ``cluster-<k-1>`` by
+    size, largest first.
 
     :return: (N,) array of silo names; the description ``{"kind": "column" | "kmeans", "names": [...], ...}``
         (k-means also gives ``centroids``, (k, D), so any row can be assigned later).
     """
     train = task.splits["train"]
-    if SILO_COLUMN in train.column_names:
-        labels = np.asarray(train[SILO_COLUMN]).astype(str)
+    if task.silo_column is not None:
+        labels = np.asarray(train[task.silo_column]).astype(str)
         from kd_gym.task_sources import TWEET_TOPICS
 
         present = set(labels[fit_rows])
+        if len(present) < 2:
+            raise ValueError(f"silo_column={task.silo_column!r} has {len(present)} value(s) on the teacher rows "
+                             f"({sorted(present)}); silos need at least two domains: name another column, or leave "
+                             "silo_column unset for k-means silos")
         names = [t for t in TWEET_TOPICS if t in present] + sorted(present - set(TWEET_TOPICS))
-        return labels, {"kind": "column", "column": SILO_COLUMN, "names": names}
+        return labels, {"kind": "column", "column": task.silo_column, "names": names}
     from sklearn.cluster import KMeans
+
+    k = task.kmeans_silos if k is None else k
 
     embeddings = (encoder or SentenceEncoder()).encode(task, "train").numpy()
     kmeans = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(embeddings[fit_rows])
