@@ -16,7 +16,7 @@ import numpy as np
 
 from kd_gym.config import POOLS
 from kd_gym.prepare.cache import TRAINING_ROWS_FILE, kd_gym_home, minilm_path  # noqa: F401 (minilm_path: public here too)
-from kd_gym.tasks import KMEANS_SILOS, Task, load_task
+from kd_gym.tasks import BUILTIN_SILO_COLUMNS, KMEANS_SILOS, Task, load_task
 
 DEFAULT_POOL = "siloed"  # POOLS: the default pools `kd-gym teachers build --pool` makes (kd_gym.prepare.pool_build)
 
@@ -36,7 +36,7 @@ def default_pool_dir(task: Task | str = "tweets", split_seed: int = 0, pool: str
     # the silos are part of what a siloed pool is: a named column, or k-means clusters other than the default 5
     # (tweets' topic column, the built-in default, keeps the plain name)
     silos = ""
-    if task.silo_column is not None and not (task.name == "tweets" and task.silo_column == "topic"):
+    if task.silo_column is not None and BUILTIN_SILO_COLUMNS.get(task.name) != task.silo_column:
         silos = "-by-" + re.sub(r"[^\w.-]+", "_", task.silo_column)
     elif task.silo_column is None and task.kmeans_silos != KMEANS_SILOS:
         silos = f"-k{task.kmeans_silos}"

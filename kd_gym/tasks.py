@@ -29,6 +29,7 @@ from kd_gym.task_sources import (
     check_row_count,
     drop_duplicate_texts,
     load_local_files,
+    load_snippets,
     load_tweets,
 )
 
@@ -49,6 +50,8 @@ _GLUE_CONFIGS: dict[str, tuple[str, str | None, str]] = {
 
 #: silos of a task without a silo column: k-means clusters of the sentence embeddings (``kmeans_silos``)
 KMEANS_SILOS = 5
+#: the built-in tasks' domain columns: their siloed pools' silos unless silo_column names another
+BUILTIN_SILO_COLUMNS = {"tweets": "topic", "snippets": "domain"}
 
 
 @dataclass
@@ -79,7 +82,7 @@ class TaskOptions:
 
 def available_tasks() -> list[str]:
     """Names accepted by :func:`load_task` besides local files and ``owner/name`` hub datasets."""
-    return ["tweets"] + [f"glue/{config}" for config in _GLUE_CONFIGS]
+    return ["tweets", "snippets"] + [f"glue/{config}" for config in _GLUE_CONFIGS]
 
 
 @dataclass
@@ -357,7 +360,11 @@ def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str
     elif name == "tweets":
         raw = {"train": load_tweets()}
         columns = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
-        silo_column = silo_column or "topic"
+        silo_column = silo_column or BUILTIN_SILO_COLUMNS[name]
+    elif name == "snippets":
+        raw = {"train": load_snippets()}
+        columns = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
+        silo_column = silo_column or BUILTIN_SILO_COLUMNS[name]
     elif name.startswith("glue/"):
         config = name.removeprefix("glue/")
         if config not in _GLUE_CONFIGS:
