@@ -49,6 +49,11 @@ def _teachers_build(args: argparse.Namespace) -> int:
 
     if args.seed < 0:
         raise SystemExit(f"kd-gym teachers build: --seed {args.seed} is invalid; use a seed >= 0")
+    if args.dry_run:
+        from kd_gym.prepare.pool_build import build_plan
+
+        print(build_plan(args.task, pool=args.pool, seed=args.seed, task_kwargs=task_kwargs_from(args)))
+        return 0
     started = time.perf_counter()
     manifest = build_default_pool(args.task, out_dir=args.out, pool=args.pool, seed=args.seed, force=args.force,
                                   device=args.device, precision=args.precision, task_kwargs=task_kwargs_from(args))
@@ -92,6 +97,9 @@ def add_teachers_command(commands: argparse._SubParsersAction) -> None:
         add_task_flags(parser)
     build.add_argument("--out", default=None, help="output folder (default: $KD_GYM_HOME/teachers/<task>-<fingerprint>)")
     build.add_argument("--force", action="store_true", help="rebuild teachers that already exist")
+    build.add_argument("--dry-run", action="store_true",
+                       help="print what the build would do (silos, each teacher's rows and updates, the logits) and "
+                            "about how long it would take on a 2-core CPU, without building anything")
     build.add_argument("--device", default="auto", help="auto | cpu | cuda")
     build.add_argument("--precision", default="auto", help="auto | bf16 | fp32")
     build.set_defaults(func=_teachers_build)
