@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 
+from test_default_pool import TINY_RECIPES
+
 from kd_gym.cli import main as run_cli
 from kd_gym.defaults import default_pool_dir
 from kd_gym.prepare.pool_build import build_default_pool
-from test_default_pool import TINY_RECIPES
 
 
 def test_a_build_prints_where_it_is_with_the_time_even_without_progress_bars(tiny_csv, tiny_encoder, kd_home,
