@@ -63,18 +63,17 @@ def _teachers_build(args: argparse.Namespace) -> int:
 
 
 def _teachers_show(args: argparse.Namespace) -> int:
-    import json
-
     from kd_gym.defaults import default_pool_dir
-    from kd_gym.prepare.pool_build import format_manifest
+    from kd_gym.prepare.pool_build import format_manifest, pool_manifest
+    from kd_gym.tasks import load_task
 
-    folder = default_pool_dir(args.task, args.seed, args.pool, **task_kwargs_from(args))
-    manifest = folder / "pool.json"
-    if not manifest.exists():
+    task = load_task(args.task, seed=args.seed, **task_kwargs_from(args))
+    folder = default_pool_dir(task, pool=args.pool)
+    if not (folder / "pool.json").exists():
         print(f"no {args.pool} pool built for {args.task!r} with split seed {args.seed} (looked in {folder}); run "
               f"`kd-gym teachers build --task {args.task} --pool {args.pool} --seed {args.seed}`", file=sys.stderr)
         return 1
-    print(format_manifest(json.loads(manifest.read_text())))
+    print(format_manifest(pool_manifest(folder, task)))
     print(f"\n{folder}")
     return 0
 

@@ -9,35 +9,40 @@ from kd_gym.headroom import HEADROOM_POINTS, pool_headroom, verdict_lines
 from kd_gym.prepare.pool_build import build_default_pool, format_manifest
 
 
-def manifest(best: float, routed: float | None, kind: str = "kmeans") -> dict:
+def manifest(best: float, routed: float | None, equal: float | None = None, kind: str = "kmeans") -> dict:
     teachers = [{"name": "expert-a", "dev": {"accuracy": best}}, {"name": "expert-b", "dev": {"accuracy": best - 0.1}}]
     return {"teachers": teachers, "silos": {"kind": kind},
-            "dev_by_silo": {"routed": routed, "any_right": None if routed is None else min(1.0, routed + 0.1)}}
+            "dev_by_silo": {"routed": routed, "any_right": None if routed is None else min(1.0, routed + 0.1),
+                            "equal_weights": equal}}
 
 
-@pytest.mark.parametrize(("best", "routed", "verdict"), [
-    (0.5776, 0.7422, "headroom"),  # tweets, topic silos: +16.5 points
-    (0.7467, 0.7435, "none"),  # a single-domain file, k-means silos: -0.3 points
-    (0.70, 0.70, "none"),  # no gain at all
-    (0.70, 0.70 + HEADROOM_POINTS / 200, "little"),
-    (0.70, None, "unknown"),  # no silo experts to route to
+@pytest.mark.parametrize(("best", "equal", "routed", "verdict"), [
+    (0.5776, 0.5647, 0.7422, "headroom"),  # tweets, topic silos: +16.5 points over the best teacher
+    (0.5988, 0.6222, 0.7519, "headroom"),  # tweets without topics, k-means silos: +13.0 over equal weights
+    (0.5872, 0.6266, 0.6744, "little"),  # snippets, domain silos: +4.8 over equal weights
+    (0.7170, 0.7217, 0.6981, "none"),  # one domain, k-means silos: -2.4
+    (0.7467, None, 0.7435, "none"),  # a pool that did not record equal weights: against the best teacher
+    (0.70, 0.60, 0.70, "none"),  # no gain at all
+    (0.70, None, None, "unknown"),  # no silo experts to route to
 ])
-def test_the_verdict_follows_what_silo_routing_gains_over_the_best_teacher(best, routed, verdict):
-    headroom = pool_headroom(manifest(best, routed))
+def test_the_verdict_follows_what_silo_routing_gains_over_the_best_fixed_weighting(best, equal, routed, verdict):
+    headroom = pool_headroom(manifest(best, routed, equal))
     assert headroom.verdict == verdict and headroom.best_teacher == "expert-a"
+    assert headroom.best_fixed == max(best, equal or 0.0)
     text = "\n".join(verdict_lines(headroom))
     assert f"verdict: {verdict}" in text and f"{best:.1%}" in text
     if verdict in ("none", "little"):  # the user is told what to try
         assert "--silo-column" in text and "fewer silos" in text
-    if verdict == "headroom":
-        assert f"{100 * (routed - best):+.1f} points" in text
+    if routed is not None:
+        assert f"{100 * (routed - max(best, equal or 0.0)):+.1f} points" in text
+    assert (HEADROOM_POINTS, pool_headroom(manifest(0.60, 0.60 + HEADROOM_POINTS / 100)).verdict) == (5.0, "headroom")
 
 
 def test_a_built_pool_records_what_some_teacher_gets_right_and_prints_its_verdict(tiny_csv, tiny_encoder, kd_home):
     built = build_default_pool(str(tiny_csv), base=tiny_encoder, recipes=TINY_RECIPES, device="cpu")
-    any_right = built["dev_by_silo"]["any_right"]
+    any_right, equal = built["dev_by_silo"]["any_right"], built["dev_by_silo"]["equal_weights"]
     best = max(t["dev"]["accuracy"] for t in built["teachers"])
-    assert best <= any_right <= 1.0  # some teacher right on a row: at least the best one's rows
+    assert best <= any_right <= 1.0 and equal <= any_right  # some teacher right on a row: at least any one's rows
     text = format_manifest(built)
     assert "verdict: unknown" in text  # the tiny recipes are generalists: no silo expert to route to
     assert text.index("dev disagreement") < text.index("verdict:")  # the verdict is the last thing printed
@@ -53,6 +58,22 @@ def test_bench_prints_the_verdict_before_its_results(tiny_csv, tiny_encoder, kd_
                     "--batch-size", "8", "--dev-subset", "20", "--max-length", "16", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert out.index("per-instance headroom (dev accuracy)") < out.index("| uniform")  # before the results
+
+
+def test_a_pool_built_before_the_equal_weights_figure_gets_it_once(tiny_csv, tiny_encoder, kd_home):
+    import json
+
+    from kd_gym.defaults import default_pool_dir
+    from kd_gym.prepare.pool_build import pool_manifest
+    from kd_gym.tasks import load_task
+
+    built = build_default_pool(str(tiny_csv), base=tiny_encoder, recipes=TINY_RECIPES, device="cpu")
+    folder = default_pool_dir(str(tiny_csv))
+    old = {**built, "dev_by_silo": {k: v for k, v in built["dev_by_silo"].items() if k != "equal_weights"}}
+    (folder / "pool.json").write_text(json.dumps(old))
+    refreshed = pool_manifest(folder, load_task(str(tiny_csv)))
+    assert refreshed["dev_by_silo"]["equal_weights"] == built["dev_by_silo"]["equal_weights"]
+    assert json.loads((folder / "pool.json").read_text())["dev_by_silo"] == refreshed["dev_by_silo"]
 
 
 def test_a_silo_column_names_the_silos_and_its_own_pool_folder(tmp_path, kd_home):

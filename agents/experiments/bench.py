@@ -255,13 +255,16 @@ def print_headroom(task: str, split_seed: int = 0, task_kwargs: dict | None = No
     where the pool is not built yet or cannot be found (the env then says what to do)."""
     from kd_gym.defaults import default_pool_dir
     from kd_gym.headroom import pool_headroom, verdict_lines
+    from kd_gym.prepare.pool_build import pool_manifest
+    from kd_gym.tasks import load_task
 
     try:
-        manifest_path = default_pool_dir(task, split_seed, pool, **(task_kwargs or {})) / "pool.json"
+        loaded = load_task(task, seed=split_seed, **(task_kwargs or {}))
+        folder = default_pool_dir(loaded, pool=pool)
     except (ValueError, FileNotFoundError):
         return
-    if manifest_path.exists():
-        print("\n".join(verdict_lines(pool_headroom(json.loads(manifest_path.read_text())))), "\n", flush=True)
+    if (folder / "pool.json").exists():
+        print("\n".join(verdict_lines(pool_headroom(pool_manifest(folder, loaded)))), "\n", flush=True)
 
 
 def ensure_default_pool(task: str, split_seed: int = 0, task_kwargs: dict | None = None, pool: str = "siloed") -> None:

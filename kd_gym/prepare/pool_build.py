@@ -355,6 +355,19 @@ def build_default_pool(
     return manifest
 
 
+def pool_manifest(folder: Path, task: Task) -> dict:
+    """The ``pool.json`` of the pool in ``folder``, with its dev accuracies per silo brought up to date: a pool built
+    before a figure of :func:`silo_accuracy` existed (the equal weights, the share some teacher gets right) gets it
+    from its cached dev logits, once (the manifest is rewritten)."""
+    manifest = json.loads((folder / "pool.json").read_text())
+    by_silo = manifest.get("dev_by_silo")
+    if by_silo is not None and not {"equal_weights", "any_right"} <= set(by_silo):
+        teachers = TeacherPool.from_manifest(folder / "pool.json")
+        manifest["dev_by_silo"] = silo_accuracy(folder, task, teachers, "dev")
+        (folder / "pool.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
 class _Log:
     """Plain progress lines with the time since the build started (``[  95 s] ...``), above any progress bar, so
     that a build in CI or in a log file says where it is when progress bars are off (``TQDM_DISABLE=1``)."""
@@ -426,9 +439,10 @@ def build_plan(task_name: str = "tweets", *, pool: str = DEFAULT_POOL, seed: int
 
 def silo_accuracy(pool_dir: Path, task: Task, teachers: TeacherPool, split: str = "dev") -> dict:
     """Each teacher's accuracy on the rows of each silo of ``split`` (and the rows per silo), from the cached logits:
-    ``{"rows": {silo: n}, "accuracy": {teacher: {silo: acc}}, "routed": acc, "any_right": acc}``, where
-    ``routed`` sends every row to its own silo's expert (a teacher of the pool trained on that silo alone) and
-    ``any_right`` is the share of rows some teacher gets right (the gold-label oracle's reach)."""
+    ``{"rows": {silo: n}, "accuracy": {teacher: {silo: acc}}, "routed": acc, "any_right": acc,
+    "equal_weights": acc}``, where ``routed`` sends every row to its own silo's expert (a teacher of the pool trained
+    on that silo alone), ``any_right`` is the share of rows some teacher gets right (the gold-label oracle's reach)
+    and ``equal_weights`` is the mean of the teachers' probabilities (T = 1)."""
     from kd_gym.defaults import pool_silos
 
     row_silos, expert_of = pool_silos(pool_dir, task, split)
@@ -439,9 +453,11 @@ def silo_accuracy(pool_dir: Path, task: Task, teachers: TeacherPool, split: str 
                 for k, t in enumerate(teachers.names)}
     experts = {silo: k for k, silo in enumerate(expert_of) if silo is not None}
     routed = [right[i, experts[s]] for i, s in enumerate(row_silos) if s in experts]
+    probs = torch.softmax(teachers.logits(task, split).float(), dim=-1)  # (N, K, C)
+    mixed = probs.mean(1).argmax(-1).numpy() == task.labels(split)  # equal weights, as the loss mixes them
     return {"rows": {s: int((row_silos == s).sum()) for s in names}, "accuracy": accuracy,
             "routed": round(float(np.mean(routed)), 4) if routed else None,
-            "any_right": round(float(right.any(1).mean()), 4)}
+            "any_right": round(float(right.any(1).mean()), 4), "equal_weights": round(float(mixed.mean()), 4)}
 
 
 def format_manifest(manifest: dict) -> str:
