@@ -21,6 +21,19 @@ from __future__ import annotations
 import torch
 
 
+def fused_adamw(device: torch.device) -> bool:
+    """True where PyTorch has a fused AdamW kernel for ``device`` (CUDA; the CPU from torch 2.4): one pass over each
+    parameter instead of a dozen elementwise ones. The trainer, the vector env's stacked students
+    (:mod:`kd_gym.student_stack`) and the sparse student's rows all use it there, so that their students stay
+    identical."""
+    if not hasattr(torch, "_fused_adamw_"):
+        return False
+    if device.type == "cuda":
+        return True
+    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    return device.type == "cpu" and version >= (2, 4)
+
+
 def row_gradients(rows: torch.Tensor, real: torch.Tensor, grad_sum: torch.Tensor, num_rows: int,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradient of an embedding table under bags of rows summed: each real position of bag b receives bag b's
@@ -51,7 +64,7 @@ def lazy_adamw_rows_(table: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: tor
     """AdamW on the rows ``rows`` of ``table`` and of its moments, in place; every other row is left untouched.
 
     The touched rows are gathered, updated by ``torch.optim.AdamW``'s arithmetic (its fused kernel where this torch
-    has one, :func:`~kd_gym.student.fused_adamw`; else its single-tensor update), and written back. ``segments``
+    has one, :func:`fused_adamw`; else its single-tensor update), and written back. ``segments``
     gives each block of rows its own AdamW step count, so that the stacked students, each with its own, share one
     call; the kernel updates each block as a tensor of its own, so a student's rows get the same numbers in a stack as
     alone.
@@ -60,8 +73,6 @@ def lazy_adamw_rows_(table: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: tor
     :param rows: (U,) distinct rows; :param grad: (U, D) their gradients.
     :param segments: ``(start, end, t)``: rows ``rows[start:end]`` take AdamW step ``t`` (already incremented).
     """
-    from kd_gym.student import fused_adamw
-
     p, m, v = table.index_select(0, rows), exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
     blocks = [(a, b, t) for a, b, t in segments if b > a]
     if fused_adamw(table.device):
@@ -120,7 +131,7 @@ def bag_sum(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 class LazyAdamW(torch.optim.Optimizer):
     """AdamW where a parameter's gradient is dense, :func:`lazy_adamw_rows_` where it is sparse (the n-gram table
     under ``NgramStudent(sparse=True)``). Dense parameters take PyTorch's fused AdamW kernel where this torch has one
-    (:func:`~kd_gym.student.fused_adamw`), as the stacked students do; else ``torch.optim.AdamW``'s arithmetic.
+    (:func:`fused_adamw`), as the stacked students do; else ``torch.optim.AdamW``'s arithmetic.
 
     :param params: the student's parameters; :param lr:, :param weight_decay:, :param betas:, :param eps: AdamW's.
     """
@@ -131,8 +142,6 @@ class LazyAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 (torch.optim.Optimizer's signature)
-        from kd_gym.student import fused_adamw
-
         for group in self.param_groups:
             options = {"lr": group["lr"], "weight_decay": group["weight_decay"], "betas": group["betas"],
                        "eps": group["eps"]}

@@ -25,7 +25,7 @@ from kd_gym.data import KDData, SplitTensors
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
 from kd_gym.prepare.embeddings import mean_pool
 from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
-from kd_gym.sparse import LazyAdamW, bag_sum, clip_grad_norm_
+from kd_gym.sparse import LazyAdamW, bag_sum, clip_grad_norm_, fused_adamw  # noqa: F401 (fused_adamw: public here)
 
 
 class LiteStudent(nn.Module):
@@ -163,18 +163,6 @@ class FullStudent(nn.Module):
     def forward(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(**inputs, output_hidden_states=True)
         return out.logits, mean_pool(out.hidden_states[-1], inputs["attention_mask"])
-
-
-def fused_adamw(device: torch.device) -> bool:
-    """True where PyTorch has a fused AdamW kernel for ``device`` (CUDA; the CPU from torch 2.4): one pass over each
-    parameter instead of a dozen elementwise ones. The trainer and the vector env's stacked students
-    (:mod:`kd_gym.student_stack`) both use it there, so that their students stay identical."""
-    if not hasattr(torch, "_fused_adamw_"):
-        return False
-    if device.type == "cuda":
-        return True
-    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-    return device.type == "cpu" and version >= (2, 4)
 
 
 class StudentTrainer:
