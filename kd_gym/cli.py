@@ -50,7 +50,7 @@ def _teachers_build(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise SystemExit(f"kd-gym teachers build: --seed {args.seed} is invalid; use a seed >= 0")
     if args.dry_run:
-        from kd_gym.prepare.pool_build import build_plan
+        from kd_gym.prepare.pool_plan import build_plan
 
         print(build_plan(args.task, pool=args.pool, seed=args.seed, task_kwargs=task_kwargs_from(args)))
         return 0
