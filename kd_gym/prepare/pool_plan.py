@@ -9,11 +9,13 @@ from kd_gym.prepare.pool_build import pool_recipes, recipe_updates, recipe_words
 from kd_gym.tasks import load_task
 
 #: seconds per fine-tuning update of one MiniLM layer (batch 32, micro-batches, fused AdamW), and per row and layer
-#: of the teachers' logits, measured on a 2-core CPU without bf16 (AMD EPYC): the siloed tweets pool fine-tuned its
-#: 750 updates of 3 layers and 32 of 1 layer in 297 s, and wrote 25,300 rows x 16 layers of logits in 240 s
-SECONDS_PER_LAYER_UPDATE = 0.13
-SECONDS_PER_ROW_LAYER = 0.00059
-#: seconds per row of the MiniLM (6 layers) sentence embeddings (k-means silos; the lite env's observation)
+#: of the teachers' logits, measured on a 2-core CPU (this release's machine, from an empty cache): the siloed
+#: tweets pool fine-tuned its 750 updates of 3 layers and 32 of 1 layer in 151 s, and wrote 25,325 rows x 16 layers
+#: of logits in 74 s (an earlier, slower 2-core machine took 297 s and 240 s)
+SECONDS_PER_LAYER_UPDATE = 0.066
+SECONDS_PER_ROW_LAYER = 0.00018
+#: seconds per row of the MiniLM (6 layers) sentence embeddings (k-means silos; the lite env's observation),
+#: measured on the earlier machine (115 s for the 37,243 tweets): an upper bound
 SECONDS_PER_EMBEDDED_ROW = 0.0031
 
 
