@@ -18,6 +18,8 @@ moving a row by its old momentum and decays it on every step. docs/env.md gives 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -26,12 +28,17 @@ def fused_adamw(device: torch.device) -> bool:
     parameter instead of a dozen elementwise ones. The trainer, the vector env's stacked students
     (:mod:`kd_gym.student_stack`) and the sparse student's rows all use it there, so that their students stay
     identical."""
+    return _fused_adamw_for(device.type)
+
+
+@functools.cache
+def _fused_adamw_for(device_type: str) -> bool:
     if not hasattr(torch, "_fused_adamw_"):
         return False
-    if device.type == "cuda":
+    if device_type == "cuda":
         return True
     version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-    return device.type == "cpu" and version >= (2, 4)
+    return device_type == "cpu" and version >= (2, 4)
 
 
 def row_gradients(rows: torch.Tensor, real: torch.Tensor, grad_sum: torch.Tensor, num_rows: int,
@@ -73,8 +80,10 @@ def lazy_adamw_rows_(table: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: tor
     :param rows: (U,) distinct rows; :param grad: (U, D) their gradients.
     :param segments: ``(start, end, t)``: rows ``rows[start:end]`` take AdamW step ``t`` (already incremented).
     """
-    p, m, v = table.index_select(0, rows), exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
     blocks = [(a, b, t) for a, b, t in segments if b > a]
+    if not blocks:  # a batch of padding only touched no row
+        return
+    p, m, v = table.index_select(0, rows), exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
     if fused_adamw(table.device):
         steps = [torch.tensor(float(t), device=table.device) for _, _, t in blocks]
         torch._fused_adamw_([p[a:b] for a, b, _ in blocks], [grad[a:b] for a, b, _ in blocks],

@@ -168,7 +168,8 @@ class FullStudent(nn.Module):
 class StudentTrainer:
     """Owns the student model, optimizer, device and precision; one KD update per :meth:`train_step`.
 
-    :param model: a :class:`LiteStudent` or :class:`FullStudent` (any module returning (logits, representation)).
+    :param model: a :class:`NgramStudent`, :class:`LiteStudent` or :class:`FullStudent` (any module returning
+        (logits, representation)); an ``NgramStudent(sparse=True)`` is trained by :class:`~kd_gym.sparse.LazyAdamW`.
     :param data: the splits as tensors; moved to the trainer's device once.
     :param lr: AdamW learning rate.
     :param weight_decay: AdamW weight decay.
@@ -286,8 +287,8 @@ class StudentTrainer:
         result.loss.backward()
         params = list(self.model.parameters())
         sparse = [p for p in params if p.grad is not None and p.grad.is_sparse]
-        for p in sparse:  # one entry per row already (autograd drops the flag): coalesce() only marks it so
-            p.grad = p.grad.coalesce()
+        for p in sparse:  # one entry per touched row, ascending (kd_gym.sparse.row_gradients) from one backward pass
+            p.grad._coalesced_(True)  # (the gradients were set to None before it): autograd drops the flag, set it back
         if self.grad_clip and sparse:
             clip_grad_norm_(params, self.grad_clip)  # scales the sparse gradient's values: nothing densified
         elif self.grad_clip:

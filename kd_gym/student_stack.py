@@ -14,6 +14,11 @@ Student n of :class:`StackedLiteStudents` (:class:`StackedNgramStudents`) comput
   clipping of each student's global norm and the same AdamW arithmetic (``torch.optim.AdamW``'s single-tensor update,
   elementwise, with each student's own step count).
 
+The sparse n-gram students (``NgramStudent(sparse=True)``, the default) take the single student's sparse path for
+all N at once: the rows each batch touched and their gradients (:func:`~kd_gym.sparse.row_gradients`), each
+student's clipping over its own rows and classifier, and the lazy AdamW of :mod:`kd_gym.sparse` with one block per
+student.
+
 So the students' weights agree with the single trainers' to float32 rounding (a batched matrix product may take
 another kernel than a single one for some shapes and layouts; on a CPU they are bit-identical at the tiny test sizes
 and at the lite env's default sizes, tests/test_vector_sizes.py); the reported per-student loss parts
@@ -320,8 +325,9 @@ class StackedNgramStudents(StackedStudents):
     mean's (``grad / count``, spread over the ids and masked), and the table's gradient accumulated row by row in
     the order of the ids (``index_add_`` into the zeroed buffer; the single student's ``nn.Embedding`` backward adds
     the same rows in the same order). A padding id (0) of student n indexes its row n * V, which stays zero as the
-    single student's padding row does: its gradient terms are masked to (signed) zeros. Options:
-    :class:`StackedStudents`."""
+    single student's padding row does: its gradient terms are masked to (signed) zeros. A sparse template
+    (``sparse=True``) takes :meth:`_sparse_update` instead: only the rows the batches touched are read and written.
+    Options: :class:`StackedStudents`."""
 
     input_key = "ngram_ids"
 

@@ -74,10 +74,11 @@ class TaskOptions:
     allow_rare_labels: bool = False
     """keep train labels rarer than 0.5% of the rows as classes (default: an error, they are usually stray values)"""
     silo_column: str | None = None
-    """column naming each row's domain: the siloed pool's silos, one expert each (None: tweets' topic; other tasks
-    get k-means clusters of the rows' sentence embeddings)"""
+    """column naming each row's domain: the siloed pool's silos, one expert each (None: tweets' topic, snippets'
+    domain; other tasks get k-means clusters of the rows' sentence embeddings)"""
     kmeans_silos: int = KMEANS_SILOS
-    """silos of a task without a silo column: k-means clusters of the rows' sentence embeddings"""
+    """silos of a task without a silo column: k-means clusters of the rows' sentence embeddings (unused where a silo
+    column gives the silos)"""
 
 
 def available_tasks() -> list[str]:
@@ -347,6 +348,9 @@ def load_task(name: str = "tweets", *, seed: int = 0, data_files: str | dict[str
         raise ValueError(f"kmeans_silos={kmeans_silos!r} is invalid; use an integer >= 2 (silos need a choice "
                          "between experts), e.g. 5")
     columns = {"text_column": text_column, "text_pair_column": text_pair_column, "label_column": label_column}
+    if silo_column is not None and silo_column in columns.values():
+        raise ValueError(f"silo_column={silo_column!r} is also the task's text or label column; name a column that "
+                         "marks each row's domain (a source, a product category, a language)")
     metric = "accuracy"
     extra: dict = {}
     if data_files is not None or Path(name).suffix.lower() in LOCAL_BUILDERS:

@@ -88,7 +88,7 @@ def plain_kd_loop(model: torch.nn.Module, split: SplitTensors, batches: list[np.
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if sparse:
-                model.embedding.weight.grad = model.embedding.weight.grad.coalesce()
+                model.embedding.weight.grad._coalesced_(True)  # unique rows, one backward: as the trainer marks it
             clip(list(model.parameters()), 1.0)
             optimizer.step()
         if device.type == "cuda":

@@ -98,6 +98,8 @@ def test_a_silo_column_names_the_silos_and_its_own_pool_folder(tmp_path, kd_home
     assert default_pool_dir(str(path), silo_column="source").name.startswith("domains-siloed-by-source-")
     with pytest.raises(ValueError, match=r"column 'domain' is missing .* pass silo_column=\.\.\."):
         load_task(str(path), silo_column="domain")
+    with pytest.raises(ValueError, match=r"silo_column='label' is also the task's text or label column"):
+        load_task(str(path), silo_column="label")
     with pytest.raises(ValueError, match=r"kmeans_silos=1 is invalid; use an integer >= 2"):
         load_task(str(path), kmeans_silos=1)
     rows.assign(source="shop").to_csv(path, index=False)

@@ -79,3 +79,27 @@ def test_the_sparse_student_keeps_its_exact_resume_and_lookahead() -> None:
     assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in before.items())
     trainer.train_step(batch_of(1), weights)  # the moments came back too: the same update again
     assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in after.items())
+
+
+def test_a_batch_of_padding_only_updates_the_classifier_and_touches_no_row() -> None:
+    from kd_gym.student_stack import StackedNgramStudents, stacked_kd_loss
+
+    trainer = StudentTrainer(NgramStudent(BUCKETS, C, DIM, sparse=True), KDData(None, ["t0", "t1"]), lr=1e-2,
+                             device="cpu")
+    trainer.reset(seed=0)
+    table = trainer.model.embedding.weight.detach().clone()
+    batch = batch_of(0)
+    batch["inputs"]["ngram_ids"] = torch.zeros_like(batch["inputs"]["ngram_ids"])
+    trainer.train_step(batch, torch.full((5, K), 0.5))
+    assert torch.equal(trainer.model.embedding.weight, table) and trainer.steps == 1
+    stack = StackedNgramStudents(NgramStudent(BUCKETS, C, DIM, sparse=True), 2, lr=1e-2, weight_decay=0.01,
+                                 grad_clip=1.0, device="cpu")
+    stack.reset(0, 0)
+    stack.reset(1, 1)
+    ids = torch.zeros(2, 5, 6, dtype=torch.int32)
+    logits, _ = stack.forward(ids, train=True)
+    logits.requires_grad_()
+    loss = stacked_kd_loss(logits, torch.randn(2, 5, K, C), torch.rand(2, 5, K), torch.randint(0, C, (2, 5)),
+                           alpha=0.5, temperature=2.0)
+    stack.update(torch.autograd.grad(loss.loss.sum(), logits)[0])
+    assert stack.steps.tolist() == [1, 1]

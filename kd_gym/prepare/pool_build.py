@@ -364,7 +364,10 @@ def pool_manifest(folder: Path, task: Task) -> dict:
     if by_silo is not None and not {"equal_weights", "any_right"} <= set(by_silo):
         teachers = TeacherPool.from_manifest(folder / "pool.json")
         manifest["dev_by_silo"] = silo_accuracy(folder, task, teachers, "dev")
-        (folder / "pool.json").write_text(json.dumps(manifest, indent=2))
+        try:
+            (folder / "pool.json").write_text(json.dumps(manifest, indent=2))
+        except OSError:  # a read-only pool: the figures are computed again next time
+            pass
     return manifest
 
 
@@ -396,7 +399,7 @@ def silo_accuracy(pool_dir: Path, task: Task, teachers: TeacherPool, split: str 
     ``{"rows": {silo: n}, "accuracy": {teacher: {silo: acc}}, "routed": acc, "any_right": acc,
     "equal_weights": acc}``, where ``routed`` sends every row to its own silo's expert (a teacher of the pool trained
     on that silo alone), ``any_right`` is the share of rows some teacher gets right (the gold-label oracle's reach)
-    and ``equal_weights`` is the mean of the teachers' probabilities (T = 1)."""
+    and ``equal_weights`` is the accuracy of the mean of the teachers' probabilities (T = 1)."""
     from kd_gym.defaults import pool_silos
 
     row_silos, expert_of = pool_silos(pool_dir, task, split)
@@ -408,7 +411,7 @@ def silo_accuracy(pool_dir: Path, task: Task, teachers: TeacherPool, split: str 
     experts = {silo: k for k, silo in enumerate(expert_of) if silo is not None}
     routed = [right[i, experts[s]] for i, s in enumerate(row_silos) if s in experts]
     probs = torch.softmax(teachers.logits(task, split).float(), dim=-1)  # (N, K, C)
-    mixed = probs.mean(1).argmax(-1).numpy() == task.labels(split)  # equal weights, as the loss mixes them
+    mixed = probs.mean(1).argmax(-1).numpy() == task.labels(split)  # equal weights, at T = 1
     return {"rows": {s: int((row_silos == s).sum()) for s in names}, "accuracy": accuracy,
             "routed": round(float(np.mean(routed)), 4) if routed else None,
             "any_right": round(float(right.any(1).mean()), 4), "equal_weights": round(float(mixed.mean()), 4)}
