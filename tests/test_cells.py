@@ -16,3 +16,12 @@ def test_an_sb3_cell_is_stale_once_the_hyperparameter_entry_it_reads_changes(tmp
     assert cell_config_hash(args, "uniform") == before["uniform"]  # reads no yml
     yml.write_text("default:\n  policy: MlpPolicy\n  n_steps: 4\n")
     assert cell_config_hash(args, "ppo") == before["ppo"]
+
+
+def test_a_cell_of_the_earlier_dense_default_is_not_taken_for_the_sparse_default():
+    default, dense, sparse = (build_parser().parse_args(["bench", *extra])
+                              for extra in ([], ["--ngram-update", "dense"], ["--ngram-update", "sparse"]))
+    default.scenario = dense.scenario = sparse.scenario = "default"  # as bench() sets it before hashing
+    hashes = {cell_config_hash(a, "uniform") for a in (default, dense, sparse)}
+    assert cell_config_hash(default, "uniform") != "a5706ef35450"  # the earlier default's hash (a dense student)
+    assert len(hashes) == 3 and cell_config_hash(default, "uniform") != cell_config_hash(dense, "uniform")

@@ -79,8 +79,12 @@ def cell_config_hash(args: argparse.Namespace, agent: str) -> str:
     """A short hash of everything that defines a cell's result except its seed: agent, env, budget, scenario, the
     env and agent options given on the command line, and, for an SB3 agent, the hyperparameter entry it reads (so a
     cell run before its yml changed is run again, not reported as done)."""
+    env_kwargs = env_kwargs_from(args)
     config = {"agent": agent, "env": args.env, "steps": args.steps, "scenario": args.scenario or "default",
-              "env_kwargs": env_kwargs_from(args), "agent_kwargs": agent_kwargs_from(args, agent)}
+              "env_kwargs": env_kwargs, "agent_kwargs": agent_kwargs_from(args, agent)}
+    if args.env == "lite" and env_kwargs.get("lite_student", "ngrams") == "ngrams" and "ngram_update" not in env_kwargs:
+        # the default n-gram student became sparse: a cell of the earlier (dense) default is not reported as done
+        config["ngram_update"] = "sparse"
     hyperparams = hyperparams_entry(args, agent)
     if hyperparams is not None:
         config["hyperparams"] = hyperparams
