@@ -41,6 +41,17 @@ def _fused_adamw_for(device_type: str) -> bool:
     return device_type == "cpu" and version >= (2, 4)
 
 
+def fused_adamw_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                 exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], *, lr: float, weight_decay: float,
+                 betas: tuple[float, float], eps: float) -> None:
+    """One call of PyTorch's fused AdamW kernel (what ``torch.optim.AdamW(fused=True).step()`` runs) on tensors of
+    its own choosing, each with its step count (already incremented) in ``steps``: each tensor is updated as one
+    parameter of its own."""
+    torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=lr, beta1=betas[0],
+                        beta2=betas[1], weight_decay=weight_decay, eps=eps, maximize=False, grad_scale=None,
+                        found_inf=None)
+
+
 def row_gradients(rows: torch.Tensor, real: torch.Tensor, grad_sum: torch.Tensor, num_rows: int,
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradient of an embedding table under bags of rows summed: each real position of bag b receives bag b's
@@ -86,10 +97,8 @@ def lazy_adamw_rows_(table: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: tor
     p, m, v = table.index_select(0, rows), exp_avg.index_select(0, rows), exp_avg_sq.index_select(0, rows)
     if fused_adamw(table.device):
         steps = [torch.tensor(float(t), device=table.device) for _, _, t in blocks]
-        torch._fused_adamw_([p[a:b] for a, b, _ in blocks], [grad[a:b] for a, b, _ in blocks],
-                            [m[a:b] for a, b, _ in blocks], [v[a:b] for a, b, _ in blocks], [], steps, amsgrad=False,
-                            lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=weight_decay, eps=eps, maximize=False,
-                            grad_scale=None, found_inf=None)
+        fused_adamw_(*([t[a:b] for a, b, _ in blocks] for t in (p, grad, m, v)), steps, lr=lr,
+                     weight_decay=weight_decay, betas=betas, eps=eps)
     else:
         for a, b, t in blocks:
             adamw_tensor_(p[a:b], grad[a:b], m[a:b], v[a:b], float(t), lr=lr, weight_decay=weight_decay,
@@ -177,10 +186,7 @@ class LazyAdamW(torch.optim.Optimizer):
             exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
             if fused_adamw(params[0].device):
                 steps = [s["step"].to(params[0].device) for s in states]
-                torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
-                                    lr=options["lr"], beta1=options["betas"][0], beta2=options["betas"][1],
-                                    weight_decay=options["weight_decay"], eps=options["eps"], maximize=False,
-                                    grad_scale=None, found_inf=None)
+                fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, steps, **options)
                 continue
             for p, g, m, v, state in zip(params, grads, exp_avgs, exp_avg_sqs, states):
                 adamw_tensor_(p, g, m, v, float(state["step"]), **options)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
-from kd_gym.sparse import adamw_tensor_, lazy_adamw_rows_, row_gradients
+from kd_gym.sparse import adamw_tensor_, fused_adamw_, lazy_adamw_rows_, row_gradients
 from kd_gym.student import LiteStudent, NgramStudent, fused_adamw
 
 
@@ -203,9 +203,8 @@ class StackedStudents:
         runs for one student, for all N (each block a contiguous (shape,) view of the flat buffers)."""
         self._step_values.copy_(torch.from_numpy(self.steps))
         params, grads, exp_avgs, exp_avg_sqs = self._blocks
-        torch._fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, [], self._block_steps, amsgrad=False, lr=self.lr,
-                            beta1=self.betas[0], beta2=self.betas[1], weight_decay=self.weight_decay, eps=self.eps,
-                            maximize=False, grad_scale=None, found_inf=None)
+        fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, self._block_steps, lr=self.lr,
+                     weight_decay=self.weight_decay, betas=self.betas, eps=self.eps)
 
     def predict(self, inputs: torch.Tensor, index: np.ndarray | None = None, chunk: int = 512) -> torch.Tensor:
         """(n, M, C) eval-mode logits of the students ``index`` (None: all) on shared rows ``inputs`` (M, D), in
