@@ -18,7 +18,7 @@ from typing import Any
 
 STUDENTS = ("lite", "full")
 LITE_STUDENTS = ("ngrams", "mlp")
-NGRAM_UPDATES = ("sparse", "dense")
+NGRAM_UPDATES = ("sparse", "dense", "sgd")
 ORACLES = ("auto", "gold", "silo", "silo-gold", "silo-mix")  # as kd_gym.regime.ORACLES
 ACTION_TYPES = ("weights", "select")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -78,7 +78,11 @@ class EnvConfig:
     """ngrams lite student: embedding size"""
     ngram_update: str = "sparse"
     """ngrams lite student: sparse (a step reads and writes only the table rows its batch touched, lazy AdamW, as
-    fastText) | dense (AdamW over the whole table every step: the earlier default, its numbers reproducible)"""
+    fastText) | dense (AdamW over the whole table every step: the earlier default, its numbers reproducible) | sgd
+    (fastText's own rule on the rows touched: SGD at ngram_sgd_lr, decaying linearly over episode_steps, no moments;
+    AdamW on the classifier)"""
+    ngram_sgd_lr: float = 128.0
+    """ngrams lite student, ngram_update=sgd: the table rows' SGD learning rate at the first update"""
     lite_hidden: int = 128
     """mlp lite student: hidden units of the MLP head (0: a linear classifier)"""
     lr: float | None = None
@@ -148,6 +152,7 @@ class EnvConfig:
         require(_real(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", "use a number in [0, 1], e.g. 0.5")
         require(self.lr is None or (_real(self.lr) and self.lr > 0), "lr", "use a number > 0, or None for the default")
         require(_real(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "use a number >= 0")
+        require(_real(self.ngram_sgd_lr) and self.ngram_sgd_lr > 0, "ngram_sgd_lr", "use a number > 0, e.g. 0.5")
         require(_real(self.reward_scale), "reward_scale", "use a finite number")
         return self
 

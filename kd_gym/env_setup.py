@@ -75,7 +75,9 @@ def build_student(config: EnvConfig, data: KDData) -> tuple[torch.nn.Module, flo
             raise ValueError("lite_student='ngrams' needs inputs['ngram_ids'] in the data; build it with "
                              "kd_gym.prepare.tensors.build_lite_data(..., ngram_buckets=...) or use lite_student='mlp'")
         buckets = max(config.ngram_buckets, int(ids.max()) + 1)
-        student = NgramStudent(buckets, data.num_labels, config.ngram_dim, sparse=config.ngram_update == "sparse")
+        sgd = config.ngram_update == "sgd"
+        student = NgramStudent(buckets, data.num_labels, config.ngram_dim, sparse=config.ngram_update != "dense",
+                               sgd_lr=config.ngram_sgd_lr if sgd else None, sgd_steps=config.episode_steps if sgd else None)
         return student, config.lr or 1e-2
     if config.student == "lite":
         input_size = data.splits["train"].inputs["embeddings"].shape[1]

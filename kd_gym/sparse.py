@@ -14,6 +14,11 @@ of the vector env (:class:`~kd_gym.student_stack.StackedNgramStudents`), so that
 
 Untouched rows are left exactly as they are, so this is not AdamW's arithmetic on them: a dense AdamW step keeps
 moving a row by its old momentum and decays it on every step. docs/env.md gives the numbers of both students.
+
+fastText's own rule is the third choice (``ngram_update="sgd"``): plain SGD on the table rows with a learning rate
+that decays linearly over the run (:func:`sgd_lr`), each position's gradient added straight into its row
+(:func:`real_positions`, :func:`sgd_rows_`): no moments to gather and write back, no search for the distinct
+rows. The classifier keeps AdamW.
 """
 
 from __future__ import annotations
@@ -120,30 +125,89 @@ def adamw_tensor_(p: torch.Tensor, grad: torch.Tensor, m: torch.Tensor, v: torch
     p.addcdiv_(m, denom, value=-(lr / (1 - beta1**t)))
 
 
+def real_positions(rows: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real positions of bags of rows, in row-major order (bag by bag, left to right): the row each looked up,
+    and its bag. A bag's gradient spread over them (``grad_sum.index_select(0, bag)``) is what
+    ``nn.Embedding(sparse=True)``'s backward gives as values, one entry per position; padding gets none.
+
+    :param rows: (B, L) the table row of each position; :param real: (B, L) bool, the positions that count.
+    :return: ``index`` (M,) the rows of the M real positions and ``bag`` (M,) the bag of each.
+    """
+    flat = real.reshape(-1).nonzero().squeeze(1)
+    return rows.reshape(-1).index_select(0, flat), torch.div(flat, real.shape[1], rounding_mode="floor")
+
+
+def real_bag_sum(table: torch.Tensor, rows: torch.Tensor, real: torch.Tensor,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, D) the sum of each bag's real rows of ``table``, gathered from the real positions only
+    (``F.embedding_bag``; a padded ``F.embedding(rows, table).sum(1)`` reads every padding position too, and sums in
+    another order, ~1e-7 apart), with what :func:`real_positions` gives, for the backward pass.
+
+    :param rows: (B, L) the table row of each position; :param real: (B, L) bool, the positions that count.
+    :return: the sums, ``index`` and ``bag``.
+    """
+    index, bag = real_positions(rows, real)
+    offsets = torch.zeros(len(rows), dtype=torch.long, device=rows.device)
+    offsets[1:] = real.sum(1).cumsum(0)[:-1]
+    return torch.nn.functional.embedding_bag(index, table, offsets, mode="sum"), index, bag
+
+
+def sgd_lr(lr: float, step: int, total_steps: int | None) -> float:
+    """fastText's learning rate at update ``step`` (1-based) of ``total_steps``: ``lr * (1 - (step - 1) / total)``,
+    linear decay from ``lr`` to ``lr / total`` at the last update (and held there after it); constant without a
+    total."""
+    if not total_steps:
+        return lr
+    return lr * (1.0 - (min(step, total_steps) - 1) / total_steps)
+
+
+@torch.no_grad()
+def sgd_rows_(table: torch.Tensor, rows: torch.Tensor, steps: torch.Tensor) -> None:
+    """fastText's update of the rows of ``table`` in place: ``table[rows[i]] += steps[i]`` for every position i in
+    order, duplicates accumulating (``index_add_``); every other row is left as it is.
+
+    :param rows: (M,) the row of each real position (:func:`real_positions`).
+    :param steps: (M, D) each position's step, ``-lr * gradient``: the same products whether the gradient is scaled
+        before it is spread over the positions (the stacked students, each at its own rate) or after (the single
+        student), so that a student's rows get the same numbers in a stack as alone.
+    """
+    table.index_add_(0, rows, steps)
+
+
 class _BagSum(torch.autograd.Function):
     """``F.embedding(ids, table).sum(1)`` whose backward gives the table a sparse gradient of the rows touched
     (:func:`row_gradients`, coalesced), for :class:`LazyAdamW`. Differentiable once; the students' credit, which
     differentiates twice, runs the dense lookup in eval mode."""
 
     @staticmethod
-    def forward(ctx, ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, ids: torch.Tensor, table: torch.Tensor, per_position: bool) -> torch.Tensor:
+        ctx.table_shape, ctx.per_position = table.shape, per_position
+        if per_position:  # fastText's SGD: the real positions only, kept for the backward pass
+            total, index, bag = real_bag_sum(table, ids.long(), ids != 0)
+            ctx.save_for_backward(index, bag)
+            return total
         ctx.save_for_backward(ids)
-        ctx.table_shape = table.shape
         return torch.nn.functional.embedding(ids, table).sum(1)
 
     @staticmethod
-    def backward(ctx, grad_sum: torch.Tensor) -> tuple[None, torch.Tensor]:
+    def backward(ctx, grad_sum: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        if ctx.per_position:  # one entry per real position, in order, uncoalesced: for sgd_rows_
+            index, bag = ctx.saved_tensors
+            grad = torch.sparse_coo_tensor(index.unsqueeze(0), grad_sum.index_select(0, bag), ctx.table_shape,
+                                           is_coalesced=False, check_invariants=False)
+            return None, grad, None
         (ids,) = ctx.saved_tensors
         rows, summed = row_gradients(ids.long(), ids != 0, grad_sum, ctx.table_shape[0])
         grad = torch.sparse_coo_tensor(rows.unsqueeze(0), summed, ctx.table_shape, is_coalesced=True,
                                        check_invariants=False)  # unique rows, in range: valid by construction
-        return None, grad
+        return None, grad, None
 
 
-def bag_sum(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+def bag_sum(ids: torch.Tensor, table: torch.Tensor, per_position: bool = False) -> torch.Tensor:
     """(B, D) the sum of the rows ``ids`` (B, L) of ``table`` (row 0 pads: zero, no gradient); the table's gradient
-    is sparse (:class:`_BagSum`)."""
-    return _BagSum.apply(ids, table)
+    is sparse (:class:`_BagSum`): the distinct rows touched and their summed gradients (coalesced), or with
+    ``per_position`` one entry per real position in order (:func:`real_positions`, for fastText's SGD)."""
+    return _BagSum.apply(ids, table, per_position)
 
 
 class LazyAdamW(torch.optim.Optimizer):
@@ -151,12 +215,17 @@ class LazyAdamW(torch.optim.Optimizer):
     under ``NgramStudent(sparse=True)``). Dense parameters take PyTorch's fused AdamW kernel where this torch has one
     (:func:`fused_adamw`), as the stacked students do; else ``torch.optim.AdamW``'s arithmetic.
 
+    With ``row_sgd=(lr, total_steps)`` a sparse gradient's rows take fastText's SGD instead (:func:`sgd_rows_` at
+    :func:`sgd_lr`; the gradient one entry per position, ``bag_sum(..., per_position=True)``), without moments.
+
     :param params: the student's parameters; :param lr:, :param weight_decay:, :param betas:, :param eps: AdamW's.
+    :param row_sgd: None (lazy AdamW on the rows) or fastText's SGD: its learning rate and the updates it decays over.
     """
 
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
+                 eps: float = 1e-8, row_sgd: tuple[float, int | None] | None = None) -> None:
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "betas": betas, "eps": eps})
+        self.row_sgd = row_sgd
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 (torch.optim.Optimizer's signature)
@@ -168,12 +237,18 @@ class LazyAdamW(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 state = self.state[p]
+                sgd = p.grad.is_sparse and self.row_sgd is not None
                 if not state:
                     state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    if not sgd:
+                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                if p.grad.is_sparse:
+                if sgd:
+                    rate = sgd_lr(self.row_sgd[0], int(state["step"]), self.row_sgd[1])
+                    sgd_rows_(p, p.grad._indices()[0], p.grad._values() * -torch.tensor(rate, dtype=p.dtype,
+                                                                                          device=p.device))
+                elif p.grad.is_sparse:
                     rows = p.grad._indices()[0]
                     lazy_adamw_rows_(p, state["exp_avg"], state["exp_avg_sq"], rows, p.grad._values(),
                                      [(0, len(rows), int(state["step"]))], **options)

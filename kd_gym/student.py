@@ -78,12 +78,17 @@ class NgramStudent(nn.Module):
     :param sparse: a training step gives the table a sparse gradient of the rows its batch touched, and
         :class:`StudentTrainer` updates only those rows (:class:`~kd_gym.sparse.LazyAdamW`), as fastText does; False:
         a dense gradient and AdamW over the whole table on every step.
+    :param sgd_lr: the table rows take fastText's SGD from this learning rate, decaying linearly over ``sgd_steps``
+        updates (:func:`~kd_gym.sparse.sgd_lr`; implies ``sparse``); None: AdamW. The classifier takes AdamW either way.
+    :param sgd_steps: the updates the SGD learning rate decays over (None: constant).
     """
 
-    def __init__(self, buckets: int, num_labels: int, dim: int = 32, sparse: bool = False) -> None:
+    def __init__(self, buckets: int, num_labels: int, dim: int = 32, sparse: bool = False,
+                 sgd_lr: float | None = None, sgd_steps: int | None = None) -> None:
         super().__init__()
         self.representation_size = dim
-        self.sparse = sparse
+        self.sparse = sparse or sgd_lr is not None
+        self.sgd_lr, self.sgd_steps = sgd_lr, sgd_steps
         # nn.Embedding and a masked mean rather than nn.EmbeddingBag: the same numbers, and a double backward (the
         # per-pair credit and the meta-gradient rival differentiate twice; EmbeddingBag's backward has no derivative)
         self.embedding = nn.Embedding(buckets, dim, padding_idx=0)
@@ -130,7 +135,7 @@ class NgramStudent(nn.Module):
         # sum over the real ids: no mask to multiply by (a pass over (B, L, dim) saved; the same numbers).
         count = (ngram_ids != 0).sum(1, keepdim=True).to(self.embedding.weight.dtype).clamp_min(1.0)  # (B, 1)
         if self.sparse and self.training and torch.is_grad_enabled():  # the same sum, with a sparse table gradient
-            total = bag_sum(ngram_ids, self.embedding.weight)
+            total = bag_sum(ngram_ids, self.embedding.weight, per_position=self.sgd_lr is not None)
         else:
             total = self.embedding(ngram_ids).sum(1)
         representation = total / count  # (B, dim)
@@ -231,7 +236,9 @@ class StudentTrainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         if getattr(self.model, "sparse", False):  # only the table rows a batch touched are read and written
-            return LazyAdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+            sgd_lr = getattr(self.model, "sgd_lr", None)
+            row_sgd = None if sgd_lr is None else (sgd_lr, self.model.sgd_steps)
+            return LazyAdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay, row_sgd=row_sgd)
         fused = {"fused": True} if fused_adamw(self.device) else {}
         return torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay, **fused)
 
@@ -287,6 +294,8 @@ class StudentTrainer:
         result.loss.backward()
         params = list(self.model.parameters())
         sparse = [p for p in params if p.grad is not None and p.grad.is_sparse]
+        if sparse and getattr(self.model, "sgd_lr", None) is not None:  # fastText's SGD on the rows: not clipped
+            params, sparse = [p for p in params if p.grad is None or not p.grad.is_sparse], []
         for p in sparse:  # one entry per touched row, ascending (kd_gym.sparse.row_gradients) from one backward pass
             p.grad._coalesced_(True)  # (the gradients were set to None before it): autograd drops the flag, set it back
         if self.grad_clip and sparse:

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
-from kd_gym.sparse import adamw_tensor_, fused_adamw_, lazy_adamw_rows_, row_gradients
+from kd_gym.sparse import (adamw_tensor_, fused_adamw_, lazy_adamw_rows_, real_bag_sum, row_gradients, sgd_lr,
+                           sgd_rows_)
 from kd_gym.student import LiteStudent, NgramStudent, fused_adamw
 
 
@@ -335,6 +336,9 @@ class StackedNgramStudents(StackedStudents):
         self.buckets, self.dim = self.template.embedding.weight.shape
         #: the template's ``sparse``: only the table rows a batch touched are read and written (kd_gym.sparse)
         self.sparse = bool(getattr(self.template, "sparse", False))
+        #: the template's fastText SGD on the table rows (learning rate, updates it decays over), or None (AdamW)
+        self.row_sgd = (None if getattr(self.template, "sgd_lr", None) is None
+                        else (self.template.sgd_lr, self.template.sgd_steps))
         if self.sparse:  # the fused AdamW call covers the classifier; the table's rows take lazy_adamw_rows_
             self._blocks = [[t[i] for i in range(num_students) for t in views[1:]]
                             for views in (self.params, self.grads, *self._moments)]
@@ -360,13 +364,17 @@ class StackedNgramStudents(StackedStudents):
         # student's zero row), then the classifier per student
         real = (ids != 0).view(n * batch, length, 1)
         count = real.sum(1).to(table.dtype).clamp_min(1.0)
-        representation = (F.embedding(rows, table).sum(1) / count).view(n, batch, self.dim)
+        if train and self.row_sgd is not None:  # the real positions only, as NgramStudent(sgd_lr=...) trains
+            total, *positions = real_bag_sum(table, rows, real.view(rows.shape))
+        else:
+            total, positions = F.embedding(rows, table).sum(1), None
+        representation = (total / count).view(n, batch, self.dim)
         w, b = self.params[1:] if index is None else (p[torch.as_tensor(students, device=self.device)]
                                                       for p in self.params[1:])
         with self._precision():
             logits = torch.baddbmm(b.unsqueeze(1), representation, w.transpose(1, 2))
         if train:
-            self._saved = (rows, real, count, representation)
+            self._saved = (rows, real, count, representation, positions)
         return logits.float(), representation.float()
 
     @torch.no_grad()
@@ -393,7 +401,7 @@ class StackedNgramStudents(StackedStudents):
         """One AdamW update of every student from d loss_n / d logits_n (N, B, C) of the last
         ``forward(..., train=True)``: the backward pass of the classifier, the masked mean and the embedding, per
         student, written into the flat gradient buffer, then the trainer's gradient clipping and AdamW."""
-        rows, real, count, representation = self._saved
+        rows, real, count, representation, positions = self._saved
         exact = self.dtype is None
         g_table, g_w, g_b = self.grads
         with self._precision():
@@ -403,7 +411,7 @@ class StackedNgramStudents(StackedStudents):
         # spread over the ids, masked: a padding id's gradient would land on its student's zero row, which
         # nn.Embedding's padding_idx leaves alone
         if self.sparse:
-            self._sparse_update(rows, real, grad.view(-1, self.dim) / count)
+            self._sparse_update(rows, real, grad.view(-1, self.dim) / count, positions)
             return
         grad = (grad.view(-1, self.dim) / count).unsqueeze(1).expand(-1, rows.shape[1], -1) * real  # (N * B, L, D)
         g_table.zero_()
@@ -413,36 +421,57 @@ class StackedNgramStudents(StackedStudents):
         self.steps += 1
         self._adamw()
 
-    def _sparse_update(self, rows: torch.Tensor, real: torch.Tensor, grad_sum: torch.Tensor) -> None:
+    def _sparse_update(self, rows: torch.Tensor, real: torch.Tensor, grad_sum: torch.Tensor,
+                       positions: list[torch.Tensor] | None) -> None:
         """The sparse student's backward and update from d loss / d (sum of the row's embeddings) (N * B, D): the
         table's gradient as the rows touched (:func:`~kd_gym.sparse.row_gradients`, what ``NgramStudent(sparse=True)``
         hands its optimizer), each student's gradient clipping over its own rows and classifier, then AdamW on the
         classifier and :func:`~kd_gym.sparse.lazy_adamw_rows_` on the rows."""
+        table = self.params[0].view(-1, self.dim)
+        if self.row_sgd is not None:  # fastText's SGD: each position's gradient added into its row, no clipping
+            self._classifier_update(None)
+            rates = torch.tensor([-sgd_lr(self.row_sgd[0], int(t), self.row_sgd[1]) for t in self.steps],
+                                 dtype=table.dtype, device=self.device)
+            index, bag = positions  # the forward pass's real positions (kd_gym.sparse.real_bag_sum)
+            steps = grad_sum * rates.repeat_interleave(len(rows) // self.num_students).unsqueeze(1)  # (N * B, D)
+            sgd_rows_(table, index, steps.index_select(0, bag))
+            return
         touched, summed = row_gradients(rows, real.view(rows.shape), grad_sum, self.num_students * self.buckets)
         student = torch.div(touched, self.buckets, rounding_mode="floor")  # (U,) whose row each is, ascending
         ends = torch.bincount(student, minlength=self.num_students).cumsum(0).tolist()
         segments = list(zip([0, *ends[:-1]], ends))  # student n's rows: summed[a:b]
+        table_norms = torch.stack([torch.linalg.vector_norm(summed[a:b]) for a, b in segments]) if self.grad_clip else None
+        coef = self._classifier_update(table_norms)
+        if coef is not None:
+            summed.mul_(coef[student].unsqueeze(1))
+        exp_avg, exp_avg_sq = (moment[0].view(-1, self.dim) for moment in self._moments)
+        lazy_adamw_rows_(table, exp_avg, exp_avg_sq, touched, summed,
+                         [(a, b, int(t)) for (a, b), t in zip(segments, self.steps)], lr=self.lr,
+                         weight_decay=self.weight_decay, betas=self.betas, eps=self.eps)
+
+    def _classifier_update(self, table_norms: torch.Tensor | None) -> torch.Tensor | None:
+        """Each student's gradient clipping (``clip_grad_norm_`` over its table rows' norm ``table_norms`` (N,), where
+        given, and its classifier's), one more step, and AdamW on the classifier. Returns the clipping coefficients
+        (N,) the table rows are still to be scaled by, or None where nothing is scaled."""
+        coef = None
         if self.grad_clip:  # clip_grad_norm_ per student: its rows' norm, its classifier's, the norm of those
-            table_norms = torch.stack([torch.linalg.vector_norm(summed[a:b]) for a, b in segments])
-            norms = torch.stack([table_norms, *[torch.linalg.vector_norm(g.flatten(1), dim=1) for g in self.grads[1:]]],
-                                dim=1)
+            norms = [torch.linalg.vector_norm(g.flatten(1), dim=1) for g in self.grads[1:]]
+            norms = torch.stack(norms if table_norms is None else [table_norms, *norms], dim=1)
             coef = (self.grad_clip / (torch.linalg.vector_norm(norms, dim=1) + 1e-6)).clamp(max=1.0)
             if self.device.type != "cpu" or bool((coef < 1.0).any()):
-                summed.mul_(coef[student].unsqueeze(1))
                 for g in self.grads[1:]:
                     g.mul_(_per_student(coef, g))
+            else:
+                coef = None
         self.steps += 1
-        options = {"lr": self.lr, "weight_decay": self.weight_decay, "betas": self.betas, "eps": self.eps}
         if fused_adamw(self.device):
             self._fused_adamw()
         else:  # torch.optim.AdamW's single-tensor update per student (LazyAdamW's arithmetic without the kernel)
+            options = {"lr": self.lr, "weight_decay": self.weight_decay, "betas": self.betas, "eps": self.eps}
             for i, t in enumerate(self.steps.tolist()):
                 for p, g, m, v in zip(*(views[1:] for views in (self.params, self.grads, *self._moments))):
                     adamw_tensor_(p[i], g[i], m[i], v[i], float(t), **options)
-        table = self.params[0].view(-1, self.dim)
-        exp_avg, exp_avg_sq = (moment[0].view(-1, self.dim) for moment in self._moments)
-        lazy_adamw_rows_(table, exp_avg, exp_avg_sq, touched, summed,
-                         [(a, b, int(t)) for (a, b), t in zip(segments, self.steps)], **options)
+        return coef
 
 
 def _per_student(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import kd_gym  # noqa: F401  (registers the env ids)
+from kd_gym.config import NGRAM_UPDATES
 from agents.experiments.run import ENVS
 from kd_gym.config import EnvConfig
 from kd_gym.data import KDData, SplitTensors
@@ -209,8 +210,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--lite-student", default="ngrams", choices=("ngrams", "mlp"),
                         help="the lite student (default: ngrams, the env's default)")
-    parser.add_argument("--ngram-update", default="sparse", choices=("sparse", "dense"),
-                        help="the ngrams student's update: sparse (the table rows a batch touched; the default) or dense")
+    parser.add_argument("--ngram-update", default="sparse", choices=NGRAM_UPDATES,
+                        help="the ngrams student's update: sparse (lazy AdamW on the table rows a batch touched; the "
+                             "default), dense (AdamW on the whole table) or sgd (fastText's SGD on the rows touched)")
     parser.add_argument("--dense", action="store_true",
                         help="also time the dense signals: reward=dev_loss_paired and credit=True")
     parser.add_argument("--ngram-parts", action="store_true",

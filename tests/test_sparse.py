@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kd_gym.data import KDData
-from kd_gym.sparse import bag_sum, row_gradients
+from kd_gym.losses import multi_teacher_kd_loss
+from kd_gym.sparse import bag_sum, row_gradients, sgd_lr
 from kd_gym.student import NgramStudent, StudentTrainer
 
 BUCKETS, DIM, C, K = 40, 6, 3, 2
@@ -65,8 +66,44 @@ def test_a_sparse_step_leaves_untouched_rows_and_matches_adamw_on_the_rows_touch
     assert not sparse_table[0].any()  # the padding row stays zero
 
 
-def test_the_sparse_student_keeps_its_exact_resume_and_lookahead() -> None:
-    trainer = StudentTrainer(NgramStudent(BUCKETS, C, DIM, sparse=True), KDData(None, ["t0", "t1"]), lr=1e-2,
+def test_fasttext_sgd_moves_the_rows_touched_by_the_decaying_rate_times_their_dense_gradient() -> None:
+    lr, total = 0.5, 4
+    trainer = StudentTrainer(NgramStudent(BUCKETS, C, DIM, sgd_lr=lr, sgd_steps=total), KDData(None, ["t0", "t1"]),
+                             lr=1e-2, device="cpu")
+    assert trainer.model.sparse  # SGD on the table implies the sparse path
+    trainer.reset(seed=3)
+    ids = batch_of(1)["inputs"]["ngram_ids"]
+    touched = torch.unique(ids[ids != 0]).long()
+    untouched = torch.ones(BUCKETS, dtype=torch.bool)
+    untouched[touched] = False
+    start = trainer.model.embedding.weight.detach().clone()
+    weights = torch.rand(5, K, generator=torch.Generator().manual_seed(2))
+    for step in range(1, total + 3):  # past the decay's end the rate is held at lr / total
+        before = trainer.model.embedding.weight.detach().clone()
+        dense = NgramStudent(BUCKETS, C, DIM)  # the same student with a dense table: its gradient, by autograd
+        dense.load_state_dict(trainer.model.state_dict())
+        batch = batch_of(1)
+        result = trainer.train_step(batch, weights)
+        logits, _ = dense(**batch["inputs"])
+        loss = multi_teacher_kd_loss(logits, batch["teacher_logits"], weights, batch["labels"], alpha=0.5,
+                                     temperature=2.0).loss
+        assert loss.item() == pytest.approx(result.loss.item(), abs=1e-6)
+        loss.backward()
+        expected = before - sgd_lr(lr, step, total) * dense.embedding.weight.grad
+        after = trainer.model.embedding.weight.detach()
+        torch.testing.assert_close(after[touched], expected[touched], atol=1e-6, rtol=0)
+        assert torch.equal(after[untouched], start[untouched])  # never read nor written; the padding row stays zero
+        assert "exp_avg" not in trainer.optimizer.state[trainer.model.embedding.weight]  # no moments for the table
+    assert sgd_lr(lr, 1, total) == lr and sgd_lr(lr, total, total) == sgd_lr(lr, total + 5, total) == lr / total
+    assert sgd_lr(lr, 50, None) == lr  # no total: constant
+
+
+ROW_RULES = {"lazy-adamw": {"sparse": True}, "fasttext-sgd": {"sgd_lr": 0.5, "sgd_steps": 3}}
+
+
+@pytest.mark.parametrize("rule", list(ROW_RULES))
+def test_the_sparse_student_keeps_its_exact_resume_and_lookahead(rule) -> None:
+    trainer = StudentTrainer(NgramStudent(BUCKETS, C, DIM, **ROW_RULES[rule]), KDData(None, ["t0", "t1"]), lr=1e-2,
                              device="cpu")
     trainer.reset(seed=0)
     weights = torch.full((5, K), 0.5)
@@ -81,10 +118,11 @@ def test_the_sparse_student_keeps_its_exact_resume_and_lookahead() -> None:
     assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in after.items())
 
 
-def test_a_batch_of_padding_only_updates_the_classifier_and_touches_no_row() -> None:
+@pytest.mark.parametrize("rule", list(ROW_RULES))
+def test_a_batch_of_padding_only_updates_the_classifier_and_touches_no_row(rule) -> None:
     from kd_gym.student_stack import StackedNgramStudents, stacked_kd_loss
 
-    trainer = StudentTrainer(NgramStudent(BUCKETS, C, DIM, sparse=True), KDData(None, ["t0", "t1"]), lr=1e-2,
+    trainer = StudentTrainer(NgramStudent(BUCKETS, C, DIM, **ROW_RULES[rule]), KDData(None, ["t0", "t1"]), lr=1e-2,
                              device="cpu")
     trainer.reset(seed=0)
     table = trainer.model.embedding.weight.detach().clone()
@@ -92,7 +130,7 @@ def test_a_batch_of_padding_only_updates_the_classifier_and_touches_no_row() -> 
     batch["inputs"]["ngram_ids"] = torch.zeros_like(batch["inputs"]["ngram_ids"])
     trainer.train_step(batch, torch.full((5, K), 0.5))
     assert torch.equal(trainer.model.embedding.weight, table) and trainer.steps == 1
-    stack = StackedNgramStudents(NgramStudent(BUCKETS, C, DIM, sparse=True), 2, lr=1e-2, weight_decay=0.01,
+    stack = StackedNgramStudents(NgramStudent(BUCKETS, C, DIM, **ROW_RULES[rule]), 2, lr=1e-2, weight_decay=0.01,
                                  grad_clip=1.0, device="cpu")
     stack.reset(0, 0)
     stack.reset(1, 1)

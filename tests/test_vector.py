@@ -112,15 +112,17 @@ def test_stacked_students_are_student_trainers_with_clipping_dropout_and_their_o
             torch.testing.assert_close(stack.state_dict(i)[name], value, atol=ATOL, rtol=0, msg=name)
 
 
-@pytest.mark.parametrize("sparse", [True, False], ids=["sparse-table", "dense-table"])
-def test_stacked_ngram_students_are_student_trainers_with_clipping_padding_and_their_own_step_counts(sparse) -> None:
+@pytest.mark.parametrize("update", ["sparse", "dense", "sgd"], ids=["sparse-table", "dense-table", "sgd-table"])
+def test_stacked_ngram_students_are_student_trainers_with_clipping_padding_and_their_own_step_counts(update) -> None:
     # to float32 rounding at these tiny sizes (a batched product may take another kernel than a single one); bit for
     # bit at the default sizes: tests/test_vector_sizes.py
     torch.manual_seed(0)
     buckets, dim, c, k, b, length, n, clip = 50, 8, 3, 2, 6, 7, 3, 0.05  # every update is clipped
-    trainers = [StudentTrainer(NgramStudent(buckets, c, dim, sparse=sparse), KDData(None, ["t0", "t1"]), lr=1e-2,
+    sparse = update != "dense"
+    options = {"sparse": sparse, **({"sgd_lr": 0.5, "sgd_steps": 6} if update == "sgd" else {})}  # decays, then held
+    trainers = [StudentTrainer(NgramStudent(buckets, c, dim, **options), KDData(None, ["t0", "t1"]), lr=1e-2,
                                grad_clip=clip, device="cpu") for _ in range(n)]
-    stack = StackedNgramStudents(NgramStudent(buckets, c, dim, sparse=sparse), n, lr=1e-2, weight_decay=0.01,
+    stack = StackedNgramStudents(NgramStudent(buckets, c, dim, **options), n, lr=1e-2, weight_decay=0.01,
                                  grad_clip=clip, device="cpu")
     for i, seed in enumerate([3, 4, 5]):
         trainers[i].reset(seed=seed)
@@ -144,6 +146,8 @@ def test_stacked_ngram_students_are_student_trainers_with_clipping_padding_and_t
             trainer.train_step(batch, weights[i], logits=single_logits)
             grads = [p.grad._values() if p.grad.is_sparse else p.grad for p in trainer.model.parameters()]
             assert trainer.model.embedding.weight.grad.is_sparse == sparse
+            if update == "sgd":  # fastText's SGD clips nothing of the table: the classifier is clipped on its own
+                grads = grads[1:]
             norm = torch.stack([g.norm() for g in grads]).norm()
             assert norm.item() == pytest.approx(clip, abs=1e-6)  # every update is clipped
     assert stack.steps.tolist() == [8, 4, 8]

@@ -51,9 +51,11 @@ def default_sized_data(seed: int = 0, rows: int = 640, ngrams: bool = False) -> 
 
 
 @pytest.mark.parametrize(("student", "fused"), [("mlp", True), ("mlp", False), ("ngrams", True), ("ngrams", False),
-                                                ("ngrams-dense", True), ("ngrams-dense", False)],
+                                                ("ngrams-dense", True), ("ngrams-dense", False), ("ngrams-sgd", True),
+                                                ("ngrams-sgd", False)],
                          ids=["mlp-fused-adamw", "mlp-whole-buffer-adamw", "ngrams-sparse-fused-adamw",
-                              "ngrams-sparse-unfused-adamw", "ngrams-dense-fused-adamw", "ngrams-dense-whole-buffer-adamw"])
+                              "ngrams-sparse-unfused-adamw", "ngrams-dense-fused-adamw", "ngrams-dense-whole-buffer-adamw",
+                              "ngrams-sgd-fused-adamw", "ngrams-sgd-unfused-adamw"])
 def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes(student, fused, monkeypatch) -> None:
     import kd_gym.sparse
     import kd_gym.student
@@ -66,7 +68,8 @@ def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes(student,
             monkeypatch.setattr(module, "fused_adamw", lambda device: False)
     ngrams = student.startswith("ngrams")
     options = {"data": default_sized_data(ngrams=ngrams), "lite_student": "ngrams" if ngrams else student,
-               "ngram_update": "dense" if student == "ngrams-dense" else "sparse", "device": "cpu", "episode_steps": 9,
+               "ngram_update": student.removeprefix("ngrams-") if "-" in student else "sparse", "device": "cpu",
+               "episode_steps": 9,
                "dev_subset": 200, "reward_interval": 4, "gold_labels": 300, "include_representation": True,
                "ngram_buckets": BUCKETS}
     vector = gym.make_vec(LITE, num_envs=N, vectorization_mode="vector_entry_point", **options)
