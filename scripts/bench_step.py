@@ -70,11 +70,14 @@ def plain_kd_loop(model: torch.nn.Module, split: SplitTensors, batches: list[np.
     features, no host copies."""
     model = model.to(device).train()
     # the trainer's optimizer and clipping, so only the env's work differs (the sparse n-gram student: its lazy AdamW)
-    sparse = getattr(model, "sparse", False)
+    # (fastText's SGD on the rows: the trainer clips the classifier alone)
+    sparse, sgd = getattr(model, "sparse", False), getattr(model, "sgd_lr", None) is not None
     fused = {"fused": True} if fused_adamw(device) else {}
-    optimizer = (LazyAdamW(model.parameters(), lr=lr, weight_decay=0.01) if sparse
+    row_sgd = (model.sgd_lr, model.sgd_steps) if sgd else None
+    optimizer = (LazyAdamW(model.parameters(), lr=lr, weight_decay=0.01, row_sgd=row_sgd) if sparse
                  else torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, **fused))
-    clip = sparse_clip_grad_norm_ if sparse else torch.nn.utils.clip_grad_norm_
+    clip = sparse_clip_grad_norm_ if sparse and not sgd else torch.nn.utils.clip_grad_norm_
+    clipped = [p for name, p in model.named_parameters() if not (sgd and name == "embedding.weight")]
 
     def run() -> float:
         started = time.perf_counter()
@@ -88,9 +91,9 @@ def plain_kd_loop(model: torch.nn.Module, split: SplitTensors, batches: list[np.
             loss = alpha * F.cross_entropy(logits, batch["labels"]) + (1 - alpha) * kd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if sparse:
+            if sparse and not sgd:
                 model.embedding.weight.grad._coalesced_(True)  # unique rows, one backward: as the trainer marks it
-            clip(list(model.parameters()), 1.0)
+            clip(clipped, 1.0)
             optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
