@@ -76,13 +76,14 @@ class EnvConfig:
     """ngrams lite student: rows of the hashed n-gram embedding table"""
     ngram_dim: int = 32
     """ngrams lite student: embedding size"""
-    ngram_update: str = "sparse"
-    """ngrams lite student: sparse (a step reads and writes only the table rows its batch touched, lazy AdamW, as
-    fastText) | dense (AdamW over the whole table every step: the earlier default, its numbers reproducible) | sgd
-    (fastText's own rule on the rows touched: SGD at ngram_sgd_lr, decaying linearly over episode_steps, no moments;
-    AdamW on the classifier)"""
+    ngram_update: str = "sgd"
+    """ngrams lite student: sgd (fastText's rule: a step adds each real position's gradient into its table row, SGD
+    at ngram_sgd_lr decaying linearly over episode_steps, no moments; AdamW on the classifier) | sparse (lazy AdamW
+    on the rows a batch touched: the previous default) | dense (AdamW over the whole table every step: the first
+    default); every choice's numbers reproducible (docs/env.md)"""
     ngram_sgd_lr: float = 128.0
-    """ngrams lite student, ngram_update=sgd: the table rows' SGD learning rate at the first update"""
+    """ngrams lite student, ngram_update=sgd: the table rows' SGD learning rate at the first update, on the batch's
+    mean loss (fastText's per-example rate times the batch size: 4 per example at batch 32)"""
     lite_hidden: int = 128
     """mlp lite student: hidden units of the MLP head (0: a linear classifier)"""
     lr: float | None = None

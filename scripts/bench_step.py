@@ -213,9 +213,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--lite-student", default="ngrams", choices=("ngrams", "mlp"),
                         help="the lite student (default: ngrams, the env's default)")
-    parser.add_argument("--ngram-update", default="sparse", choices=NGRAM_UPDATES,
-                        help="the ngrams student's update: sparse (lazy AdamW on the table rows a batch touched; the "
-                             "default), dense (AdamW on the whole table) or sgd (fastText's SGD on the rows touched)")
+    parser.add_argument("--ngram-update", default="sgd", choices=NGRAM_UPDATES,
+                        help="the ngrams student's update: sgd (fastText's SGD on the table rows a batch touched; the "
+                             "default), sparse (lazy AdamW on those rows) or dense (AdamW on the whole table)")
     parser.add_argument("--dense", action="store_true",
                         help="also time the dense signals: reward=dev_loss_paired and credit=True")
     parser.add_argument("--ngram-parts", action="store_true",

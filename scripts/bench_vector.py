@@ -17,8 +17,8 @@ shared with other work, ``--clock cpu`` (this process's CPU time, with one threa
     python scripts/bench_vector.py --device cuda --sizes 1,16,64,256 --threads 1   # on a GPU (the N = 256 target)
 
 ``--lite-student`` picks the student: ``ngrams`` (the default's, a 16,384 x 32 table) or ``mlp``; ``--ngram-update``
-the n-gram student's update: ``sparse`` (the default: lazy AdamW on the rows a batch touched), ``dense`` (the whole
-table) or ``sgd`` (fastText's SGD on the rows touched).
+the n-gram student's update: ``sgd`` (the default: fastText's SGD on the rows a batch touched), ``sparse`` (lazy
+AdamW on those rows) or ``dense`` (AdamW on the whole table).
 
 With ``--learn``: the default REINFORCE (the gold-likelihood router) learning over N students at once
 (``agent.learn_over`` on the vector env of N students: one batched student step and one router step per vector step)
@@ -219,9 +219,9 @@ def main() -> None:
                         help="print where one vector step's time goes (torch.profiler operators per step) per N")
     parser.add_argument("--lite-student", choices=("ngrams", "mlp"), default="ngrams",
                         help="the student: ngrams (the default env's) or mlp (over sentence embeddings)")
-    parser.add_argument("--ngram-update", choices=NGRAM_UPDATES, default="sparse",
-                        help="the ngrams student's update: sparse (lazy AdamW on the rows a batch touched; the default), "
-                             "dense (AdamW on the whole table) or sgd (fastText's SGD on the rows touched)")
+    parser.add_argument("--ngram-update", choices=NGRAM_UPDATES, default="sgd",
+                        help="the ngrams student's update: sgd (fastText's SGD on the rows a batch touched; the default), "
+                             "sparse (lazy AdamW on those rows) or dense (AdamW on the whole table)")
     parser.add_argument("--learn", action="store_true",
                         help="the gold router learning over N students at once against over one (student steps/s)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",

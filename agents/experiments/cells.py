@@ -83,8 +83,9 @@ def cell_config_hash(args: argparse.Namespace, agent: str) -> str:
     config = {"agent": agent, "env": args.env, "steps": args.steps, "scenario": args.scenario or "default",
               "env_kwargs": env_kwargs, "agent_kwargs": agent_kwargs_from(args, agent)}
     if args.env == "lite" and env_kwargs.get("lite_student", "ngrams") == "ngrams" and "ngram_update" not in env_kwargs:
-        # the default n-gram student became sparse: a cell of the earlier (dense) default is not reported as done
-        config["ngram_update"] = "sparse"
+        # the default n-gram student became sparse, then fastText's SGD: a cell of an earlier default (dense, then
+        # sparse) is not reported as done
+        config["ngram_update"] = "sgd"
     hyperparams = hyperparams_entry(args, agent)
     if hyperparams is not None:
         config["hyperparams"] = hyperparams
