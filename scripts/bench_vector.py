@@ -249,8 +249,8 @@ def main() -> None:
         return
     train = data.splits["train"]
     if args.learn:
-        print(f"torch {torch.__version__}, {where}; {args.lite_student} student; reinforce (the router) learning, "
-              f"{args.steps} vector steps x "
+        print(f"torch {torch.__version__}, {where}; {args.lite_student} student; gold-router (REINFORCE on gold "
+              f"credit) learning, {args.steps} vector steps x "
               f"{args.rounds} rounds, {args.clock} clock; data: {'synthetic' if args.tiny else 'default'}")
         print(f"{'threads':>7} {'N':>4} {'student steps/s':>16} {'x one student':>14}")
         for threads in thread_counts:
