@@ -447,19 +447,40 @@ class StudentTrainer:
             self.cuda_generator.set_state(state["rng.cuda"].cpu())
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore a :meth:`state_dict` (tensors may come from disk, on any device)."""
-        self.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-        self.optimizer = self._make_optimizer()
+        """Restore a :meth:`state_dict` (tensors may come from disk, on any device); a student saved under another
+        table rule is refused before anything changes."""
         slots: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in state.items():
             if key.startswith("optimizer."):
                 _, index, slot = key.split(".", 2)
                 slots.setdefault(int(index), {})[slot] = value
+        self._check_table_rule(slots)
+        self.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+        self.optimizer = self._make_optimizer()
         optimizer = self.optimizer.state_dict()
         optimizer["state"] = slots
         self.optimizer.load_state_dict(optimizer)
         self.set_rng_state(state)
         self.steps = int(state["steps"])
+
+    def _check_table_rule(self, slots: dict[int, dict[str, torch.Tensor]]) -> None:
+        """Refuse a saved n-gram student whose table was trained by another rule than this one's (AdamW keeps
+        moments, fastText's SGD none): resuming it would change the learning rule in the middle of a run."""
+        names = [name for name, _ in self.model.named_parameters()]
+        if "embedding.weight" not in names or not isinstance(self.model, NgramStudent):
+            return
+        saved = slots.get(names.index("embedding.weight"))
+        if not saved:
+            return
+        saved_sgd, sgd = "exp_avg" not in saved, self.model.sgd_lr is not None
+        if saved_sgd != sgd:
+            raise ValueError(
+                "the saved n-gram student's table was trained by "
+                + ("fastText's SGD (ngram_update='sgd')" if saved_sgd else "AdamW (ngram_update='sparse' or 'dense')")
+                + ", this one's by " + ("fastText's SGD" if sgd else "AdamW")
+                + "; resume it with the rule it was trained with: --ngram-update "
+                + ("sgd" if saved_sgd else "sparse (or dense, if it was trained dense)")
+                + " (the default became sgd in this release; before, it was sparse)")
 
     def save(self, path: str | Path) -> None:
         """Save the student's weights (safetensors)."""

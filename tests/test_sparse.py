@@ -141,3 +141,22 @@ def test_a_batch_of_padding_only_updates_the_classifier_and_touches_no_row(rule)
                            alpha=0.5, temperature=2.0)
     stack.update(torch.autograd.grad(loss.loss.sum(), logits)[0])
     assert stack.steps.tolist() == [1, 1]
+
+
+def test_a_student_saved_under_one_table_rule_is_refused_under_the_other_with_the_flag_that_resumes_it() -> None:
+    def trained(**options) -> StudentTrainer:
+        trainer = StudentTrainer(NgramStudent(BUCKETS, C, DIM, **options), KDData(None, ["t0", "t1"]), lr=1e-2,
+                                 device="cpu")
+        trainer.reset(seed=0)
+        trainer.train_step(batch_of(0), torch.full((5, K), 0.5))
+        return trainer
+
+    adamw, sgd = trained(sparse=True), trained(**ROW_RULES["fasttext-sgd"])
+    before = sgd.state_dict()
+    with pytest.raises(ValueError, match="--ngram-update sparse"):
+        sgd.load_state_dict(adamw.state_dict())
+    after = sgd.state_dict()  # refused before anything changed: weights, optimizer state and all
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="--ngram-update sgd"):
+        adamw.load_state_dict(sgd.state_dict())
+    sgd.load_state_dict(trained(**ROW_RULES["fasttext-sgd"]).state_dict())  # the same rule resumes
