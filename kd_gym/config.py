@@ -80,7 +80,7 @@ class EnvConfig:
     """ngrams lite student: sgd (fastText's rule: a step adds each real position's gradient into its table row, SGD
     at ngram_sgd_lr decaying linearly over episode_steps, no moments; AdamW on the classifier) | sparse (lazy AdamW
     on the rows a batch touched: the previous default) | dense (AdamW over the whole table every step: the first
-    default); every choice's numbers reproducible (docs/env.md)"""
+    default); every choice's numbers reproducible on a CPU (docs/env.md)"""
     ngram_sgd_lr: float = 128.0
     """ngrams lite student, ngram_update=sgd: the table rows' SGD learning rate at the first update, on the batch's
     mean loss (fastText's per-example rate times the batch size: 4 per example at batch 32)"""
@@ -153,7 +153,7 @@ class EnvConfig:
         require(_real(self.alpha) and 0.0 <= self.alpha <= 1.0, "alpha", "use a number in [0, 1], e.g. 0.5")
         require(self.lr is None or (_real(self.lr) and self.lr > 0), "lr", "use a number > 0, or None for the default")
         require(_real(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "use a number >= 0")
-        require(_real(self.ngram_sgd_lr) and self.ngram_sgd_lr > 0, "ngram_sgd_lr", "use a number > 0, e.g. 0.5")
+        require(_real(self.ngram_sgd_lr) and self.ngram_sgd_lr > 0, "ngram_sgd_lr", "use a number > 0, e.g. 128")
         require(_real(self.reward_scale), "reward_scale", "use a finite number")
         return self
 

@@ -344,10 +344,7 @@ class TeacherSelectionEnv(gym.Env):
     def _gold_credit(self, weights: np.ndarray) -> np.ndarray:
         """(B,) the gold credit of ``weights`` on the current batch (:func:`kd_gym.credit.gold_credit`)."""
         rows = self._batch_indices
-        labelled = self._rows.instance[rows, LABELLED]
-        if not (labelled > 0.5).any():  # most batches of the transfer-set regime: no gold label, no credit
-            return np.zeros(len(rows), dtype=np.float32)
-        return gold_credit(self._rows.teacher[rows, :, TEACHER_CE], labelled, weights)
+        return gold_credit(self._rows.teacher[rows, :, TEACHER_CE], self._rows.instance[rows, LABELLED], weights)
 
     def step(self, action: Any):
         if self._batch is None:

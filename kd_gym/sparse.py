@@ -13,12 +13,13 @@ of the vector env (:class:`~kd_gym.student_stack.StackedNgramStudents`), so that
   that touch it. The bias correction uses the student's step count, as AdamW's does.
 
 Untouched rows are left exactly as they are, so this is not AdamW's arithmetic on them: a dense AdamW step keeps
-moving a row by its old momentum and decays it on every step. docs/env.md gives the numbers of both students.
+moving a row by its old momentum and decays it on every step. docs/env.md gives the numbers of all three rules.
 
 fastText's own rule is the third choice (``ngram_update="sgd"``): plain SGD on the table rows with a learning rate
 that decays linearly over the run (:func:`sgd_lr`), each position's gradient added straight into its row
 (:func:`real_positions`, :func:`sgd_rows_`): no moments to gather and write back, no search for the distinct
-rows. The classifier keeps AdamW.
+rows. The classifier keeps AdamW. On a CPU every rule's numbers are reproducible and the single and stacked
+students' identical; on CUDA ``index_add_`` adds a row's duplicates in no fixed order.
 """
 
 from __future__ import annotations
@@ -175,9 +176,10 @@ def sgd_rows_(table: torch.Tensor, rows: torch.Tensor, steps: torch.Tensor) -> N
 
 
 class _BagSum(torch.autograd.Function):
-    """``F.embedding(ids, table).sum(1)`` whose backward gives the table a sparse gradient of the rows touched
-    (:func:`row_gradients`, coalesced), for :class:`LazyAdamW`. Differentiable once; the students' credit, which
-    differentiates twice, runs the dense lookup in eval mode."""
+    """``F.embedding(ids, table).sum(1)`` whose backward gives the table a sparse gradient for :class:`LazyAdamW`:
+    the rows touched (:func:`row_gradients`, coalesced); or, ``per_position`` (fastText's SGD), the sum over the real
+    positions only (:func:`real_bag_sum`, ~1e-7 from the padded sum) and one gradient entry per real position.
+    Differentiable once; the students' credit, which differentiates twice, runs the dense lookup in eval mode."""
 
     @staticmethod
     def forward(ctx, ids: torch.Tensor, table: torch.Tensor, per_position: bool) -> torch.Tensor:

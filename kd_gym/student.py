@@ -134,7 +134,9 @@ class NgramStudent(nn.Module):
         # The padding row (id 0) is zero and gets no gradient (padding_idx), so the sum over all L positions is the
         # sum over the real ids: no mask to multiply by (a pass over (B, L, dim) saved; the same numbers).
         count = (ngram_ids != 0).sum(1, keepdim=True).to(self.embedding.weight.dtype).clamp_min(1.0)  # (B, 1)
-        if self.sparse and self.training and torch.is_grad_enabled():  # the same sum, with a sparse table gradient
+        # training the sparse student: the same sum with a sparse table gradient (fastText's SGD: over the real
+        # positions only, within ~3e-7 of this padded sum)
+        if self.sparse and self.training and torch.is_grad_enabled():
             total = bag_sum(ngram_ids, self.embedding.weight, per_position=self.sgd_lr is not None)
         else:
             total = self.embedding(ngram_ids).sum(1)

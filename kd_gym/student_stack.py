@@ -14,10 +14,12 @@ Student n of :class:`StackedLiteStudents` (:class:`StackedNgramStudents`) comput
   clipping of each student's global norm and the same AdamW arithmetic (``torch.optim.AdamW``'s single-tensor update,
   elementwise, with each student's own step count).
 
-The sparse n-gram students (``NgramStudent(sparse=True)``, the default) take the single student's sparse path for
-all N at once: the rows each batch touched and their gradients (:func:`~kd_gym.sparse.row_gradients`), each
-student's clipping over its own rows and classifier, and the lazy AdamW of :mod:`kd_gym.sparse` with one block per
-student.
+The sparse n-gram students take the single student's sparse path for all N at once. Under fastText's SGD
+(``NgramStudent(sgd_lr=...)``, the default): the real positions summed by one ``embedding_bag``, each student's
+clipping over its classifier alone, AdamW on the classifiers, and each position's gradient times its student's rate
+added into its row (:func:`~kd_gym.sparse.sgd_rows_`). Under lazy AdamW (``NgramStudent(sparse=True)``): the rows
+each batch touched and their gradients (:func:`~kd_gym.sparse.row_gradients`), each student's clipping over its own
+rows and classifier, and the lazy AdamW of :mod:`kd_gym.sparse` with one block per student.
 
 So the students' weights agree with the single trainers' to float32 rounding (a batched matrix product may take
 another kernel than a single one for some shapes and layouts; on a CPU they are bit-identical at the tiny test sizes
@@ -36,8 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
-from kd_gym.sparse import (adamw_tensor_, fused_adamw_, lazy_adamw_rows_, real_bag_sum, row_gradients, sgd_lr,
-                           sgd_rows_)
+from kd_gym.sparse import (
+    adamw_tensor_,
+    fused_adamw_,
+    lazy_adamw_rows_,
+    real_bag_sum,
+    row_gradients,
+    sgd_lr,
+    sgd_rows_,
+)
 from kd_gym.student import LiteStudent, NgramStudent, fused_adamw
 
 
@@ -398,9 +407,10 @@ class StackedNgramStudents(StackedStudents):
 
     @torch.no_grad()
     def update(self, grad_logits: torch.Tensor) -> None:
-        """One AdamW update of every student from d loss_n / d logits_n (N, B, C) of the last
-        ``forward(..., train=True)``: the backward pass of the classifier, the masked mean and the embedding, per
-        student, written into the flat gradient buffer, then the trainer's gradient clipping and AdamW."""
+        """One update of every student from d loss_n / d logits_n (N, B, C) of the last ``forward(..., train=True)``:
+        the backward pass of the classifier, the masked mean and the embedding, per student, then the trainer's
+        gradient clipping and its update rule (AdamW on the whole table, lazy AdamW or fastText's SGD on the rows
+        touched: :meth:`_sparse_update`)."""
         rows, real, count, representation, positions = self._saved
         exact = self.dtype is None
         g_table, g_w, g_b = self.grads
@@ -423,10 +433,12 @@ class StackedNgramStudents(StackedStudents):
 
     def _sparse_update(self, rows: torch.Tensor, real: torch.Tensor, grad_sum: torch.Tensor,
                        positions: list[torch.Tensor] | None) -> None:
-        """The sparse student's backward and update from d loss / d (sum of the row's embeddings) (N * B, D): the
-        table's gradient as the rows touched (:func:`~kd_gym.sparse.row_gradients`, what ``NgramStudent(sparse=True)``
-        hands its optimizer), each student's gradient clipping over its own rows and classifier, then AdamW on the
-        classifier and :func:`~kd_gym.sparse.lazy_adamw_rows_` on the rows."""
+        """The sparse students' backward and update from d loss / d (sum of the row's embeddings) (N * B, D).
+        fastText's SGD (``row_sgd``): AdamW on the classifiers (each clipped alone), then each real position's
+        gradient (``positions``, kept by :meth:`forward`) times its student's rate added into its row. Lazy AdamW:
+        the table's gradient as the rows touched (:func:`~kd_gym.sparse.row_gradients`, what
+        ``NgramStudent(sparse=True)`` hands its optimizer), each student's gradient clipping over its own rows and
+        classifier, then AdamW on the classifier and :func:`~kd_gym.sparse.lazy_adamw_rows_` on the rows."""
         table = self.params[0].view(-1, self.dim)
         if self.row_sgd is not None:  # fastText's SGD: each position's gradient added into its row, no clipping
             self._classifier_update(None)

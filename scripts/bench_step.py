@@ -24,9 +24,8 @@ import torch
 import torch.nn.functional as F
 
 import kd_gym  # noqa: F401  (registers the env ids)
-from kd_gym.config import NGRAM_UPDATES
 from agents.experiments.run import ENVS
-from kd_gym.config import EnvConfig
+from kd_gym.config import NGRAM_UPDATES, EnvConfig
 from kd_gym.data import KDData, SplitTensors
 from kd_gym.defaults import default_pool, minilm_path
 from kd_gym.env_setup import build_student
@@ -118,7 +117,8 @@ def env_loop(env: gym.Env, steps: int, device: torch.device):
 
 
 def _ngram_step_parts(buckets: int, batch: int, length: int, steps: int) -> dict[str, float]:
-    """ms per call of each part of one KD step of an n-gram student with a ``buckets`` x 32 table."""
+    """ms per call of each part of one KD step of a dense n-gram student (AdamW over the whole table, as
+    ``ngram_update="dense"``) with a ``buckets`` x 32 table."""
     from kd_gym.student import NgramStudent
 
     model = NgramStudent(buckets, 3, 32)
@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--dense", action="store_true",
                         help="also time the dense signals: reward=dev_loss_paired and credit=True")
     parser.add_argument("--ngram-parts", action="store_true",
-                        help="only print where one KD step of the n-gram student goes, for two table sizes")
+                        help="only print where one KD step of a dense n-gram student goes, for two table sizes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
