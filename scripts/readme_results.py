@@ -28,7 +28,9 @@ def block(run: Path) -> str:
     csv = run / "results.csv"
     if not csv.exists():
         raise SystemExit(f"no {csv}; run `make demo` (or `kd-gym demo --out {run}`) first")
-    frame = pd.read_csv(csv)
+    # results.csv keeps every cell the folder ever ran (a cell of an earlier configuration too, under its own
+    # config_hash): the README shows each agent and seed's newest, the cells the last demo ran or found done
+    frame = pd.read_csv(csv).drop_duplicates(["agent", "seed"], keep="last")
     seeds = ", ".join(str(s) for s in sorted(frame["seed"].unique()))
     command = ""
     md = run / "results.md"

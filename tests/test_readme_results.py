@@ -40,6 +40,20 @@ def test_the_block_is_written_from_the_run_and_check_fails_when_stale(tmp_path, 
     assert script.main(["--run", str(run), "--readme", str(readme), "--check"]) == 0
 
 
+def test_an_earlier_configurations_cells_in_the_same_folder_are_left_out(tmp_path):
+    script = load_script()
+    run = tmp_path / "demo"
+    run.mkdir()
+    old = [(agent, seed, 0.10, 0.10, "old") for agent in ("no_kd", "uniform", "oracle") for seed in (0, 1)]
+    new = [(agent, seed, base + 0.01 * seed, base, "new") for agent, base in
+           (("no_kd", 0.60), ("uniform", 0.50), ("oracle", 0.70)) for seed in (0, 1)]
+    pd.DataFrame(old + new, columns=["agent", "seed", "test_metric", "dev_metric", "config_hash"]).assign(
+        wall_s=2.0).to_csv(run / "results.csv", index=False)
+    text = script.block(run)
+    # the newest cells alone (with the old ones mixed in, the oracle's mean would be 40.25)
+    assert "| oracle | 70.50 ± 0.71 | +20.00 |" in text and "| no_kd | 60.50 ± 0.71 | +10.00 |" in text
+
+
 def test_the_readme_has_the_block():
     text = (ROOT / "README.md").read_text()
     script = load_script()
