@@ -25,7 +25,7 @@ from kd_gym.data import KDData, SplitTensors
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
 from kd_gym.prepare.embeddings import mean_pool
 from kd_gym.prepare.inference import autocast, autocast_dtype, resolve_device
-from kd_gym.sparse import LazyAdamW, bag_sum, clip_grad_norm_, fused_adamw  # noqa: F401 (fused_adamw: public here)
+from kd_gym.sparse import LazyAdamW, bag_sum, clip_grad_norm_, fused_adamw, real_bag_sum  # noqa: F401 (fused_adamw: public here)
 
 
 class LiteStudent(nn.Module):
@@ -121,12 +121,15 @@ class NgramStudent(nn.Module):
 
     @torch.no_grad()
     def predict_logits(self, ngram_ids: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
-        """(B, C) eval logits from :meth:`projected_table`: the mean of the ids' projected rows plus the bias. The
-        classifier is linear, so these are :meth:`forward`'s logits summed in another order (~1e-7 apart); the sparse
-        student evaluates this way, as do its stacked copies (kd_gym.student_stack): a dev evaluation of 16 students
-        gathers 12 bytes per id from 16 tables of 192 KB instead of 128 bytes from 16 of 2 MB."""
-        count = (ngram_ids != 0).sum(1, keepdim=True).to(projected.dtype).clamp_min(1.0)
-        return torch.nn.functional.embedding(ngram_ids, projected).sum(1) / count + self.classifier.bias
+        """(B, C) eval logits from :meth:`projected_table`: the mean of the real ids' projected rows plus the bias,
+        summed over the real positions only (:func:`~kd_gym.sparse.real_bag_sum`). The classifier is linear, so
+        these are :meth:`forward`'s logits summed in another order (~1e-7 apart); the sparse student evaluates this
+        way, as do its stacked copies (kd_gym.student_stack): a dev evaluation of 16 students gathers 12 bytes per
+        real id from 16 tables of 192 KB instead of 128 bytes per padded position from 16 of 2 MB."""
+        real = ngram_ids != 0
+        count = real.sum(1, keepdim=True).to(projected.dtype).clamp_min(1.0)
+        total, _, _ = real_bag_sum(projected, ngram_ids.long(), real)
+        return total / count + self.classifier.bias
 
     def forward(self, ngram_ids: torch.Tensor, **frozen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """:param frozen: other inputs a split may carry (the frozen sentence embedding the observation can show,

@@ -43,6 +43,7 @@ from kd_gym.sparse import (
     fused_adamw_,
     lazy_adamw_rows_,
     real_bag_sum,
+    real_positions,
     row_gradients,
     sgd_lr,
     sgd_rows_,
@@ -397,13 +398,20 @@ class StackedNgramStudents(StackedStudents):
         select = torch.as_tensor(students, device=self.device)
         tables, weights, biases = (p if index is None else p[select] for p in self.params)
         projected = torch.bmm(tables, weights.transpose(1, 2))  # (n, V, C): NgramStudent.projected_table per student
+        n, buckets, classes = projected.shape
         out = []
-        for n, student_table in enumerate(projected):
-            rows = [F.embedding(inputs[i : i + chunk], student_table).sum(1)
-                    / (inputs[i : i + chunk] != 0).sum(1, keepdim=True).to(student_table.dtype).clamp_min(1.0)
-                    + biases[n] for i in range(0, len(inputs), chunk)]
-            out.append(rows[0] if len(rows) == 1 else torch.cat(rows))
-        return torch.stack(out)
+        for i in range(0, len(inputs), chunk):  # NgramStudent.predict_logits for every student: one embedding_bag
+            ids = inputs[i : i + chunk]
+            real = ids != 0
+            count = real.sum(1, keepdim=True).to(projected.dtype).clamp_min(1.0)
+            index, _ = real_positions(ids.long(), real)  # the real positions, shared by the students
+            offsets = torch.zeros(len(ids), dtype=torch.long, device=ids.device)
+            offsets[1:] = real.sum(1).cumsum(0)[:-1]
+            shift = torch.arange(n, device=ids.device).unsqueeze(1)  # student s: rows s * V.., bags s * M..
+            total = F.embedding_bag((index + shift * buckets).view(-1), projected.reshape(-1, classes),
+                                    (offsets + shift * len(index)).view(-1), mode="sum")
+            out.append(total.view(n, len(ids), classes) / count + biases.unsqueeze(1))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
     @torch.no_grad()
     def update(self, grad_logits: torch.Tensor) -> None:
