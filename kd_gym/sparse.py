@@ -148,9 +148,15 @@ def real_bag_sum(table: torch.Tensor, rows: torch.Tensor, real: torch.Tensor,
     :return: the sums, ``index`` and ``bag``.
     """
     index, bag = real_positions(rows, real)
-    offsets = torch.zeros(len(rows), dtype=torch.long, device=rows.device)
+    return torch.nn.functional.embedding_bag(index, table, bag_offsets(real), mode="sum"), index, bag
+
+
+def bag_offsets(real: torch.Tensor) -> torch.Tensor:
+    """(B,) where each bag's real positions start among all of them (:func:`real_positions`' order): the
+    ``offsets`` of ``F.embedding_bag``. :param real: (B, L) bool."""
+    offsets = torch.zeros(len(real), dtype=torch.long, device=real.device)
     offsets[1:] = real.sum(1).cumsum(0)[:-1]
-    return torch.nn.functional.embedding_bag(index, table, offsets, mode="sum"), index, bag
+    return offsets
 
 
 def sgd_lr(lr: float, step: int, total_steps: int | None) -> float:

@@ -40,6 +40,7 @@ from torch import nn
 from kd_gym.losses import KDLoss, multi_teacher_kd_loss
 from kd_gym.sparse import (
     adamw_tensor_,
+    bag_offsets,
     fused_adamw_,
     lazy_adamw_rows_,
     real_bag_sum,
@@ -405,8 +406,7 @@ class StackedNgramStudents(StackedStudents):
             real = ids != 0
             count = real.sum(1, keepdim=True).to(projected.dtype).clamp_min(1.0)
             index, _ = real_positions(ids.long(), real)  # the real positions, shared by the students
-            offsets = torch.zeros(len(ids), dtype=torch.long, device=ids.device)
-            offsets[1:] = real.sum(1).cumsum(0)[:-1]
+            offsets = bag_offsets(real)
             shift = torch.arange(n, device=ids.device).unsqueeze(1)  # student s: rows s * V.., bags s * M..
             total = F.embedding_bag((index + shift * buckets).view(-1), projected.reshape(-1, classes),
                                     (offsets + shift * len(index)).view(-1), mode="sum")
