@@ -34,11 +34,31 @@ def gold_credit(teacher_ce: np.ndarray, labelled: np.ndarray, weights: np.ndarra
     """
     known = np.asarray(labelled) > 0.5
     credit = np.zeros(known.shape, dtype=np.float32)
-    if not known.any():  # most batches of the transfer-set regime have one labelled row or none
-        return credit
-    p = np.exp(-teacher_ce[known].astype(np.float64))  # (M, K): the labelled rows only
-    w = np.asarray(weights)[known].astype(np.float64)
-    total = w.sum(-1)
-    mixture = np.where(total > 0, (w * p).sum(-1) / np.maximum(total, 1e-12), p.mean(-1))
-    credit[known] = np.log(np.maximum(mixture, 1e-30)) - np.log(np.maximum(p.mean(-1), 1e-30))
+    if known.any():  # most batches of the transfer-set regime have one labelled row or none
+        credit[known] = _credit(np.exp(-teacher_ce[known].astype(np.float64)), np.asarray(weights)[known])
     return credit
+
+
+def gold_credit_of_rows(gold_likelihood: np.ndarray, labelled: np.ndarray, rows: np.ndarray,
+                        weights: np.ndarray) -> np.ndarray:
+    """:func:`gold_credit` of the split rows ``rows`` ((..., B) indices), from each row's ``p_k(y)`` computed once
+    (:attr:`kd_gym.features.RowFeatures.gold_likelihood`, (N, K) float64) and its ``labelled`` flag ((N,) bool):
+    the same numbers, with the work of a step left to the labelled rows of its batch.
+
+    :param weights: (..., B, K) the weights as the env took them.
+    """
+    known = labelled[rows]
+    credit = np.zeros(known.shape, dtype=np.float32)
+    if np.count_nonzero(known):  # (a C call: the cheapest test of a step's few labelled rows)
+        credit[known] = _credit(gold_likelihood[rows[known]], np.asarray(weights)[known])
+    return credit
+
+
+def _credit(p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(M,) the gold credit of (M, K) weights on M labelled instances whose teachers give their gold label the
+    float64 probabilities ``p`` (M, K)."""
+    w = weights.astype(np.float64)
+    total = w.sum(-1)
+    mean = p.mean(-1)
+    mixture = np.where(total > 0, (w * p).sum(-1) / np.maximum(total, 1e-12), mean)
+    return np.log(np.maximum(mixture, 1e-30)) - np.log(np.maximum(mean, 1e-30))

@@ -51,16 +51,19 @@ class SplitTensors:
         return SplitTensors({k: v[index] for k, v in self.inputs.items()}, self.labels[index], self.lengths[index],
                             pick(self.teacher_logits), pick(self.oracle_weights), pick(self.labelled))
 
-    def batch(self, indices: np.ndarray | slice) -> dict[str, torch.Tensor]:
+    def batch(self, indices: np.ndarray | slice, inputs: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """The rows ``indices`` (host array, or a slice: then views, no copy) as a batch dict on the split's device.
 
         Token inputs are trimmed to the longest row of the batch, a width read from a host copy of the lengths
         (no device-to-host copy).
+
+        :param inputs: the names of the inputs to gather (None: all of them), e.g. the student's ``input_names``.
         """
         if self._host_lengths is None:
             self._host_lengths = self.lengths.cpu().numpy()
         device_indices = indices if isinstance(indices, slice) else torch.as_tensor(indices, device=self.labels.device)
-        inputs = {k: v[device_indices] for k, v in self.inputs.items()}
+        names = self.inputs if inputs is None else inputs
+        inputs = {k: self.inputs[k][device_indices] for k in names}
         if "attention_mask" in inputs:
             width = int(self._host_lengths[indices].max())
             inputs = {k: v[:, :width].long() for k, v in inputs.items()}

@@ -15,7 +15,7 @@ import torch
 from gymnasium import spaces
 
 from kd_gym.config import EnvConfig, default_config
-from kd_gym.credit import gold_credit
+from kd_gym.credit import gold_credit_of_rows
 from kd_gym.data import KDData
 from kd_gym.defaults import pool_silos
 from kd_gym.env_setup import build_data, build_student
@@ -37,7 +37,6 @@ from kd_gym.student import StudentTrainer
 LOGIT_BOUND = 50.0
 RESET_OPTIONS = ("keep_student",)
 DEV_SUBSET = "dev_subset"  # the trainer's name for the reward's fixed dev rows
-TEACHER_CE, LABELLED = TEACHER_FEATURES.index("teacher_ce"), INSTANCE_FEATURES.index("labelled")  # gold credit's
 
 
 def validate_weights(action: Any, axes: tuple[str, ...], expected: tuple[int, ...], teacher_names: list[str],
@@ -59,15 +58,17 @@ def validate_weights(action: Any, axes: tuple[str, ...], expected: tuple[int, ..
         raise ValueError(f"{noun} {has} shape {array.shape}; expected {shape} for teachers {teacher_names}")
     if ignore is not None:
         array = np.where(ignore[:, None, None], np.float32(0.0), array)
-    if not np.isfinite(array.sum()) and not np.isfinite(array).all():  # a finite sum: every value is finite
+    if not np.isfinite(np.add.reduce(array, axis=None)) and not np.isfinite(array).all():  # finite sum: all finite
         raise ValueError(f"{noun} {holds} {int((~np.isfinite(array)).sum())} NaN or infinite values; expected "
                          f"finite weights in [0, 1] of shape {shape}")
     if action_type == "select":
-        if not np.isin(array, (0.0, 1.0)).all():
-            bad = array[~np.isin(array, (0.0, 1.0))][:3].tolist()
+        other = (array != 0.0) & (array != 1.0)
+        if np.count_nonzero(other):
+            bad = array[other][:3].tolist()
             raise ValueError(f"action_type='select' expects 0/1 (drop/keep) per teacher; got values like {bad}")
         return array
-    return np.clip(array, 0.0, 1.0)  # out-of-range weights are clipped, as documented
+    # out-of-range weights are clipped, as documented (two ufunc calls: np.clip's Python wrapper costs more)
+    return np.minimum(np.maximum(array, np.float32(0.0)), np.float32(1.0))
 
 
 class TeacherSelectionEnv(gym.Env):
@@ -157,8 +158,8 @@ class TeacherSelectionEnv(gym.Env):
         self.reward_fn = make_reward(cfg.reward)
         train = self.trainer.split("train")
         # the student-independent part of every row's observation, once: a step gathers its rows
-        self._rows = row_features(train.teacher_logits, train.labels, train.lengths, cfg.temperature, train.labelled)
-        self._host_embeddings = train.inputs["embeddings"].cpu().numpy() if cfg.include_embedding else None
+        self._rows = row_features(train.teacher_logits, train.labels, train.lengths, cfg.temperature, train.labelled,
+                                  train.inputs["embeddings"] if cfg.include_embedding else None)
         dev_size = len(data.splits["dev"])
         #: the fixed dev subset of rewards: the same for every episode, seed and agent
         self.dev_indices = np.sort(np.random.default_rng(cfg.split_seed).permutation(dev_size)[: cfg.dev_subset])
@@ -185,40 +186,49 @@ class TeacherSelectionEnv(gym.Env):
     def _load_batch(self, indices: np.ndarray | None = None) -> None:
         self._batch_indices = self._next_indices() if indices is None else indices
         self._rng_before_batch = self.trainer.rng_state()  # a checkpoint replays this batch's dropout exactly
-        self._batch = self.trainer.split("train").batch(self._batch_indices)
+        self._batch = self.trainer.batch("train", self._batch_indices)
         rows = torch.as_tensor(self._batch_indices, device=self._batch["labels"].device)
         self._batch["teacher_probs"] = self._rows.teacher_probs[rows]  # for the loss and the observation's KL
         # The forward pass made for the observation keeps its graph and is reused by the update in step().
         self._logits, self._representation = self.trainer.forward(self._batch, grad=True)
 
-    def _get_obs(self) -> dict[str, np.ndarray]:
+    def _get_obs(self, loss: KDLoss | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """The observation of the current batch and, given the last update's ``loss``, its host copy: (3 + B * K,)
+        the loss, CE and KD means and the weights as the loss used them (what ``info`` reports), from the same single
+        device-to-host copy as what the observation needs from the student."""
         batch, indices = self._batch, self._batch_indices
-        # one device-to-host copy of what depends on the student; the rest is gathered from host rows
-        student = [student_columns(self._logits, batch["teacher_probs"], self.config.temperature)]
+        parts = [student_columns(self._logits, batch["teacher_probs"], self.config.temperature)]
         if self.config.include_representation:
-            student.append(self._representation.detach())
-        host = (torch.cat(student, dim=1) if len(student) > 1 else student[0]).cpu().numpy()
+            parts.append(self._representation.detach())
+        student = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        loss_parts = None
+        if loss is None:
+            host = student.cpu().numpy()
+        else:  # the student's columns, then the loss parts and the weights: one copy
+            flat = torch.cat([student.reshape(-1), loss.loss.detach().view(1), loss.ce.detach().view(1),
+                              loss.kd.detach().view(1), loss.weights.reshape(-1)]).cpu().numpy()
+            host, loss_parts = flat[: student.numel()].reshape(student.shape), flat[student.numel() :]
         k, c = self.num_teachers, self.num_labels
-        extra = [host[:, k + 2 * c :]] if self.config.include_representation else []
-        if self._host_embeddings is not None:
-            extra.append(self._host_embeddings[indices])
-        teacher_features, instance_features = assemble_features(self._rows, indices, host, extra)
+        representation = host[:, k + 2 * c :] if self.config.include_representation else None
+        teacher_features, instance_features, teacher_logits = assemble_features(self._rows, indices, host,
+                                                                                representation)
         return {"teacher_features": teacher_features,
                 "instance_features": instance_features,
-                "teacher_logits": self._rows.teacher_logits[indices],
-                "student_logits": np.clip(host[:, k + c : k + 2 * c], -LOGIT_BOUND, LOGIT_BOUND)}
+                "teacher_logits": teacher_logits,
+                "student_logits": np.clip(host[:, k + c : k + 2 * c], -LOGIT_BOUND, LOGIT_BOUND)}, loss_parts
 
-    def _get_info(self, loss: KDLoss | None = None) -> dict[str, Any]:
+    def _get_info(self, loss_parts: np.ndarray | None = None, rows: np.ndarray | None = None) -> dict[str, Any]:
+        """``info``; after an update, ``loss_parts`` from :meth:`_get_obs` and the ``rows`` it trained on."""
         info: dict[str, Any] = {"step": self._t, "student_steps": self.trainer.steps}
         if self._last_dev is not None:
             info["dev_metric"] = self._last_dev["metric"]
             info["dev_loss"] = self._last_dev["loss"]
-        if loss is not None:
-            values = torch.stack([loss.loss.detach(), loss.ce.detach(), loss.kd.detach()]).tolist()  # one device sync
-            info.update(loss=values[0], ce=values[1], kd=values[2])
-            info["weights"] = loss.weights.cpu().numpy()  # each row normalised as the loss used it
+        if loss_parts is not None:
+            info.update(loss=float(loss_parts[0]), ce=float(loss_parts[1]), kd=float(loss_parts[2]))
+            # each row normalised as the loss used it
+            info["weights"] = loss_parts[3:].reshape(self.batch_size, self.num_teachers)
             if self._silo_expert is not None:  # privileged, for diagnostics (the routing plots), never for acting
-                info["silo_expert"] = self._silo_expert[self._batch_indices]
+                info["silo_expert"] = self._silo_expert[rows]
         return info
 
     # -- what agents and runners may read
@@ -335,7 +345,7 @@ class TeacherSelectionEnv(gym.Env):
         self._last_dev = None
         self.reward_fn.reset(self)
         self._load_batch()
-        return self._get_obs(), self._get_info()
+        return self._get_obs()[0], self._get_info()
 
     def _validate_action(self, action: Any) -> np.ndarray:
         return validate_weights(action, ("batch_size", "num_teachers"), (self.batch_size, self.num_teachers),
@@ -343,13 +353,13 @@ class TeacherSelectionEnv(gym.Env):
 
     def _gold_credit(self, weights: np.ndarray) -> np.ndarray:
         """(B,) the gold credit of ``weights`` on the current batch (:func:`kd_gym.credit.gold_credit`)."""
-        rows = self._batch_indices
-        return gold_credit(self._rows.teacher[rows, :, TEACHER_CE], self._rows.instance[rows, LABELLED], weights)
+        return gold_credit_of_rows(self._rows.gold_likelihood, self._rows.labelled, self._batch_indices, weights)
 
     def step(self, action: Any):
         if self._batch is None:
             raise RuntimeError("call reset() before step()")
         weights = self._validate_action(action)
+        rows, gold = self._batch_indices, self._gold_credit(weights)  # host work next to the action's check
         # first order, before the update: each pair's and each instance's credit (docs/env.md, "Reward tiers")
         credit = self.trainer.credit(self._batch, weights, None, DEV_SUBSET) if self.config.credit else None
         self.reward_fn.before_update(self, weights)
@@ -358,10 +368,11 @@ class TeacherSelectionEnv(gym.Env):
         truncated = self._t >= self.episode_steps  # the budget is a time limit, not a terminal state
         measured = not self.reward_fn.interval or self._t % self.reward_interval == 0 or truncated
         reward = self.config.reward_scale * float(self.reward_fn(self, loss)) if measured else 0.0
-        info = self._get_info(loss)
+        self._load_batch()
+        obs, loss_parts = self._get_obs(loss)
+        info = self._get_info(loss_parts, rows)
         info["reward_measured"] = measured
-        info["gold_credit"] = self._gold_credit(weights)
+        info["gold_credit"] = gold
         if credit is not None:
             info["credit"], info["student_credit"] = (part.cpu().numpy() for part in credit)
-        self._load_batch()
-        return self._get_obs(), reward, False, truncated, info
+        return obs, reward, False, truncated, info

@@ -100,47 +100,84 @@ def observation_features(
 @dataclass
 class RowFeatures:
     """The student-independent part of every row's observation, computed once per split (a step gathers its
-    batch's rows instead of recomputing them): host arrays for the observation, and the teachers' softened
-    distributions on the device for the loss and the KL column.
+    batch's rows instead of recomputing them): host arrays for the observation and the gold credit, and the teachers'
+    softened distributions on the device for the loss and the KL column.
 
-    :param teacher: (N, K, P) ``teacher_features`` without the student: ``teacher_ce``, ``teacher_entropy``,
-        ``teacher_correct`` (masked on hidden labels) and, in the KL column, ``sum p log p`` of each teacher at T
-        (the half of the KL that does not depend on the student).
-    :param instance: (N, 5) ``instance_features`` without the student: its columns ``student_ce`` and
-        ``student_entropy`` are 0.
-    :param gold: (N, C) -1 at the gold label of a labelled row, 0 elsewhere: ``(log_q * gold).sum(1)`` is the
-        student's masked CE.
-    :param teacher_logits: (N, K, C) clipped to +-FEATURE_BOUND.
+    The host columns of a row lie side by side in one array, ``packed``, so that a step gathers its rows with one
+    indexing operation; :meth:`blocks` cuts a gathered block into its parts (views, no copy):
+
+    - ``teacher`` (N, K, P): ``teacher_features`` without the student: ``teacher_ce``, ``teacher_entropy``,
+      ``teacher_correct`` (masked on hidden labels) and, in the KL column, ``sum p log p`` of each teacher at T (the
+      half of the KL that does not depend on the student);
+    - ``teacher_logits`` (N, K, C), clipped to +-FEATURE_BOUND;
+    - ``gold`` (N, C): -1 at the gold label of a labelled row, 0 elsewhere: ``(log_q * gold).sum(1)`` is the
+      student's masked CE;
+    - ``instance`` (N, 5 [+ E]): ``instance_features`` without the student: its columns ``student_ce`` and
+      ``student_entropy`` are 0; the frozen sentence embedding follows, clipped, when the observation shows it.
+
+    :param packed: (N, K * P + K * C + C + S) float32, the blocks above in that order.
+    :param sizes: (K, P, C).
     :param teacher_probs: (N, K, C) the teachers' distributions at T, on the device of the logits.
+    :param gold_likelihood: (N, K) float64 ``p_k(y) = exp(-teacher_ce)``, each teacher's probability of the gold
+        label (1 where it is hidden: never read there), for :func:`kd_gym.credit.gold_credit_of_rows`.
+    :param labelled: (N,) bool, whether the row keeps its gold label.
     """
 
-    teacher: np.ndarray
-    instance: np.ndarray
-    gold: np.ndarray
-    teacher_logits: np.ndarray
+    packed: np.ndarray
+    sizes: tuple[int, int, int]
     teacher_probs: torch.Tensor
+    gold_likelihood: np.ndarray
+    labelled: np.ndarray
+
+    def blocks(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``teacher`` (M, K, P), ``teacher_logits`` (M, K, C), ``gold`` (M, C) and ``instance`` (M, S): views of
+        ``rows``, M rows gathered from (or sliced off) ``packed``."""
+        k, p, c = self.sizes
+        m, first, second = len(rows), k * p, k * p + k * c
+        return (rows[:, :first].reshape(m, k, p), rows[:, first:second].reshape(m, k, c),
+                rows[:, second : second + c], rows[:, second + c :])
+
+    @property
+    def teacher(self) -> np.ndarray:
+        return self.blocks(self.packed)[0]
+
+    @property
+    def teacher_logits(self) -> np.ndarray:
+        return self.blocks(self.packed)[1]
+
+    @property
+    def gold(self) -> np.ndarray:
+        return self.blocks(self.packed)[2]
+
+    @property
+    def instance(self) -> np.ndarray:
+        return self.blocks(self.packed)[3]
 
 
 def row_features(teacher_logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, temperature: float,
-                 labelled: torch.Tensor | None = None) -> RowFeatures:
+                 labelled: torch.Tensor | None = None, embedding: torch.Tensor | None = None) -> RowFeatures:
     """The :class:`RowFeatures` of a split's N rows (the same values :func:`observation_features` computes).
 
-    :param teacher_logits: (N, K, C); :param labels: (N,); :param lengths: (N,); :param labelled: (N,) bool or None.
+    :param teacher_logits: (N, K, C); :param labels: (N,); :param lengths: (N,); :param labelled: (N,) bool or None;
+    :param embedding: (N, E) the frozen sentence embeddings the observation shows, or None.
     """
     n, k, c = teacher_logits.shape
     dummy_student = torch.zeros(n, c, device=teacher_logits.device)
     per_teacher, per_instance = observation_features(teacher_logits, dummy_student, labels, lengths, temperature,
-                                                     labelled=labelled)
+                                                     labelled=labelled, embedding=embedding)
     per_instance[:, 1:3] = 0.0  # the student's columns
     log_t = F.log_softmax(teacher_logits.float() / temperature, -1)
     teacher_probs = log_t.exp()
     teacher = torch.cat([per_teacher[..., :3], (teacher_probs * log_t).sum(-1, keepdim=True)], dim=-1)
     known = torch.ones(n, device=labels.device) if labelled is None else labelled.float()
     gold = -F.one_hot(labels, c).float() * known[:, None]
-    host = (lambda t: np.ascontiguousarray(t.float().cpu().numpy()))  # noqa: E731
-    return RowFeatures(teacher=host(teacher), instance=host(per_instance[:, : len(INSTANCE_FEATURES)]), gold=host(gold),
-                       teacher_logits=host(teacher_logits.clamp(-FEATURE_BOUND, FEATURE_BOUND)),
-                       teacher_probs=teacher_probs.contiguous())
+    blocks = [teacher, teacher_logits.float().clamp(-FEATURE_BOUND, FEATURE_BOUND), gold, per_instance]
+    packed = torch.cat([block.reshape(n, -1).float() for block in blocks], dim=1).cpu().numpy()
+    teacher_ce = packed[:, : k * teacher.shape[-1]].reshape(n, k, -1)[..., TEACHER_FEATURES.index("teacher_ce")]
+    return RowFeatures(packed=np.ascontiguousarray(packed), sizes=(k, teacher.shape[-1], c),
+                       teacher_probs=teacher_probs.contiguous(),
+                       gold_likelihood=np.exp(-teacher_ce.astype(np.float64)),
+                       labelled=known.cpu().numpy() > 0.5)
 
 
 def student_columns(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -155,29 +192,37 @@ def student_columns(student_logits: torch.Tensor, teacher_probs: torch.Tensor, t
 
 
 def assemble_features(rows: RowFeatures, indices: np.ndarray, student: np.ndarray,
-                      extra: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``teacher_features`` (B, K, P) and ``instance_features`` (B, S) on the host, as :func:`observation_features`
-    gives them, from the rows ``indices`` of ``rows`` and the :func:`student_columns` of the batch. Few, whole-array
-    numpy operations: at B = 32 their count, not their size, is the cost.
+                      representation: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``teacher_features`` (B, K, P), ``instance_features`` (B, S) and ``teacher_logits`` (B, K, C) on the host,
+    as :func:`observation_features` gives them, from the rows ``indices`` of ``rows`` and the
+    :func:`student_columns` of the batch. One gather of the rows, then few whole-array numpy operations: at B = 32
+    their count, not their size, is the cost; only the columns that depend on the student are computed and clipped
+    (the rows' are clipped once). The three arrays are views of one block gathered for this call.
 
     :param student: (B, K + 2C) host copy of :func:`student_columns`.
-    :param extra: host (B, ·) arrays appended to ``instance_features`` (the student's representation, the
-        embedding), in that order.
+    :param representation: (B, H) host copy of the student's representation, placed after the 5 instance features
+        (and before the rows' embedding), or None.
     """
-    k, c = rows.teacher.shape[1], rows.gold.shape[1]
-    teacher = rows.teacher[indices]  # a copy: fancy indexing
+    k, _, c = rows.sizes
+    teacher, teacher_logits, gold, instance = rows.blocks(rows.packed[indices])  # one gather (a copy)
     kl = teacher[..., 3]
     kl -= student[:, :k]  # KL(p || q) = sum p log p - sum p log q
-    np.clip(kl, -FEATURE_BOUND, FEATURE_BOUND, out=kl)  # the other columns are bounded already
-    if extra:
-        instance = np.empty((len(indices), len(INSTANCE_FEATURES) + sum(e.shape[1] for e in extra)), dtype=np.float32)
-        instance[:, : len(INSTANCE_FEATURES)] = rows.instance[indices]
-        instance[:, len(INSTANCE_FEATURES) :] = np.concatenate(extra, axis=1) if len(extra) > 1 else extra[0]
-    else:
-        instance = rows.instance[indices]  # a copy, its student columns 0
+    _clip(kl)  # the other columns are bounded already
+    if representation is not None:
+        base = len(INSTANCE_FEATURES)
+        instance = np.concatenate([instance[:, :base], np.clip(representation, -FEATURE_BOUND, FEATURE_BOUND),
+                                   instance[:, base:]], axis=1, dtype=np.float32)
     log_q = student[:, k : k + c]
-    np.sum(log_q * rows.gold[indices], axis=1, out=instance[:, 1])  # student_ce, 0 where the label is hidden
-    instance[:, 1] += 0.0  # -0.0 (a hidden label) -> 0.0
+    np.sum(log_q * gold, axis=1, out=instance[:, 1])  # student_ce, 0 where the label is hidden
     np.multiply((np.exp(log_q) * log_q).sum(1), -1.0 / math.log(max(c, 2)), out=instance[:, 2])  # student_entropy
-    np.clip(instance, -FEATURE_BOUND, FEATURE_BOUND, out=instance)
-    return teacher, instance
+    student_part = instance[:, 1:3]
+    _clip(student_part)
+    student_part += 0.0  # -0.0 (a hidden label's CE) -> 0.0
+    return teacher, instance, teacher_logits
+
+
+def _clip(values: np.ndarray) -> np.ndarray:
+    """``values`` clipped to +-FEATURE_BOUND in place, by two ufunc calls (``np.clip``'s Python wrapper costs more
+    than the clipping of a batch's values)."""
+    np.maximum(values, -FEATURE_BOUND, out=values)
+    return np.minimum(values, FEATURE_BOUND, out=values)

@@ -120,6 +120,11 @@ class StudentTrainer:
     def split(self, name: str) -> SplitTensors:
         return self.data.splits[name]
 
+    def batch(self, split: str, indices: np.ndarray | slice) -> dict[str, torch.Tensor]:
+        """The rows ``indices`` of ``split`` as a batch (``SplitTensors.batch``), with the inputs the student reads
+        (its ``input_names``; all of them for a model that does not name them)."""
+        return self.split(split).batch(indices, getattr(self.model, "input_names", None))
+
     def forward(self, batch: dict, *, grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Student (logits (B, C), representation (B, H)) on a batch; in train mode when ``grad``."""
         if self.model.training != grad:

@@ -37,6 +37,8 @@ class LiteStudent(nn.Module):
             if hidden_size else nn.Identity()
         )
         self.classifier = nn.Linear(self.representation_size, num_labels)
+        #: the split inputs forward() reads (a batch gathers these only)
+        self.input_names = ("embeddings",)
         #: where the training dropout masks are drawn from (None: torch's global generator); set by
         #: :class:`StudentTrainer` on a CPU to the student's own stream
         self.generator: torch.Generator | None = None
@@ -81,6 +83,8 @@ class NgramStudent(nn.Module):
         self.representation_size = dim
         self.sparse = sparse or sgd_lr is not None
         self.sgd_lr, self.sgd_steps = sgd_lr, sgd_steps
+        #: the split inputs forward() reads (a batch gathers these only; not the embedding the observation shows)
+        self.input_names = ("ngram_ids",)
         # nn.Embedding and a masked mean rather than nn.EmbeddingBag: the same numbers, and a double backward (the
         # per-pair credit and the meta-gradient rival differentiate twice; EmbeddingBag's backward has no derivative)
         self.embedding = nn.Embedding(buckets, dim, padding_idx=0)

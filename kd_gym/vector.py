@@ -20,8 +20,8 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from kd_gym.credit import gold_credit
-from kd_gym.env import LABELLED, LOGIT_BOUND, TEACHER_CE, TeacherSelectionEnv, validate_weights
+from kd_gym.credit import gold_credit_of_rows
+from kd_gym.env import LOGIT_BOUND, TeacherSelectionEnv, validate_weights
 from kd_gym.features import assemble_features, row_features, student_columns
 from kd_gym.losses import KDLoss
 from kd_gym.rewards import REWARDS
@@ -95,8 +95,8 @@ class TeacherSelectionVectorEnv(VectorEnv):
         self._splits = trainer.data.splits
         self._train = train = self._splits["train"]
         # the student-independent part of every row's observation, once (as the single env): a step gathers rows
-        self._rows = row_features(train.teacher_logits, train.labels, train.lengths, cfg.temperature, train.labelled)
-        self._host_embeddings = train.inputs["embeddings"].cpu().numpy() if cfg.include_embedding else None
+        self._rows = row_features(train.teacher_logits, train.labels, train.lengths, cfg.temperature, train.labelled,
+                                  train.inputs["embeddings"] if cfg.include_embedding else None)
         self._dev = self._splits["dev"].select(self.dev_indices)  # the reward's fixed dev rows
         self._host_dev_labels = self._dev.labels.cpu().numpy()
         self._interval = self.reward_name in INTERVAL_REWARDS
@@ -203,13 +203,11 @@ class TeacherSelectionVectorEnv(VectorEnv):
         assembly, on N * B rows)."""
         n, b, k, c = self.num_envs, self.batch_size, self.num_teachers, self.num_labels
         indices, student = self._indices.reshape(-1), host["student"]
-        extra = [student[:, k + 2 * c :]] if self.config.include_representation else []
-        if self._host_embeddings is not None:
-            extra.append(self._host_embeddings[indices])
-        teacher, instance = assemble_features(self._rows, indices, student, extra)
+        representation = student[:, k + 2 * c :] if self.config.include_representation else None
+        teacher, instance, teacher_logits = assemble_features(self._rows, indices, student, representation)
         return {"teacher_features": teacher.reshape(n, b, *teacher.shape[1:]),
                 "instance_features": instance.reshape(n, b, -1),
-                "teacher_logits": self._rows.teacher_logits[self._indices],
+                "teacher_logits": teacher_logits.reshape(n, b, k, c),
                 "student_logits": np.clip(student[:, k + c : k + 2 * c], -LOGIT_BOUND, LOGIT_BOUND).reshape(n, b, c)}
 
     def _measure_value(self, envs: np.ndarray) -> np.ndarray:
@@ -288,7 +286,7 @@ class TeacherSelectionVectorEnv(VectorEnv):
         else:
             measured = stepping.copy()
         acted_on = self._indices  # the rows of the batch just trained on (_advance overwrites them in place)
-        gold = gold_credit(self._rows.teacher[acted_on, :, TEACHER_CE], self._rows.instance[acted_on, LABELLED], weights)
+        gold = gold_credit_of_rows(self._rows.gold_likelihood, self._rows.labelled, acted_on, weights)
         self._start_episodes(resetting, keep_student=False)
         everyone = np.ones(self.num_envs, dtype=bool)
         host = self._advance(everyone, (measured | resetting) if self._interval else ~everyone, loss)

@@ -78,10 +78,12 @@ def plain_kd_loop(model: torch.nn.Module, split: SplitTensors, batches: list[np.
     clip = sparse_clip_grad_norm_ if sparse and not sgd else torch.nn.utils.clip_grad_norm_
     clipped = [p for name, p in model.named_parameters() if not (sgd and name == "embedding.weight")]
 
+    names = getattr(model, "input_names", None)  # the inputs the student reads, as the trainer gathers them
+
     def run() -> float:
         started = time.perf_counter()
         for indices in batches:
-            batch = split.batch(indices)
+            batch = split.batch(indices, names)
             with autocast(device, dtype):
                 logits, _ = model(**batch["inputs"])
             logits = logits.float()
