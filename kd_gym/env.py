@@ -21,7 +21,6 @@ from kd_gym.defaults import pool_silos
 from kd_gym.env_setup import build_data, build_student
 from kd_gym.features import (
     FEATURE_BOUND,
-    INSTANCE_FEATURES,
     TEACHER_FEATURES,
     assemble_features,
     instance_feature_names,
