@@ -102,10 +102,13 @@ class GoldRouter:
         if not len(rows):
             return
         rewards = torch.from_numpy(np.exp(-obs["teacher_features"][rows, :, self.ce_column]).astype(np.float32))
-        for view, reward in zip(views[rows], rewards):
-            self.replay_views[self.replay_cursor], self.replay_rewards[self.replay_cursor] = view, reward
-            self.replay_cursor = (self.replay_cursor + 1) % self.replay_size
-            self.replay_count = min(self.replay_count + 1, self.replay_size)
+        count, rows = len(rows), torch.from_numpy(rows)
+        slots = torch.arange(self.replay_cursor, self.replay_cursor + count) % self.replay_size  # a ring buffer
+        if count > self.replay_size:  # more than the buffer holds at once: the last ones stay
+            slots, rows, rewards = slots[-self.replay_size :], rows[-self.replay_size :], rewards[-self.replay_size :]
+        self.replay_views[slots], self.replay_rewards[slots] = views[rows], rewards
+        self.replay_cursor = (self.replay_cursor + count) % self.replay_size
+        self.replay_count = min(self.replay_count + count, self.replay_size)
 
     def loss(self, views: torch.Tensor, rewards: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """The REINFORCE loss of instances (views (n, size), rewards (n, K)): ``-mean((r_k / E_pi[r] - 1) log
@@ -131,7 +134,7 @@ class GoldRouter:
         if not self.replay_count:
             return None
         pick = torch.randint(self.replay_count, (self.replay_batch,), generator=self.generator)
-        loss, metrics = self.loss(self.replay_views[pick], self.replay_rewards[pick])
+        loss, metrics = self.loss(self.replay_views.index_select(0, pick), self.replay_rewards.index_select(0, pick))
         self.optimizer.zero_grad()
         loss.backward()
         grad_norm = float(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in self.gate.parameters()])))

@@ -85,6 +85,9 @@ class LabelFreeView:
 
     def __init__(self, instance_feature_names: list[str], num_teachers: int, num_labels: int) -> None:
         self.columns = np.array([i for i, name in enumerate(instance_feature_names) if name not in self.SKIP])
+        # the same columns as runs of consecutive ones (slices): a copy of each, with no per-element indexing
+        breaks = np.flatnonzero(np.diff(self.columns) != 1) + 1
+        self._runs = [slice(int(run[0]), int(run[-1]) + 1) for run in np.split(self.columns, breaks)]
         self.size = len(self.columns) + num_teachers * num_labels
         #: every column lies in [-bound, bound]: features in +-50; log-probabilities of logits clipped to +-50 in
         #: [-(100 + log C), 0]
@@ -97,7 +100,8 @@ class LabelFreeView:
     def tensor(self, obs: dict[str, np.ndarray]) -> torch.Tensor:
         """(..., B, size) float32 views as a tensor."""
         log_probs = torch.log_softmax(torch.from_numpy(obs["teacher_logits"]), dim=-1).flatten(-2)
-        return torch.cat([torch.from_numpy(obs["instance_features"][..., self.columns]), log_probs], dim=-1)
+        instance = torch.from_numpy(obs["instance_features"])
+        return torch.cat([*(instance[..., run] for run in self._runs), log_probs], dim=-1)
 
 
 class InstanceView:

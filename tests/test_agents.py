@@ -356,3 +356,32 @@ def test_sb3_agents_leave_no_log_folder_behind(env_kwargs, tmp_path, monkeypatch
     env = gym.make("kd_gym/TeacherSelectionLite-v0", **{**env_kwargs, "episode_steps": 4})
     agents.make("ppo", env, seed=0, n_steps=2).learn(4)
     assert not list(tmp_path.glob("SB3-*"))
+
+
+def test_the_gold_routers_replay_is_a_ring_buffer_of_the_last_labelled_instances():
+    from agents.gold_router import GoldRouter
+
+    names = ["teacher_agreement", "student_ce", "student_entropy", "length", "labelled"]
+    router = GoldRouter(names, ["teacher_ce", "x"], 2, 3, learning_rate=0.1, l2=0.0, entropy_coef=0.0, samples=1,
+                        replay_size=5, replay_batch=4, generator=torch.Generator().manual_seed(0))
+    kept: list[tuple[float, float]] = []  # (view id, reward) of every labelled instance, in the order seen
+    rng, seen = np.random.default_rng(0), 0
+    for batch in (3, 4, 8, 2):  # wraps around, and one step holds more labelled rows than the buffer
+        labelled = rng.random(batch) < 0.8
+        labelled[0] = True
+        ce = rng.random((batch, 2)).astype(np.float32)
+        obs = {"instance_features": np.zeros((batch, 5), np.float32),
+               "teacher_features": np.stack([ce, np.zeros_like(ce)], axis=-1)}
+        obs["instance_features"][:, 4] = labelled
+        ids = torch.arange(seen, seen + batch, dtype=torch.float32)  # each row's view says which row it is
+        seen += batch
+        router.remember(obs, ids[:, None].expand(batch, router.size).contiguous())
+        kept += [(float(i), float(np.exp(-c[0]))) for i, c, known in zip(ids, ce, labelled) if known]
+        last = kept[-5:]
+        assert router.replay_count == len(last) and router.replay_cursor == len(kept) % 5
+        stored = sorted(zip(router.replay_views[: router.replay_count, 0].tolist(),
+                            router.replay_rewards[: router.replay_count, 0].tolist()))
+        np.testing.assert_allclose(np.array(stored), np.array(sorted(last)), rtol=1e-6)
+        # the slot of each instance is its position in the stream, modulo the size
+        for position, (view, _) in enumerate(kept[-5:], start=len(kept) - len(last)):
+            assert router.replay_views[position % 5, 0].item() == view
