@@ -81,9 +81,10 @@ class GoldRouter:
 
     def observe(self, views: torch.Tensor) -> None:
         """Fold a step's views into the standardisation."""
-        rows = views.double()
+        rows = views.to(torch.float64, copy=True)
         mean = rows.mean(dim=0)
-        self.stats.update_from_moments(mean.numpy(), (rows - mean).square_().mean(dim=0).numpy(), rows.shape[0])
+        var = rows.sub_(mean).square_().mean(dim=0)  # in place: rows is this call's float64 copy
+        self.stats.update_from_moments(mean.numpy(), var.numpy(), rows.shape[0])
         self._set_scale()
 
     def logits(self, views: torch.Tensor) -> torch.Tensor:
