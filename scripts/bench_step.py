@@ -9,6 +9,7 @@ evaluation on the fixed subset every ``reward_interval`` steps, amortised).
     python scripts/bench_step.py --envs lite --steps 400
     python scripts/bench_step.py --envs lite --threads 1 --dense   # also the paired reward and credit=True
     python scripts/bench_step.py --ngram-parts --threads 1          # where an n-gram student's KD step goes
+    python scripts/bench_step.py --parts --threads 1                # where one lite env.step goes, part by part
 """
 
 from __future__ import annotations
@@ -162,6 +163,45 @@ def ngram_parts(buckets_list=(16384, 1024), batch: int = 32, length: int = 40, s
         print(f"n-gram student, {buckets} x 32 table: " + ", ".join(f"{k} {v:.2f} ms" for k, v in parts.items()))
 
 
+def step_parts(config: EnvConfig, steps: int, reward: str = "neg_ce") -> dict[str, float]:
+    """ms per step of each part of the lite ``env.step``, timed inside the loop (``perf_counter`` around the env's own
+    methods, so every part pays the cache misses that the rest of the step causes, as it does in a run)."""
+    env = gym.make(ENVS["lite"], episode_steps=10**9, reward=reward, device=config.device,
+                   lite_student=config.lite_student, ngram_update=config.ngram_update).unwrapped
+    parts = {"the action's check (_validate_action)": (env, "_validate_action"),
+             "gold credit (_gold_credit)": (env, "_gold_credit"),
+             "the update (StudentTrainer.train_step)": (env.trainer, "train_step"),
+             "the next batch and its forward pass (_load_batch)": (env, "_load_batch"),
+             "the observation, loss parts to the host (_get_obs)": (env, "_get_obs"),
+             "info (_get_info)": (env, "_get_info")}
+    spent = dict.fromkeys(parts, 0.0)
+
+    def timed(label: str, fn):
+        def call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - started
+        return call
+
+    for label, (owner, name) in parts.items():
+        setattr(owner, name, timed(label, getattr(owner, name)))
+    action = np.ones(env.action_space.shape, dtype=np.float32)
+    env.reset(seed=0)
+    for _ in range(steps // 4):  # warm-up
+        env.step(action)
+    spent.update(dict.fromkeys(parts, 0.0))
+    started = time.perf_counter()
+    for _ in range(steps):
+        env.step(action)
+    total = time.perf_counter() - started
+    result = {label: value / steps * 1e3 for label, value in spent.items()}
+    result["the rest of step(): the reward, bookkeeping"] = total / steps * 1e3 - sum(result.values())
+    result["env.step, all of it"] = total / steps * 1e3
+    return result
+
+
 def measure(env_name: str, steps: int, rounds: int, config: EnvConfig,
             dense: bool = False) -> list[tuple[str, float, float]]:
     """(loop, ms per step, ratio to the plain step) for the plain loop and ``env.step`` under two rewards (and, with
@@ -220,6 +260,8 @@ def main() -> None:
                              "default), sparse (lazy AdamW on those rows) or dense (AdamW on the whole table)")
     parser.add_argument("--dense", action="store_true",
                         help="also time the dense signals: reward=dev_loss_paired and credit=True")
+    parser.add_argument("--parts", action="store_true",
+                        help="only print where one lite env.step (reward neg_ce) goes, each part timed inside the loop")
     parser.add_argument("--ngram-parts", action="store_true",
                         help="only print where one KD step of a dense n-gram student goes, for two table sizes")
     args = parser.parse_args()
@@ -231,6 +273,12 @@ def main() -> None:
     config = EnvConfig(device=args.device, student_checkpoint=args.student_checkpoint, lite_student=args.lite_student,
                        ngram_update=args.ngram_update,
                        teachers=args.teachers.split(",") if args.teachers else None).validate()
+    if args.parts:
+        print(f"lite env.step, reward neg_ce, {config.ngram_update} update, {max(args.steps, 1000)} steps, "
+              f"{torch.get_num_threads()} thread(s)")
+        for label, ms in step_parts(config, max(args.steps, 1000)).items():
+            print(f"{label:<52}{ms:>8.3f} ms")
+        return
     torch.manual_seed(0)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
