@@ -97,20 +97,23 @@ class StackedStudents:
         #: parameter names, as in ``LiteStudent.state_dict()``
         self.names = [name for name, _ in self.template.named_parameters()]
         shapes = [p.shape for p in self.template.parameters()]
-        sizes = [p.numel() for p in self.template.parameters()]
-        self._bounds = n * np.cumsum([0, *sizes])  # parameter k: [bounds[k], bounds[k + 1]) of a buffer
-        flat = (lambda: torch.zeros(int(self._bounds[-1]), device=self.device))  # noqa: E731
-        #: (N * P,) every student's parameters, gradients and AdamW moments, one block per parameter
-        self.flat_params, self.flat_grads, self.exp_avg, self.exp_avg_sq = flat(), flat(), flat(), flat()
-        self._denom = flat()  # reused: no large allocation per update
-        self.params, self.grads = self._views(self.flat_params, shapes), self._views(self.flat_grads, shapes)
-        self._moments = self._views(self.exp_avg, shapes), self._views(self.exp_avg_sq, shapes)
-        self._denom_views = self._views(self._denom, shapes)
-        # the fused update's operands: student n's blocks, each with student n's step count (a 0-d view of one
-        # (N,) tensor that every update refreshes with one copy)
-        self._blocks = [[t[i] for i in range(n) for t in views] for views in (self.params, self.grads, *self._moments)]
+        everything = [True] * len(shapes)
+        keep_grads, keep_moments = self._kept_state()
+        #: (N * P,) every student's parameters, gradients and AdamW moments, one block per parameter (a sparse
+        #: student's table keeps only the state its rule reads: no gradient block, and no moments under SGD)
+        self.flat_params, self.params = self._buffer(shapes, everything)
+        self.flat_grads, self.grads = self._buffer(shapes, keep_grads)
+        (self.exp_avg, first), (self.exp_avg_sq, second) = (self._buffer(shapes, keep_moments) for _ in range(2))
+        self._moments = first, second
+        self._denom, self._denom_views = self._buffer(shapes, keep_moments)  # reused: no allocation per update
+        # the fused update's operands: student n's blocks of the parameters with a gradient and moments (all but a
+        # sparse table, which takes its own rule), each with student n's step count (a 0-d view of one (N,) tensor
+        # that every update refreshes with one copy)
+        fused = [k for k, (grad, moment) in enumerate(zip(keep_grads, keep_moments)) if grad and moment]
+        self._blocks = [[views[k][i] for i in range(n) for k in fused]
+                        for views in (self.params, self.grads, *self._moments)]
         self._step_values = torch.zeros(n, dtype=torch.float32, device=self.device)
-        self._block_steps = [self._step_values[i] for i in range(n) for _ in self.params]
+        self._block_steps = [self._step_values[i] for i in range(n) for _ in fused]
         self._saved: tuple = ()
         #: (N,) updates of each student since it was drawn
         self.steps = np.zeros(n, dtype=np.int64)
@@ -119,9 +122,20 @@ class StackedStudents:
                                   if self.device.type == "cuda" else None)
         self._masks: torch.Tensor | None = None
 
-    def _views(self, flat: torch.Tensor, shapes: list[torch.Size]) -> list[torch.Tensor]:
-        """The per-parameter (N, *shape) contiguous views of a flat buffer."""
-        return [flat[a:b].view(-1, *shape) for a, b, shape in zip(self._bounds[:-1], self._bounds[1:], shapes)]
+    def _kept_state(self) -> tuple[list[bool], list[bool]]:
+        """Which parameters keep a gradient block and which keep AdamW moments (all of them, unless a subclass's
+        update rule reads less)."""
+        count = len(list(self.template.parameters()))
+        return [True] * count, [True] * count
+
+    def _buffer(self, shapes: list[torch.Size], keep: list[bool]) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """A zero flat buffer holding the parameters ``keep`` of every student, and its per-parameter (N, *shape)
+        contiguous views (None for a parameter not kept). Buffers that keep the same parameters share a layout."""
+        sizes = [self.num_students * int(np.prod(shape)) if kept else 0 for shape, kept in zip(shapes, keep)]
+        bounds = np.cumsum([0, *sizes])
+        flat = torch.zeros(int(bounds[-1]), device=self.device)
+        return flat, [flat[a:b].view(-1, *shape) if kept else None
+                      for a, b, shape, kept in zip(bounds[:-1], bounds[1:], shapes, keep)]
 
     # -- randomness
     def _mask_generator(self, index: int) -> torch.Generator:
@@ -146,8 +160,9 @@ class StackedStudents:
         with torch.no_grad():
             for stacked, fresh, m, v in zip(self.params, self.template.parameters(), *self._moments):
                 stacked[index].copy_(fresh)
-                m[index].zero_()
-                v[index].zero_()
+                if m is not None:
+                    m[index].zero_()
+                    v[index].zero_()
         self.steps[index] = 0
 
     # -- computation
@@ -350,10 +365,15 @@ class StackedNgramStudents(StackedStudents):
         #: the template's fastText SGD on the table rows (learning rate, updates it decays over), or None (AdamW)
         self.row_sgd = (None if getattr(self.template, "sgd_lr", None) is None
                         else (self.template.sgd_lr, self.template.sgd_steps))
-        if self.sparse:  # the fused AdamW call covers the classifier; the table's rows take lazy_adamw_rows_
-            self._blocks = [[t[i] for i in range(num_students) for t in views[1:]]
-                            for views in (self.params, self.grads, *self._moments)]
-            self._block_steps = [self._step_values[i] for i in range(num_students) for _ in self.params[1:]]
+
+    def _kept_state(self) -> tuple[list[bool], list[bool]]:
+        """A sparse table needs no gradient block (its update reads the rows' gradients), and under fastText's SGD no
+        moments either: at N = 256, 2 GB of table-sized buffers not allocated."""
+        grads, moments = super()._kept_state()
+        if getattr(self.template, "sparse", False):
+            grads[0] = False
+            moments[0] = getattr(self.template, "sgd_lr", None) is None  # lazy AdamW keeps the table's moments
+        return grads, moments
 
     @torch.no_grad()
     def forward(self, inputs: torch.Tensor, masks: torch.Tensor | None = None, index: np.ndarray | None = None,

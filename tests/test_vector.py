@@ -263,3 +263,17 @@ def test_bad_calls_name_the_value_and_the_fix(env_kwargs) -> None:
         vector.reset(seed=[1, 2])
     with pytest.raises(ValueError, match="reset_mask"):
         vector.reset(options={"reset_mask": [True, False, True]})
+
+
+@pytest.mark.parametrize("rule, table_grads, table_moments", [("dense", True, True), ("sparse", False, True),
+                                                              ("sgd", False, False)])
+def test_a_stack_keeps_only_the_table_state_its_update_rule_reads(rule, table_grads, table_moments) -> None:
+    n, buckets, dim, c = 3, 50, 4, 3
+    options = {"dense": {}, "sparse": {"sparse": True}, "sgd": {"sgd_lr": 1.0, "sgd_steps": 10}}[rule]
+    stack = StackedNgramStudents(NgramStudent(buckets, c, dim, **options), n, lr=1e-2, weight_decay=0.01,
+                                 grad_clip=1.0)
+    table, classifier = n * buckets * dim, n * (c * dim + c)
+    assert stack.flat_params.numel() == table + classifier
+    assert stack.flat_grads.numel() == classifier + table * table_grads
+    assert stack.exp_avg.numel() == stack.exp_avg_sq.numel() == classifier + table * table_moments
+    assert (stack.grads[0] is None) != table_grads and (stack._moments[0][0] is None) != table_moments
