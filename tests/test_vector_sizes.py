@@ -58,13 +58,14 @@ def default_sized_data(seed: int = 0, rows: int = 640, ngrams: bool = False) -> 
                               "ngrams-sgd-fused-adamw", "ngrams-sgd-unfused-adamw"])
 def test_sub_envs_are_bit_identical_to_single_envs_at_the_default_sizes(student, fused, monkeypatch) -> None:
     import kd_gym.sparse
+    import kd_gym.stacked_base
+    import kd_gym.stacked_ngrams
     import kd_gym.student
-    import kd_gym.student_stack
 
     if fused and not kd_gym.student.fused_adamw(torch.device("cpu")):
         pytest.skip("this torch has no fused AdamW kernel for the CPU")
     if not fused:  # the path of a torch without one: torch.optim.AdamW's default, the stack's whole-buffer update
-        for module in (kd_gym.sparse, kd_gym.student, kd_gym.student_stack):
+        for module in (kd_gym.sparse, kd_gym.student, kd_gym.stacked_base, kd_gym.stacked_ngrams):
             monkeypatch.setattr(module, "fused_adamw", lambda device: False)
     ngrams = student.startswith("ngrams")
     options = {"data": default_sized_data(ngrams=ngrams), "lite_student": "ngrams" if ngrams else student,
