@@ -137,22 +137,6 @@ class RowFeatures:
         return (rows[:, :first].reshape(m, k, p), rows[:, first:second].reshape(m, k, c),
                 rows[:, second : second + c], rows[:, second + c :])
 
-    @property
-    def teacher(self) -> np.ndarray:
-        return self.blocks(self.packed)[0]
-
-    @property
-    def teacher_logits(self) -> np.ndarray:
-        return self.blocks(self.packed)[1]
-
-    @property
-    def gold(self) -> np.ndarray:
-        return self.blocks(self.packed)[2]
-
-    @property
-    def instance(self) -> np.ndarray:
-        return self.blocks(self.packed)[3]
-
 
 def row_features(teacher_logits: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor, temperature: float,
                  labelled: torch.Tensor | None = None, embedding: torch.Tensor | None = None) -> RowFeatures:

@@ -64,7 +64,8 @@ def test_gold_credit_of_precomputed_rows_equals_the_direct_computation():
     batch = rng.choice(64, size=(3, 16))  # (N, B): a vector env's rows
     weights = rng.random((3, 16, 4)).astype(np.float32)
     weights[0, :4] = 0.0  # all-zero rows count as equal weights
-    expected = gold_credit(rows.teacher[batch, :, 0], rows.instance[batch, 4], weights)
+    teacher, _, _, instance = rows.blocks(rows.packed)
+    expected = gold_credit(teacher[batch, :, 0], instance[batch, 4], weights)
     got = gold_credit_of_rows(rows.gold_likelihood, rows.labelled, batch, weights)
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.float32 and np.count_nonzero(got) > 0
