@@ -66,8 +66,7 @@ def validate_weights(action: Any, axes: tuple[str, ...], expected: tuple[int, ..
             bad = array[other][:3].tolist()
             raise ValueError(f"action_type='select' expects 0/1 (drop/keep) per teacher; got values like {bad}")
         return array
-    # out-of-range weights are clipped, as documented (two ufunc calls: np.clip's Python wrapper costs more)
-    return np.minimum(np.maximum(array, np.float32(0.0)), np.float32(1.0))
+    return np.clip(array, 0.0, 1.0)  # out-of-range weights are clipped, as documented
 
 
 class TeacherSelectionEnv(gym.Env):
@@ -217,7 +216,9 @@ class TeacherSelectionEnv(gym.Env):
                 "student_logits": np.clip(host[:, k + c : k + 2 * c], -LOGIT_BOUND, LOGIT_BOUND)}, loss_parts
 
     def _get_info(self, loss_parts: np.ndarray | None = None, rows: np.ndarray | None = None) -> dict[str, Any]:
-        """``info``; after an update, ``loss_parts`` from :meth:`_get_obs` and the ``rows`` it trained on."""
+        """``info``; after an update, ``loss_parts`` from :meth:`_get_obs` and the ``rows`` it trained on (default:
+        the current batch's)."""
+        rows = self._batch_indices if rows is None else rows
         info: dict[str, Any] = {"step": self._t, "student_steps": self.trainer.steps}
         if self._last_dev is not None:
             info["dev_metric"] = self._last_dev["metric"]

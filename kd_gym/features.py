@@ -158,7 +158,7 @@ def row_features(teacher_logits: torch.Tensor, labels: torch.Tensor, lengths: to
     blocks = [teacher, teacher_logits.float().clamp(-FEATURE_BOUND, FEATURE_BOUND), gold, per_instance]
     packed = torch.cat([block.reshape(n, -1).float() for block in blocks], dim=1).cpu().numpy()
     teacher_ce = packed[:, : k * teacher.shape[-1]].reshape(n, k, -1)[..., TEACHER_FEATURES.index("teacher_ce")]
-    return RowFeatures(packed=np.ascontiguousarray(packed), sizes=(k, teacher.shape[-1], c),
+    return RowFeatures(packed=packed, sizes=(k, teacher.shape[-1], c),
                        teacher_probs=teacher_probs.contiguous(),
                        gold_likelihood=np.exp(-teacher_ce.astype(np.float64)),
                        labelled=known.cpu().numpy() > 0.5)
@@ -191,7 +191,7 @@ def assemble_features(rows: RowFeatures, indices: np.ndarray, student: np.ndarra
     teacher, teacher_logits, gold, instance = rows.blocks(rows.packed[indices])  # one gather (a copy)
     kl = teacher[..., 3]
     kl -= student[:, :k]  # KL(p || q) = sum p log p - sum p log q
-    _clip(kl)  # the other columns are bounded already
+    np.clip(kl, -FEATURE_BOUND, FEATURE_BOUND, out=kl)  # the other columns are bounded already
     if representation is not None:
         base = len(INSTANCE_FEATURES)
         instance = np.concatenate([instance[:, :base], np.clip(representation, -FEATURE_BOUND, FEATURE_BOUND),
@@ -199,14 +199,7 @@ def assemble_features(rows: RowFeatures, indices: np.ndarray, student: np.ndarra
     log_q = student[:, k : k + c]
     np.sum(log_q * gold, axis=1, out=instance[:, 1])  # student_ce, 0 where the label is hidden
     np.multiply((np.exp(log_q) * log_q).sum(1), -1.0 / math.log(max(c, 2)), out=instance[:, 2])  # student_entropy
+    instance[:, 1] += 0.0  # -0.0 (a hidden label's CE) -> 0.0
     student_part = instance[:, 1:3]
-    _clip(student_part)
-    student_part += 0.0  # -0.0 (a hidden label's CE) -> 0.0
+    np.clip(student_part, -FEATURE_BOUND, FEATURE_BOUND, out=student_part)
     return teacher, instance, teacher_logits
-
-
-def _clip(values: np.ndarray) -> np.ndarray:
-    """``values`` clipped to +-FEATURE_BOUND in place, by two ufunc calls (``np.clip``'s Python wrapper costs more
-    than the clipping of a batch's values)."""
-    np.maximum(values, -FEATURE_BOUND, out=values)
-    return np.minimum(values, FEATURE_BOUND, out=values)

@@ -4,7 +4,7 @@ A batch of 32 tweets touches about 1,500 of the n-gram student's 16,384 table ro
 still makes about a dozen passes over the whole table (zero-fill, gradient norm, AdamW's reads and writes of
 gradient, weights and both moments); here a step costs what the batch touched. One set of functions serves the single
 student (:class:`~kd_gym.student.NgramStudent` with ``sparse=True`` under :class:`LazyAdamW`) and the stacked students
-of the vector env (:class:`~kd_gym.student_stack.StackedNgramStudents`), so that both compute the same numbers:
+of the vector env (:class:`~kd_gym.stacked_ngrams.StackedNgramStudents`), so that both compute the same numbers:
 
 - :func:`row_gradients`: the table's gradient as (touched rows, their summed gradients), accumulated position by
   position in the batch's order, as ``nn.Embedding``'s dense backward accumulates it;
@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
 
 def fused_adamw(device: torch.device) -> bool:
     """True where PyTorch has a fused AdamW kernel for ``device`` (CUDA; the CPU from torch 2.4): one pass over each
     parameter instead of a dozen elementwise ones. The trainer, the vector env's stacked students
-    (:mod:`kd_gym.student_stack`) and the sparse student's rows all use it there, so that their students stay
+    (:mod:`kd_gym.stacked_base`) and the sparse student's rows all use it there, so that their students stay
     identical."""
     return _fused_adamw_for(device.type)
 
@@ -163,9 +164,14 @@ def sgd_lr(lr: float, step: int, total_steps: int | None) -> float:
     """fastText's learning rate at update ``step`` (1-based) of ``total_steps``: ``lr * (1 - (step - 1) / total)``,
     linear decay from ``lr`` to ``lr / total`` at the last update (and held there after it); constant without a
     total."""
+    return float(sgd_lrs(lr, np.array([step]), total_steps)[0])
+
+
+def sgd_lrs(lr: float, steps: np.ndarray, total_steps: int | None) -> np.ndarray:
+    """:func:`sgd_lr` of every update count in ``steps`` (float64, the same doubles), one call for N students."""
     if not total_steps:
-        return lr
-    return lr * (1.0 - (min(step, total_steps) - 1) / total_steps)
+        return np.full(len(steps), float(lr))
+    return lr * (1.0 - (np.minimum(steps, total_steps) - 1) / total_steps)
 
 
 @torch.no_grad()

@@ -26,7 +26,9 @@ class StackedStudents:
     tensors (at N = 1 their count costs, not their size). ``params`` and ``grads`` are contiguous views of the
     buffers, one block per parameter with a leading student axis, in the order of the template's parameters;
     contiguous, so the backward products are written into them by the kernels a fresh result would take. Each
-    student has its own AdamW step count.
+    student has its own AdamW step count. A parameter whose update rule reads less (a sparse n-gram table:
+    :meth:`_kept_state`) has no gradient block (``grads[k]`` is None) and, under fastText's SGD, no moments; the
+    whole-buffer AdamW and clipping (:meth:`_adamw`, :meth:`_clip`) serve the stacks that keep everything.
 
     :param template: the architecture (its weights are not used: every student is drawn by :meth:`reset`).
     :param num_students: N >= 1.
@@ -61,11 +63,12 @@ class StackedStudents:
         self.flat_grads, self.grads = self._buffer(shapes, keep_grads)
         (self.exp_avg, first), (self.exp_avg_sq, second) = (self._buffer(shapes, keep_moments) for _ in range(2))
         self._moments = first, second
-        self._denom, self._denom_views = self._buffer(shapes, keep_moments)  # reused: no allocation per update
-        # the fused update's operands: student n's blocks of the parameters with a gradient and moments (all but a
-        # sparse table, which takes its own rule), each with student n's step count (a 0-d view of one (N,) tensor
-        # that every update refreshes with one copy)
-        fused = [k for k, (grad, moment) in enumerate(zip(keep_grads, keep_moments)) if grad and moment]
+        # the parameters AdamW updates whole (all but a sparse table, which takes its own rule)
+        whole = [grad and moment for grad, moment in zip(keep_grads, keep_moments)]
+        self._denom, self._denom_views = self._buffer(shapes, whole)  # reused: no allocation per update
+        # the fused update's operands: student n's blocks of those parameters, each with student n's step count (a
+        # 0-d view of one (N,) tensor that every update refreshes with one copy)
+        fused = [k for k, kept in enumerate(whole) if kept]
         self._blocks = [[views[k][i] for i in range(n) for k in fused]
                         for views in (self.params, self.grads, *self._moments)]
         self._step_values = torch.zeros(n, dtype=torch.float32, device=self.device)

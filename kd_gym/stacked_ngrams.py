@@ -14,7 +14,7 @@ from kd_gym.sparse import (
     real_bag_sum,
     real_positions,
     row_gradients,
-    sgd_lr,
+    sgd_lrs,
     sgd_rows_,
 )
 from kd_gym.stacked_base import StackedStudents, per_student
@@ -149,8 +149,8 @@ class StackedNgramStudents(StackedStudents):
         table = self.params[0].view(-1, self.dim)
         if self.row_sgd is not None:  # fastText's SGD: each position's gradient added into its row, no clipping
             self._classifier_update(None)
-            rates = torch.tensor([-sgd_lr(self.row_sgd[0], int(t), self.row_sgd[1]) for t in self.steps],
-                                 dtype=table.dtype, device=self.device)
+            rates = torch.tensor(-sgd_lrs(self.row_sgd[0], self.steps, self.row_sgd[1]), dtype=table.dtype,
+                                 device=self.device)
             index, bag = positions  # the forward pass's real positions (kd_gym.sparse.real_bag_sum)
             steps = grad_sum * rates.repeat_interleave(len(rows) // self.num_students).unsqueeze(1)  # (N * B, D)
             sgd_rows_(table, index, steps.index_select(0, bag))

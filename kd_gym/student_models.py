@@ -120,7 +120,7 @@ class NgramStudent(nn.Module):
         """(B, C) eval logits from :meth:`projected_table`: the mean of the real ids' projected rows plus the bias,
         summed over the real positions only (:func:`~kd_gym.sparse.real_bag_sum`). The classifier is linear, so
         these are :meth:`forward`'s logits summed in another order (~1e-7 apart); the sparse student evaluates this
-        way, as do its stacked copies (kd_gym.student_stack): a dev evaluation of 16 students gathers 12 bytes per
+        way, as do its stacked copies (kd_gym.stacked_ngrams): a dev evaluation of 16 students gathers 12 bytes per
         real id from 16 tables of 192 KB instead of 128 bytes per padded position from 16 of 2 MB."""
         real = ngram_ids != 0
         count = real.sum(1, keepdim=True).to(projected.dtype).clamp_min(1.0)
