@@ -143,16 +143,24 @@ class StackedStudents:
         else:
             out.copy_(op(*args))
 
-    def _clip(self) -> None:
-        """``clip_grad_norm_`` per student: each parameter's norm (reduced as clip_grad_norm_ reduces it: one
-        tensor at a time), the norm of those, and the scaling of each student's gradients."""
-        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in self.grads], dim=1)  # (N, tensors)
+    def _clip(self, grads: list[torch.Tensor] | None = None,
+              leading_norms: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``clip_grad_norm_`` per student over ``grads`` (default: all of them): each tensor's norm (reduced as
+        clip_grad_norm_ reduces it: one tensor at a time), after ``leading_norms`` (N,) of gradients held elsewhere
+        (a sparse table's rows) where given, the norm of those, and the scaling of each student's ``grads``.
+        Returns the coefficients (N,) the gradients held elsewhere are still to be scaled by, or None where nothing
+        was scaled."""
+        grads = self.grads if grads is None else grads
+        norms = [torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]
+        norms = torch.stack(norms if leading_norms is None else [leading_norms, *norms], dim=1)  # (N, tensors)
         coef = (self.grad_clip / (torch.linalg.vector_norm(norms, dim=1) + 1e-6)).clamp(max=1.0)
         # g * 1.0 == g: on the CPU (where reading coef costs no device sync) an unclipped step skips the pass over
         # the buffer; the lite student's gradients are rarely clipped
         if self.device.type != "cpu" or bool((coef < 1.0).any()):
-            for g in self.grads:
+            for g in grads:
                 g.mul_(per_student(coef, g))
+            return coef
+        return None
 
     def _adamw(self) -> None:
         """The trainer's AdamW update of every student: PyTorch's fused kernel (:func:`~kd_gym.student.fused_adamw`)

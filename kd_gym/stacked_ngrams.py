@@ -17,7 +17,7 @@ from kd_gym.sparse import (
     sgd_lrs,
     sgd_rows_,
 )
-from kd_gym.stacked_base import StackedStudents, per_student
+from kd_gym.stacked_base import StackedStudents
 from kd_gym.student import NgramStudent, fused_adamw
 
 
@@ -172,16 +172,8 @@ class StackedNgramStudents(StackedStudents):
         """Each student's gradient clipping (``clip_grad_norm_`` over its table rows' norm ``table_norms`` (N,), where
         given, and its classifier's), one more step, and AdamW on the classifier. Returns the clipping coefficients
         (N,) the table rows are still to be scaled by, or None where nothing is scaled."""
-        coef = None
-        if self.grad_clip:  # clip_grad_norm_ per student: its rows' norm, its classifier's, the norm of those
-            norms = [torch.linalg.vector_norm(g.flatten(1), dim=1) for g in self.grads[1:]]
-            norms = torch.stack(norms if table_norms is None else [table_norms, *norms], dim=1)
-            coef = (self.grad_clip / (torch.linalg.vector_norm(norms, dim=1) + 1e-6)).clamp(max=1.0)
-            if self.device.type != "cpu" or bool((coef < 1.0).any()):
-                for g in self.grads[1:]:
-                    g.mul_(per_student(coef, g))
-            else:
-                coef = None
+        # clip_grad_norm_ per student: its rows' norm, its classifier's, the norm of those
+        coef = self._clip(self.grads[1:], table_norms) if self.grad_clip else None
         self.steps += 1
         if fused_adamw(self.device):
             self._fused_adamw()
