@@ -10,6 +10,7 @@ evaluation on the fixed subset every ``reward_interval`` steps, amortised).
     python scripts/bench_step.py --envs lite --threads 1 --dense   # also the paired reward and credit=True
     python scripts/bench_step.py --ngram-parts --threads 1          # where an n-gram student's KD step goes
     python scripts/bench_step.py --parts --threads 1                # where one lite env.step goes, part by part
+    python scripts/bench_step.py --envs lite --threads 1 --batch-size 128   # the env's share at a larger batch
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ def step_parts(config: EnvConfig, steps: int, reward: str = "neg_ce") -> dict[st
     """ms per step of each part of the lite ``env.step``, timed inside the loop (``perf_counter`` around the env's own
     methods, so every part pays the cache misses that the rest of the step causes, as it does in a run)."""
     env = gym.make(ENVS["lite"], episode_steps=10**9, reward=reward, device=config.device,
-                   lite_student=config.lite_student, ngram_update=config.ngram_update).unwrapped
+                   lite_student=config.lite_student, ngram_update=config.ngram_update,
+                   batch_size=config.batch_size).unwrapped
     parts = {"the action's check (_validate_action)": (env, "_validate_action"),
              "gold credit (_gold_credit)": (env, "_gold_credit"),
              "the update (StudentTrainer.train_step)": (env.trainer, "train_step"),
@@ -225,7 +227,7 @@ def measure(env_name: str, steps: int, rounds: int, config: EnvConfig,
                                                    device, dtype)}
     options = {"device": config.device, "student_checkpoint": config.student_checkpoint, "data": data,
                "lite_student": config.lite_student, "ngram_update": config.ngram_update,
-               "include_embedding": config.include_embedding}
+               "include_embedding": config.include_embedding, "batch_size": config.batch_size}
     variants = [("reward=neg_ce", {"reward": "neg_ce"}), ("reward=dev_delta", {"reward": "dev_delta"})]
     if dense:  # the dense signals of the learning agents: a paired trial update, per-pair credit
         variants += [("reward=dev_loss_paired", {"reward": "dev_loss_paired"}),
@@ -258,6 +260,8 @@ def main() -> None:
     parser.add_argument("--ngram-update", default="sgd", choices=NGRAM_UPDATES,
                         help="the ngrams student's update: sgd (fastText's SGD on the table rows a batch touched; the "
                              "default), sparse (lazy AdamW on those rows) or dense (AdamW on the whole table)")
+    parser.add_argument("--batch-size", type=int, default=EnvConfig.batch_size,
+                        help="instances per step in both loops (the env's batch_size; default: the env's)")
     parser.add_argument("--dense", action="store_true",
                         help="also time the dense signals: reward=dev_loss_paired and credit=True")
     parser.add_argument("--parts", action="store_true",
@@ -271,10 +275,11 @@ def main() -> None:
         ngram_parts()
         return
     config = EnvConfig(device=args.device, student_checkpoint=args.student_checkpoint, lite_student=args.lite_student,
-                       ngram_update=args.ngram_update,
+                       ngram_update=args.ngram_update, batch_size=args.batch_size,
                        teachers=args.teachers.split(",") if args.teachers else None).validate()
     if args.parts:
-        print(f"lite env.step, reward neg_ce, {config.ngram_update} update, {max(args.steps, 1000)} steps, "
+        print(f"lite env.step, reward neg_ce, {config.ngram_update} update, batch {config.batch_size}, "
+              f"{max(args.steps, 1000)} steps, "
               f"{torch.get_num_threads()} thread(s)")
         for label, ms in step_parts(config, max(args.steps, 1000)).items():
             print(f"{label:<52}{ms:>8.3f} ms")
