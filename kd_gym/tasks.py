@@ -22,6 +22,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
+from kd_gym.metrics import binary_f1, matthews_correlation
 from kd_gym.task_sources import (
     LOCAL_BUILDERS,
     SPLITS,
@@ -172,33 +173,11 @@ class Task:
             )
         scores = {"accuracy": float(np.mean(predictions == labels)) if labels.size else 0.0}
         if self.metric == "f1":
-            scores["f1"] = _binary_f1(predictions, labels)
+            scores["f1"] = binary_f1(predictions, labels)
         elif self.metric == "matthews_correlation":
-            scores["matthews_correlation"] = _matthews_correlation(predictions, labels, self.num_labels)
+            scores["matthews_correlation"] = matthews_correlation(predictions, labels, self.num_labels)
         scores["metric"] = scores[self.metric]
         return scores
-
-
-def _binary_f1(predictions: np.ndarray, labels: np.ndarray) -> float:
-    """F1 of the positive class 1: 2TP / (2TP + FP + FN); 0 when there is no positive at all."""
-    true_pos = np.sum((predictions == 1) & (labels == 1))
-    false_pos = np.sum((predictions == 1) & (labels != 1))
-    false_neg = np.sum((predictions != 1) & (labels == 1))
-    denominator = 2 * true_pos + false_pos + false_neg
-    return float(2 * true_pos / denominator) if denominator else 0.0
-
-
-def _matthews_correlation(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> float:
-    """Multi-class Matthews correlation (Gorodkin's R_K, as in scikit-learn); 0 when it is undefined."""
-    confusion = np.zeros((num_labels, num_labels), dtype=np.float64)
-    np.add.at(confusion, (labels, predictions), 1)
-    true_per_class, pred_per_class = confusion.sum(axis=1), confusion.sum(axis=0)
-    correct, total = np.trace(confusion), confusion.sum()
-    cov_pred_true = correct * total - true_per_class @ pred_per_class
-    cov_pred_pred = total**2 - pred_per_class @ pred_per_class
-    cov_true_true = total**2 - true_per_class @ true_per_class
-    denominator = np.sqrt(cov_pred_pred * cov_true_true)
-    return float(cov_pred_true / denominator) if denominator else 0.0
 
 
 def stratified_split(labels: np.ndarray, n_take: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -278,3 +278,21 @@ def test_errors_name_the_problem_and_the_fix(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"unknown split 'valid'.*\['train', 'dev', 'test'\]"):
         load_task(str(tiny)).texts("valid")
+
+
+@pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")  # scikit-learn's, on one-row inputs
+@pytest.mark.parametrize("num_labels", [2, 3, 5])
+def test_metrics_match_scikit_learn(num_labels: int) -> None:
+    """The env's numpy F1 and Matthews correlation give scikit-learn's values, also where they are undefined."""
+    from sklearn.metrics import f1_score, matthews_corrcoef
+
+    from kd_gym.metrics import binary_f1, matthews_correlation
+
+    rng = np.random.default_rng(num_labels)
+    for size in (1, 7, 200):
+        labels, predictions = rng.integers(0, num_labels, size), rng.integers(0, num_labels, size)
+        for pred in (predictions, np.zeros(size, dtype=int), labels):  # random, one class only (undefined), perfect
+            assert matthews_correlation(pred, labels, num_labels) == pytest.approx(matthews_corrcoef(labels, pred))
+            binary_pred, binary_gold = pred % 2, labels % 2
+            assert binary_f1(binary_pred, binary_gold) == pytest.approx(
+                f1_score(binary_gold, binary_pred, zero_division=0.0))
