@@ -45,7 +45,8 @@ def task_kwargs_from(args: argparse.Namespace) -> dict:
 
 
 def _teachers_build(args: argparse.Namespace) -> int:
-    from kd_gym.prepare.pool_build import build_default_pool, format_manifest
+    from kd_gym.prepare.pool_build import build_default_pool
+    from kd_gym.prepare.pool_report import format_manifest
 
     if args.seed < 0:
         raise SystemExit(f"kd-gym teachers build: --seed {args.seed} is invalid; use a seed >= 0")
@@ -64,7 +65,7 @@ def _teachers_build(args: argparse.Namespace) -> int:
 
 def _teachers_show(args: argparse.Namespace) -> int:
     from kd_gym.defaults import default_pool_dir
-    from kd_gym.prepare.pool_build import format_manifest, pool_manifest
+    from kd_gym.prepare.pool_report import format_manifest, pool_manifest
     from kd_gym.tasks import load_task
 
     task = load_task(args.task, seed=args.seed, **task_kwargs_from(args))

@@ -6,7 +6,8 @@ import pytest
 from test_default_pool import TINY_RECIPES
 
 from kd_gym.headroom import HEADROOM_POINTS, pool_headroom, verdict_lines
-from kd_gym.prepare.pool_build import build_default_pool, format_manifest
+from kd_gym.prepare.pool_build import build_default_pool
+from kd_gym.prepare.pool_report import format_manifest
 
 
 def manifest(best: float, routed: float | None, equal: float | None = None, kind: str = "kmeans") -> dict:
@@ -64,7 +65,7 @@ def test_a_pool_built_before_the_equal_weights_figure_gets_it_once(tiny_csv, tin
     import json
 
     from kd_gym.defaults import default_pool_dir
-    from kd_gym.prepare.pool_build import pool_manifest
+    from kd_gym.prepare.pool_report import pool_manifest
     from kd_gym.tasks import load_task
 
     built = build_default_pool(str(tiny_csv), base=tiny_encoder, recipes=TINY_RECIPES, device="cpu")

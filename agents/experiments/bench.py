@@ -255,7 +255,7 @@ def print_headroom(task: str, split_seed: int = 0, task_kwargs: dict | None = No
     where the pool is not built yet or cannot be found (the env then says what to do)."""
     from kd_gym.defaults import default_pool_dir
     from kd_gym.headroom import pool_headroom, verdict_lines
-    from kd_gym.prepare.pool_build import pool_manifest
+    from kd_gym.prepare.pool_report import pool_manifest
     from kd_gym.tasks import load_task
 
     try:
@@ -277,7 +277,8 @@ def ensure_default_pool(task: str, split_seed: int = 0, task_kwargs: dict | None
     :param pool: which default pool (the env option ``pool``).
     """
     from kd_gym.defaults import default_pool_dir
-    from kd_gym.prepare.pool_build import build_default_pool, format_manifest
+    from kd_gym.prepare.pool_build import build_default_pool
+    from kd_gym.prepare.pool_report import format_manifest
 
     manifest_path = default_pool_dir(task, split_seed, pool, **(task_kwargs or {})) / "pool.json"
     if manifest_path.exists():
