@@ -33,11 +33,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.running_mean_std import RunningMeanStd
 from torch import nn
 
 from agents.base import Agent, AgentConfig
-from agents.state import LabelFreeView, PerTeacherState
+from agents.state import LabelFreeView, PerTeacherState, Standardiser
 
 
 class GoldRouter:
@@ -65,31 +64,20 @@ class GoldRouter:
         nn.init.zeros_(self.gate.weight)  # equal weights before learning
         nn.init.zeros_(self.gate.bias)
         self.optimizer = torch.optim.Adam(self.gate.parameters(), lr=learning_rate)
-        self.stats = RunningMeanStd(shape=(self.size,))
+        self.standardise = Standardiser(self.size)
         self.l2, self.entropy_coef, self.samples = l2, entropy_coef, samples
         self.replay_size, self.replay_batch, self.generator = replay_size, replay_batch, generator
         self.replay_views = torch.zeros(replay_size, self.size)  # the first replay_count rows are filled
         self.replay_rewards = torch.zeros(replay_size, num_teachers)
         self.replay_count = self.replay_cursor = 0
-        self._set_scale()
 
     # -- the policy
-    def _set_scale(self) -> None:
-        std = np.sqrt(self.stats.var + 1e-8)
-        self._scale = (torch.as_tensor(1.0 / std, dtype=torch.float32),
-                       torch.as_tensor(-self.stats.mean / std, dtype=torch.float32))
-
     def observe(self, views: torch.Tensor) -> None:
         """Fold a step's views into the standardisation."""
-        rows = views.to(torch.float64, copy=True)
-        mean = rows.mean(dim=0)
-        var = rows.sub_(mean).square_().mean(dim=0)  # in place: rows is this call's float64 copy
-        self.stats.update_from_moments(mean.numpy(), var.numpy(), rows.shape[0])
-        self._set_scale()
+        self.standardise.update(views)
 
     def logits(self, views: torch.Tensor) -> torch.Tensor:
-        scale, shift = self._scale
-        return self.gate(torch.addcmul(shift, views, scale).clamp_(-5.0, 5.0))
+        return self.gate(self.standardise(views))
 
     def probabilities(self, views: torch.Tensor) -> torch.Tensor:
         """pi(k | v), (B, K)."""
@@ -144,15 +132,13 @@ class GoldRouter:
 
     # -- persistence
     def state_dict(self) -> dict:
-        return {"gate": self.gate.state_dict(), "optimizer": self.optimizer.state_dict(), "mean": self.stats.mean,
-                "var": self.stats.var, "count": self.stats.count}
+        return {"gate": self.gate.state_dict(), "optimizer": self.optimizer.state_dict(),
+                **self.standardise.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.gate.load_state_dict(state["gate"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.stats.mean, self.stats.var = np.asarray(state["mean"]), np.asarray(state["var"])
-        self.stats.count = float(state["count"])
-        self._set_scale()
+        self.standardise.load_state_dict(state)
 
     def training_state(self) -> dict:
         n = self.replay_count

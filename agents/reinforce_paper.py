@@ -39,12 +39,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.running_mean_std import RunningMeanStd
 from torch import nn
 
 from agents.base import Agent, AgentConfig
 from agents.selector import TeacherSelector
-from agents.state import PerTeacherState
+from agents.state import PerTeacherState, Standardiser
 
 ACTION_MODES = ("sample", "prob")
 ADVANTAGES = ("return", "credit", "gold")
@@ -172,8 +171,7 @@ class PaperReinforceAgent(Agent):
                     layer.bias.zero_()
                 layers[-1].weight.zero_()
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=cfg.learning_rate)
-        self.input_stats = RunningMeanStd(shape=(input_size,))
-        self._set_input_scale()
+        self.standardise = Standardiser(input_size, cfg.input_clip)
         self.baseline, self.return_var, self.updates, self.credit_var = 0.0, 1.0, 0, 1.0
         self.metrics: dict[str, float] = {}
         self.window = Window()
@@ -191,25 +189,13 @@ class PaperReinforceAgent(Agent):
 
     # -- state and policy
     def _update_input_stats(self, states: list[torch.Tensor]) -> None:
-        """Fold the rows of a window's states (each (B, K, d)) into the running mean / std (SB3's
-        ``RunningMeanStd``), once per window: per step it would cost more than the selector itself."""
-        rows = torch.cat(states).reshape(-1, self.states.size).double()
-        mean = rows.mean(dim=0)
-        var = (rows - mean).square_().mean(dim=0)  # torch.var_mean is 3x slower on these shapes
-        self.input_stats.update_from_moments(mean.numpy(), var.numpy(), rows.shape[0])
-        self._set_input_scale()
-
-    def _set_input_scale(self) -> None:
-        """(s - mean) / std as one fused multiply-add: s * (1 / std) + (-mean / std), from the running stats."""
-        std = np.sqrt(self.input_stats.var + 1e-8)
-        self._input_scale = (torch.as_tensor(1.0 / std, dtype=torch.float32),
-                             torch.as_tensor(-self.input_stats.mean / std, dtype=torch.float32))
+        """Fold the rows of a window's states (each (B, K, d)) into the standardisation, once per window: per step
+        it would cost more than the selector itself."""
+        self.standardise.update(torch.cat(states).reshape(-1, self.states.size))
 
     def _normalise(self, states: torch.Tensor) -> torch.Tensor:
         """Standardised, clipped states, (B, K, d) float32."""
-        scale, shift = self._input_scale
-        clip = self.config.input_clip
-        return torch.addcmul(shift, states, scale).clamp_(-clip, clip)
+        return self.standardise(states)
 
     def keep_probabilities(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """pi(keep_k | s_k) for every instance and teacher, (B, K)."""
@@ -411,8 +397,7 @@ class PaperReinforceAgent(Agent):
     # -- persistence
     def state_dict(self) -> dict[str, Any]:
         return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "input_mean": self.input_stats.mean, "input_var": self.input_stats.var,
-                "input_count": self.input_stats.count, "baseline": self.baseline, "return_var": self.return_var,
+                **{f"input_{key}": value for key, value in self.standardise.state_dict().items()}, "baseline": self.baseline, "return_var": self.return_var,
                 "updates": self.updates, "credit_var": self.credit_var}
 
     def training_state(self) -> dict[str, Any]:
@@ -437,9 +422,7 @@ class PaperReinforceAgent(Agent):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.input_stats.mean, self.input_stats.var = np.asarray(state["input_mean"]), np.asarray(state["input_var"])
-        self.input_stats.count = float(state["input_count"])
-        self._set_input_scale()
+        self.standardise.load_state_dict({key: state[f"input_{key}"] for key in ("mean", "var", "count")})
         self.baseline, self.return_var, self.updates = state["baseline"], state["return_var"], state["updates"]
         self.credit_var = state.get("credit_var", 1.0)
 
