@@ -276,3 +276,37 @@ def test_the_recorded_reinforce_paper_choices_are_real_flags_with_the_recorded_v
         set_by_flags = {flag.removeprefix("--").replace("-", "_") for flag in entry["flags"].split()
                         if flag.startswith("--")}
         assert set_by_flags == set(entry["env"]) | set(entry["agent"])
+
+
+def test_a_sweep_records_each_run_as_it_ends_and_goes_on_after_a_failed_one(monkeypatch, tmp_path):
+    """kd-gym sweep writes each run to sweep.csv when it ends; a run that fails is recorded with its error (its last
+    stderr line) and the next one runs. The runs are stand-ins for kd-gym train (its exit code and output)."""
+    from agents.experiments import sweep_local
+    from kd_gym.cli import main
+
+    out, path = tmp_path / "sweep", tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump({
+        "program": "kd_gym/cli.py", "method": "grid", "metric": {"name": "dev_metric", "goal": "maximize"},
+        "parameters": {"temperature": {"values": [-1.0, 2.0]}},
+        "command": ["${env}", "${interpreter}", "-m", "kd_gym.cli", "train", "--agent", "uniform", "${args}"]}))
+    recorded_before: list[int] = []
+
+    def run(command, **kwargs):
+        recorded_before.append(len(pd.read_csv(out / "sweep.csv")) if (out / "sweep.csv").exists() else 0)
+        if "--temperature=-1.0" in command:
+            return subprocess.CompletedProcess(command, 2, "", "kd-gym train: error: --temperature -1.0 is invalid; "
+                                                               "use a number > 0\n")
+        return subprocess.CompletedProcess(command, 0, 'note\n{"dev_metric": 0.61, "test_metric": 0.6, "wall_s": 1.5}\n',
+                                           "")
+
+    monkeypatch.setattr(sweep_local.subprocess, "run", run)
+    assert main(["sweep", str(path), "--count", "5", "--out", str(out)]) == 0  # a grid of 2: it stops after them
+    assert recorded_before == [0, 1]  # the failed run was on disk before the next one started
+    rows = pd.read_csv(out / "sweep.csv")
+    assert rows["temperature"].tolist() == [-1.0, 2.0] and rows["status"].tolist() == ["failed", "finished"]
+    assert rows["error"][0] == "exit 2: kd-gym train: error: --temperature -1.0 is invalid; use a number > 0"
+    assert pd.isna(rows["dev_metric"][0]) and rows["dev_metric"][1] == 0.61
+    report = (out / "sweep.md").read_text()
+    assert "(1 runs, ranked by dev_metric" in report and "| 2.0 | 0.61 | 0.6 | 1.5 |" in report
+    assert "## 1 failed run(s)" in report and "| -1.0 | exit 2: kd-gym train: error: --temperature -1.0" in report
+    assert main(["sweep", str(path), "--count", "1", "--out", str(out)]) == 0 and len(recorded_before) == 2  # done
