@@ -396,9 +396,10 @@ class PaperReinforceAgent(Agent):
 
     # -- persistence
     def state_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(),
-                **{f"input_{key}": value for key, value in self.standardise.state_dict().items()}, "baseline": self.baseline, "return_var": self.return_var,
-                "updates": self.updates, "credit_var": self.credit_var}
+        inputs = {f"input_{key}": value for key, value in self.standardise.state_dict().items()}  # input_mean, ...
+        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict(), **inputs,
+                "baseline": self.baseline, "return_var": self.return_var, "updates": self.updates,
+                "credit_var": self.credit_var}
 
     def training_state(self) -> dict[str, Any]:
         """The loop and the agent's rng (:class:`~agents.base.Agent`), the action noise's generator, the open window
