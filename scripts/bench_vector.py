@@ -13,6 +13,7 @@ shared with other work, ``--clock cpu`` (this process's CPU time, with one threa
     python scripts/bench_vector.py --tiny --threads 1 --clock cpu
     python scripts/bench_vector.py --profile --sizes 1,16 --threads 1   # where one vector step's time goes
     python scripts/bench_vector.py --learn --sizes 1,8 --threads 1      # the gold router learning over N students at once
+    python scripts/bench_vector.py --learn --parts --sizes 8 --threads 1   # where the router's time goes, part by part
     python scripts/bench_vector.py --lite-student mlp                   # the MLP over sentence embeddings
     python scripts/bench_vector.py --device cuda --sizes 1,16,64,256 --threads 1   # on a GPU (the N = 256 target)
 
@@ -146,6 +147,45 @@ def measure_learning(sizes: list[int], options: dict, steps: int, rounds: int, c
     return interleaved_medians(runners, rounds)
 
 
+LEARN_PARTS = {"view": ("router", "view"), "standardisation": ("router", "observe"), "replay": ("router", "remember"),
+               "gate + draw": ("agent", "_route"), "update": ("router", "update"), "env step": ("env", "step")}
+
+
+def learn_parts(sizes: list[int], options: dict, steps: int) -> dict[int, dict[str, float]]:
+    """ms per (vector) step of each part of the gold router's learning over one student (key 0) and over N at once:
+    its methods timed inside the run (``perf_counter`` around each, so every part pays the cache misses the rest of
+    the step causes), after a warm-up run; "the rest" is the loop's own work."""
+    import agents
+
+    result = {}
+    for n in [0, *sizes]:
+        env = gym.make(LITE, **options)
+        envs = gym.make_vec(LITE, num_envs=n, vectorization_mode="vector_entry_point", **options) if n else None
+        for _ in range(2):  # a warm-up run, then the timed one
+            agent = agents.make("gold-router", env, seed=0)
+            owners = {"router": agent.router, "agent": agent, "env": envs if n else env}
+            spent = dict.fromkeys(LEARN_PARTS, 0.0)
+            for label, (owner, name) in LEARN_PARTS.items():
+                setattr(owners[owner], name, _timed(spent, label, getattr(owners[owner], name)))
+            started = time.perf_counter()
+            agent.learn_over(envs, steps) if n else agent.learn(steps)
+            total = time.perf_counter() - started
+        result[n] = {label: value / steps * 1e3 for label, value in spent.items()}
+        result[n]["the rest"] = total / steps * 1e3 - sum(result[n].values())
+        result[n]["all"] = total / steps * 1e3
+    return result
+
+
+def _timed(spent: dict[str, float], label: str, fn):
+    def call(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[label] += time.perf_counter() - started
+    return call
+
+
 def interleaved_medians(runners: dict, rounds: int) -> dict:
     """Run every runner once (warm-up), then ``rounds`` interleaved rounds; the median rate of each."""
     for run in runners.values():
@@ -224,6 +264,9 @@ def main() -> None:
                              "sparse (lazy AdamW on those rows) or dense (AdamW on the whole table)")
     parser.add_argument("--learn", action="store_true",
                         help="the gold router learning over N students at once against over one (student steps/s)")
+    parser.add_argument("--parts", action="store_true",
+                        help="with --learn: where the router's time goes (view, standardisation, replay, gate and draw, "
+                             "update, the env's step), ms per vector step over one student and over each N")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the students train (cuda: the clock waits for the GPU before each reading)")
     args = parser.parse_args()
@@ -248,6 +291,17 @@ def main() -> None:
         profile_steps(sizes, options, args.steps)
         return
     train = data.splits["train"]
+    if args.parts and not args.learn:
+        parser.error("--parts times the gold router's learning: use it with --learn")
+    if args.learn and args.parts:
+        torch.set_num_threads(thread_counts[0])
+        print(f"gold-router learning, {args.steps} vector steps, {thread_counts[0]} thread(s): ms per vector step")
+        parts = learn_parts(sizes, {**options, "episode_steps": args.steps}, args.steps)
+        labels = [*LEARN_PARTS, "the rest", "all"]
+        print(f"{'part':<16}" + "".join(f"{'one' if n == 0 else f'N = {n}':>10}" for n in parts))
+        for label in labels:
+            print(f"{label:<16}" + "".join(f"{parts[n][label]:>10.3f}" for n in parts))
+        return
     if args.learn:
         print(f"torch {torch.__version__}, {where}; {args.lite_student} student; gold-router (REINFORCE on gold "
               f"credit) learning, {args.steps} vector steps x "
