@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timing import time_calls  # scripts/timing.py
 
 import kd_gym  # noqa: F401  (registers the env ids)
 from agents.experiments.run import ENVS
@@ -177,18 +178,8 @@ def step_parts(config: EnvConfig, steps: int, reward: str = "neg_ce") -> dict[st
              "the observation, loss parts to the host (_get_obs)": (env, "_get_obs"),
              "info (_get_info)": (env, "_get_info")}
     spent = dict.fromkeys(parts, 0.0)
-
-    def timed(label: str, fn):
-        def call(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[label] += time.perf_counter() - started
-        return call
-
     for label, (owner, name) in parts.items():
-        setattr(owner, name, timed(label, getattr(owner, name)))
+        time_calls(spent, label, owner, name)
     action = np.ones(env.action_space.shape, dtype=np.float32)
     env.reset(seed=0)
     for _ in range(steps // 4):  # warm-up

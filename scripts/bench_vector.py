@@ -36,6 +36,7 @@ import datasets
 import gymnasium as gym
 import numpy as np
 import torch
+from timing import time_calls  # scripts/timing.py
 
 import kd_gym  # noqa: F401  (registers the ids)
 from kd_gym.config import NGRAM_UPDATES
@@ -166,7 +167,7 @@ def learn_parts(sizes: list[int], options: dict, steps: int) -> dict[int, dict[s
             owners = {"router": agent.router, "agent": agent, "env": envs if n else env}
             spent = dict.fromkeys(LEARN_PARTS, 0.0)
             for label, (owner, name) in LEARN_PARTS.items():
-                setattr(owners[owner], name, _timed(spent, label, getattr(owners[owner], name)))
+                time_calls(spent, label, owners[owner], name)
             started = time.perf_counter()
             agent.learn_over(envs, steps) if n else agent.learn(steps)
             total = time.perf_counter() - started
@@ -174,16 +175,6 @@ def learn_parts(sizes: list[int], options: dict, steps: int) -> dict[int, dict[s
         result[n]["the rest"] = total / steps * 1e3 - sum(result[n].values())
         result[n]["all"] = total / steps * 1e3
     return result
-
-
-def _timed(spent: dict[str, float], label: str, fn):
-    def call(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            spent[label] += time.perf_counter() - started
-    return call
 
 
 def interleaved_medians(runners: dict, rounds: int) -> dict:
