@@ -261,6 +261,8 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="where the students train (cuda: the clock waits for the GPU before each reading)")
     args = parser.parse_args()
+    if args.parts and not args.learn:
+        parser.error("--parts times the gold router's learning: use it with --learn")
     sizes = [int(n) for n in args.sizes.split(",")]
     thread_counts = [int(t) for t in args.threads.split(",")]
     if args.clock == "cpu" and thread_counts != [1]:
@@ -282,8 +284,6 @@ def main() -> None:
         profile_steps(sizes, options, args.steps)
         return
     train = data.splits["train"]
-    if args.parts and not args.learn:
-        parser.error("--parts times the gold router's learning: use it with --learn")
     if args.learn and args.parts:
         torch.set_num_threads(thread_counts[0])
         print(f"gold-router learning, {args.steps} vector steps, {thread_counts[0]} thread(s): ms per vector step")
